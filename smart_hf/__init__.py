@@ -1,0 +1,40 @@
+"""smart_hf: SMART pruning (Separate, Dynamic and Differentiable; arXiv 2403.19969) for Hugging Face Transformers."""
+
+__version__ = "0.1.0"
+
+from .config import SmartConfig  # noqa: E402
+from .inject import find_targets, prepare_model  # noqa: E402
+from .lifecycle import (  # noqa: E402
+    apply_hard_masks_,
+    get_smart_state,
+    harden,
+    reinit_scores,
+    set_mode,
+    set_temperature,
+    squash,
+    update_temperature,
+)
+from .report import format_report, sparsity_report  # noqa: E402
+from .schedule import temperature_at  # noqa: E402
+from .topk import hard_topk, mask_fractionality, soft_topk  # noqa: E402
+
+__all__ = [
+    "SmartConfig",
+    "__version__",
+    "apply_hard_masks_",
+    "find_targets",
+    "format_report",
+    "get_smart_state",
+    "hard_topk",
+    "harden",
+    "mask_fractionality",
+    "prepare_model",
+    "reinit_scores",
+    "set_mode",
+    "set_temperature",
+    "soft_topk",
+    "sparsity_report",
+    "squash",
+    "temperature_at",
+    "update_temperature",
+]

@@ -1,0 +1,32 @@
+"""Budgets: how many units (or weights) a layer or a group of layers keeps. Pure integer/float functions.
+
+* ``budget="layer"``: a layer with ``U`` units keeps ``round((1 - sparsity) * U)`` units (at least 1).
+* ``budget="global"``: all targeted layers share one top-k over their units, each weighted by its cost (weights per
+  unit), with weight budget ``K = (1 - sparsity) * sum(weights)``. Before the shared ranking every layer reserves its
+  best ``max(1, ceil(min_layer_density * U))`` units, so no layer can be removed entirely.
+* N:M keeps exactly ``n`` of every ``m`` weights: no budget choice to make.
+
+Achieved sparsity equals the target within one unit (half a unit's cost for the global ranking, see
+``hard_topk``).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["layer_keep_units", "reserved_units", "global_weight_budget"]
+
+
+def layer_keep_units(num_units: int, sparsity: float) -> int:
+    """Units a layer keeps under a per-layer budget: ``round((1 - sparsity) * num_units)``, clamped to [1, U]."""
+    return int(min(num_units, max(1, round((1.0 - sparsity) * num_units))))
+
+
+def reserved_units(num_units: int, min_layer_density: float) -> int:
+    """Units a layer keeps regardless of the global ranking: ``max(1, ceil(min_layer_density * U))``."""
+    return int(min(num_units, max(1, math.ceil(min_layer_density * num_units - 1e-9))))
+
+
+def global_weight_budget(total_weights: int, sparsity: float) -> float:
+    """Weights the whole group keeps: ``round((1 - sparsity) * total_weights)``."""
+    return float(round((1.0 - sparsity) * total_weights))

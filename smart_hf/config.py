@@ -1,0 +1,248 @@
+"""`SmartConfig`: what to prune and how -- the part of a SMART run that defines the artifact.
+
+Saved next to every pruned model as ``smart_config.json`` (with a version stamp). Training-only knobs (score learning
+rate, stage lengths, distillation) live in `SmartTrainingArguments` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from packaging import version
+
+from .constants import BUDGETS, CONFIG_NAME, PATTERNS, SCORE_INITS, TEMPERATURE_SCHEDULES
+
+logger = logging.getLogger(__name__)
+
+_OVERRIDE_KEYS = {"regex", "pattern", "block_shape", "n", "m", "sparsity"}
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclass
+class SmartConfig:
+    """Configuration of a SMART pruning run. Every field is documented in its `help` metadata (`smart-hf train
+    --help` prints them); `__post_init__` validates them once and names the fix for every invalid value."""
+
+    # --- what a unit is ---
+    pattern: Literal["block", "channel", "nm"] = field(
+        default="block",
+        metadata={"help": "Structural unit: 'block' (r x c weight blocks; (1,1) = unstructured), 'channel' (output "
+                  "channels) or 'nm' (keep n of every m consecutive input weights, the 2:4 GPU layout)."},
+    )
+    block_shape: list[int] = field(
+        default_factory=lambda: [4, 4],
+        metadata={"help": "Block size [rows, cols] over the (out, in) weight plane, used when pattern='block'."},
+    )
+    n: int = field(default=2, metadata={"help": "N of N:M: weights kept per group (pattern='nm')."})
+    m: int = field(default=4, metadata={"help": "M of N:M: group length along the input dimension (pattern='nm')."})
+    # --- how much ---
+    sparsity: float | None = field(
+        default=None,
+        metadata={"help": "Fraction of targeted weights to remove, in [0, 1). Default 0.5 for block/channel; N:M "
+                  "fixes it at 1 - n/m."},
+    )
+    budget: Literal["global", "layer"] = field(
+        default="global",
+        metadata={"help": "'global': one top-k over all targeted layers (cross-layer ranking, cost-weighted by "
+                  "unit size); 'layer': every layer pruned to exactly `sparsity`."},
+    )
+    min_layer_density: float = field(
+        default=0.0,
+        metadata={"help": "Global budget guard: every layer keeps at least this fraction of its units (and always "
+                  "at least one unit), so no layer is removed entirely."},
+    )
+    # --- which layers ---
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to prune: exact name or dotted suffix (PEFT rules). Default: every Linear, "
+                  "Conv2d and Conv1D except embeddings and the task head."},
+    )
+    target_regex: str | None = field(
+        default=None, metadata={"help": "Regex (full match on the module name) selecting the modules to prune."}
+    )
+    exclude_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names (exact or dotted suffix) never to prune."}
+    )
+    overrides: list[str] | None = field(
+        default=None,
+        metadata={"help": "Per-module settings: a list of dicts (YAML/Python) or JSON strings (command line) with a "
+                  "'regex' (full match) and any of pattern, block_shape, n, m, sparsity."},
+    )
+    # --- scores and temperature ---
+    score_init: Literal["magnitude", "activation", "constant"] = field(
+        default="magnitude",
+        metadata={"help": "Initial mask scores: 'magnitude' (unit RMS of the weights), 'activation' (|W| times "
+                  "input-activation norms from a calibration pass), 'constant' (plus score_noise; for ablations)."},
+    )
+    score_noise: float = field(
+        default=0.0, metadata={"help": "Std of seeded Gaussian noise added to the initial (normalised) scores."}
+    )
+    calibration_batches: int = field(
+        default=8, metadata={"help": "Batches of the calibration pass for score_init='activation'."}
+    )
+    temperature_schedule: Literal["dynamic", "exponential", "cosine", "linear", "constant"] = field(
+        default="dynamic",
+        metadata={"help": "How tau falls during structure search. 'dynamic' = exponential decay that cuts tau and "
+                  "jitters tied scores when the mask stops getting more binary (docs/method.md)."},
+    )
+    tau_start: float = field(default=1.0, metadata={"help": "Temperature at the start of structure search."})
+    tau_end: float = field(default=1e-4, metadata={"help": "Temperature at the end of structure search."})
+    dynamic_window: int = field(
+        default=20, metadata={"help": "Dynamic rule: optimizer steps between two fractionality checks."}
+    )
+    dynamic_min_decrease: float = field(
+        default=0.05,
+        metadata={"help": "Dynamic rule: relative fall of the mask fractionality a window must achieve, else tau is "
+                  "cut and tied scores are jittered."},
+    )
+    dynamic_cut: float = field(default=0.5, metadata={"help": "Dynamic rule: factor applied to tau at a cut."})
+    dynamic_jitter: float = field(
+        default=0.1, metadata={"help": "Dynamic rule: seeded score jitter at a cut, in units of the current tau."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for score noise and the dynamic rule's jitter."})
+
+    def __post_init__(self):
+        self.block_shape = [int(v) for v in self.block_shape]
+        if self.sparsity is None:
+            self.sparsity = 1.0 - self.n / self.m if self.pattern == "nm" else 0.5
+        self.overrides = [_parse_override(o) for o in (self.overrides or [])] or None
+        _validate_unit_settings(self.unit_settings())
+        for override in self.overrides or []:
+            _validate_unit_settings(self.unit_settings(override))
+        self._validate_rest()
+
+    def _validate_rest(self):
+        _choice("budget", self.budget, BUDGETS)
+        _choice("score_init", self.score_init, SCORE_INITS)
+        _choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
+        if not 0.0 <= self.min_layer_density < 1.0:
+            raise ValueError(f"min_layer_density must be in [0, 1), got {self.min_layer_density}; e.g. 0.05.")
+        if not (self.tau_start > 0 and self.tau_end > 0):
+            raise ValueError(f"tau_start and tau_end must be > 0, got {self.tau_start} and {self.tau_end}.")
+        if self.tau_end > self.tau_start:
+            raise ValueError(f"tau_end ({self.tau_end}) > tau_start ({self.tau_start}): the temperature must fall; "
+                             "swap them or lower tau_end (e.g. tau_start=1.0, tau_end=1e-4).")
+        if self.score_noise < 0:
+            raise ValueError(f"score_noise must be >= 0, got {self.score_noise}.")
+        if self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}.")
+        if self.dynamic_window < 1 or not 0 < self.dynamic_cut < 1 or self.dynamic_jitter < 0:
+            raise ValueError("dynamic rule needs dynamic_window >= 1, 0 < dynamic_cut < 1 and dynamic_jitter >= 0; "
+                             f"got {self.dynamic_window}, {self.dynamic_cut}, {self.dynamic_jitter}.")
+        if self.target_modules is not None and self.target_regex is not None:
+            raise ValueError("set either target_modules or target_regex, not both (combine them into one regex).")
+        if self.target_modules is not None and len(self.target_modules) == 0:
+            raise ValueError("target_modules is an empty list; leave it unset (None) to target the default layers.")
+
+    def unit_settings(self, override: dict | None = None) -> UnitSettings:
+        """The unit settings of the top level, or of one override layered over it."""
+        o = override or {}
+        pattern = o.get("pattern", self.pattern)
+        n, m = int(o.get("n", self.n)), int(o.get("m", self.m))
+        if pattern == "nm":  # N:M derives its sparsity; an explicit one must agree (checked in validation)
+            sparsity = o.get("sparsity", self.sparsity if o.keys().isdisjoint({"n", "m", "pattern"}) else None)
+            sparsity = 1.0 - n / m if sparsity is None else sparsity
+        else:
+            sparsity = o.get("sparsity", self.sparsity)
+        block = tuple(int(v) for v in o.get("block_shape", self.block_shape))
+        return UnitSettings(pattern=pattern, block_shape=block, n=n, m=m, sparsity=sparsity)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write ``smart_config.json`` (with ``smart_hf_version``) into ``save_directory``; returns its path."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        payload = {**self.to_dict(), "smart_hf_version": _package_version()}
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> SmartConfig:
+        """Load from a directory holding ``smart_config.json`` or from the file itself. Unknown keys (a newer
+        smart_hf) are dropped with a warning."""
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else str(path)
+        if not os.path.isfile(file):
+            raise ValueError(f"no {CONFIG_NAME} at {path!r}; pass the directory written by save_pretrained.")
+        try:
+            with open(file, encoding="utf-8") as fh:
+                payload = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file} is not valid JSON ({err}); re-export it with SmartConfig.save_pretrained.") from err
+        return cls.from_dict(payload)
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> SmartConfig:
+        payload = dict(payload)
+        saved_version = payload.pop("smart_hf_version", None)
+        if saved_version and version.parse(saved_version) > version.parse(_package_version()):
+            logger.warning("smart_config.json was written by smart_hf %s (this is %s); upgrade smart_hf if loading "
+                           "fails.", saved_version, _package_version())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(payload) - known)
+        if unknown:
+            logger.warning("ignoring unknown smart_config keys %s (written by a newer smart_hf?)", unknown)
+        return cls(**{k: v for k, v in payload.items() if k in known})
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """The resolved unit settings of one module: the top-level config with any matching override applied."""
+
+    pattern: str
+    block_shape: tuple
+    n: int
+    m: int
+    sparsity: float
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+
+
+def _validate_unit_settings(cfg: UnitSettings) -> None:
+    """Checks shared by the top level and every override: pattern, block shape, N:M, sparsity."""
+    _choice("pattern", cfg.pattern, PATTERNS)
+    if len(cfg.block_shape) != 2 or min(cfg.block_shape) < 1:
+        raise ValueError(f"block_shape must be two positive ints [rows, cols], got {cfg.block_shape}; e.g. [4, 4].")
+    if cfg.pattern == "nm":
+        if not (1 <= cfg.n < cfg.m):
+            raise ValueError(f"N:M needs 1 <= n < m, got n={cfg.n}, m={cfg.m}; e.g. n=2, m=4.")
+        if cfg.sparsity is not None and abs(cfg.sparsity - (1 - cfg.n / cfg.m)) > 1e-9:
+            raise ValueError(f"pattern='nm' fixes sparsity at 1 - n/m = {1 - cfg.n / cfg.m:g}, but sparsity="
+                             f"{cfg.sparsity}; drop `sparsity` or change n/m.")
+    if cfg.sparsity is None or not 0.0 <= cfg.sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {cfg.sparsity}; e.g. 0.5 removes half the weights.")
+
+
+def _parse_override(raw) -> dict:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"override {raw!r} is not JSON ({err}); write it like "
+                             '\'{"regex": ".*attention.*", "pattern": "nm"}\'.')  from err
+    if not isinstance(raw, dict) or "regex" not in raw:
+        raise ValueError(f"each override needs a 'regex' key, got {raw!r}.")
+    unknown = set(raw) - _OVERRIDE_KEYS
+    if unknown:
+        raise ValueError(f"override keys {sorted(unknown)} are not supported; allowed: {sorted(_OVERRIDE_KEYS)}.")
+    out = dict(raw)
+    if "block_shape" in out:
+        out["block_shape"] = [int(v) for v in out["block_shape"]]
+    return out

@@ -1,0 +1,21 @@
+"""Names shared by every module: the parameter prefix and the artifact file names."""
+
+# Every parameter, buffer and sub-module that smart_hf adds to a model starts with this prefix, so the optimizer,
+# DDP, checkpoints and `squash` can select them by name without special cases.
+SMART_PREFIX = "smart_"
+SCORES_NAME = "smart_scores"
+MASK_NAME = "smart_mask"
+STATE_MODULE_NAME = "smart_state"
+
+CONFIG_NAME = "smart_config.json"
+REPORT_NAME = "smart_sparsity.json"
+
+PATTERNS = ("block", "channel", "nm")
+BUDGETS = ("global", "layer")
+SCORE_INITS = ("magnitude", "activation", "constant")
+TEMPERATURE_SCHEDULES = ("dynamic", "exponential", "cosine", "linear", "constant")
+
+
+def is_smart_name(name: str) -> bool:
+    """True for a (possibly dotted) parameter/buffer name that smart_hf added."""
+    return name.rsplit(".", 1)[-1].startswith(SMART_PREFIX) or f".{STATE_MODULE_NAME}." in f".{name}"

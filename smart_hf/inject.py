@@ -1,0 +1,157 @@
+"""Finding the layers to prune and attaching SMART to a model (`prepare_model`).
+
+Targeting follows PEFT's rules, which HF users already know:
+
+* ``target_modules`` (list): a module matches when its name equals an entry or ends with ``"." + entry``;
+* ``target_regex`` (str): ``re.fullmatch`` on the module name;
+* ``exclude_modules`` (list): exact-or-suffix, always wins;
+* default: every ``nn.Linear``, ``nn.Conv2d`` and transformers ``Conv1D`` except embeddings (any name part containing
+  ``embed``), the output embeddings and task heads (name parts such as ``classifier``, ``lm_head``, ``score``,
+  ``qa_outputs``, ``decode_head``, ``bbox_predictor``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+from torch import nn
+
+from .config import SmartConfig, UnitSettings
+from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
+from .granularity import UnitLayout, layer_kind
+from .layers import smart_class_for
+from .masking import SmartState, build_groups
+from .scores import collect_activation_stats, init_scores_
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["find_targets", "prepare_model"]
+
+HEAD_NAME_PARTS = frozenset({
+    "classifier", "cls_classifier", "distillation_classifier", "lm_head", "score", "qa_outputs", "decode_head",
+    "class_labels_classifier", "bbox_predictor", "pooler_head", "head",
+})
+
+
+def _matches(name: str, entries: list[str] | None) -> bool:
+    return bool(entries) and any(name == e or name.endswith("." + e) for e in entries)
+
+
+def _is_default_target(model: nn.Module, name: str, module: nn.Module) -> bool:
+    parts = name.split(".")
+    if any("embed" in p for p in parts) or HEAD_NAME_PARTS.intersection(parts):
+        return False
+    get_out = getattr(model, "get_output_embeddings", None)
+    out_emb = get_out() if callable(get_out) else None
+    return module is not out_emb
+
+
+def _selected(model: nn.Module, name: str, module: nn.Module, config: SmartConfig) -> tuple[bool, bool]:
+    """(selected, named explicitly by the user)."""
+    if _matches(name, config.exclude_modules):
+        return False, False
+    if config.target_modules is not None:
+        hit = _matches(name, config.target_modules)
+        return hit, hit
+    if config.target_regex is not None:
+        hit = re.fullmatch(config.target_regex, name) is not None
+        return hit, hit
+    return _is_default_target(model, name, module), False
+
+
+def _settings_for(name: str, config: SmartConfig) -> UnitSettings:
+    hits = [o for o in config.overrides or [] if re.fullmatch(o["regex"], name)]
+    if len(hits) > 1:
+        raise ValueError(f"module {name!r} matches several overrides {[h['regex'] for h in hits]}; make the "
+                         "override regexes disjoint.")
+    return config.unit_settings(hits[0] if hits else None)
+
+
+def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Module, UnitLayout, float]]:
+    """The modules `prepare_model` would prune, as ``(name, module, layout, sparsity)``.
+
+    A selected module whose dims do not divide the block (or ``m``) is skipped with a warning naming it, or raises if
+    the user named it explicitly; an explicitly named module of an unsupported type raises too.
+    """
+    targets = []
+    for name, module in model.named_modules():
+        if name == "" or name.split(".")[-1] == STATE_MODULE_NAME:
+            continue
+        selected, explicit = _selected(model, name, module, config)
+        if not selected:
+            continue
+        kind = layer_kind(module)
+        if kind is None:
+            if explicit and not list(module.children()):  # a named leaf we cannot mask; containers just pass
+                raise ValueError(f"module {name!r} ({type(module).__name__}) cannot be pruned: smart_hf supports "
+                                 "nn.Linear, nn.Conv2d and transformers' Conv1D; remove it from target_modules.")
+            continue
+        settings = _settings_for(name, config)
+        layout = UnitLayout(kind, tuple(module.weight.shape), settings.pattern, tuple(settings.block_shape),
+                            settings.n, settings.m)
+        problem = layout.divisibility_error()
+        if problem:
+            if explicit:
+                raise ValueError(f"cannot prune {name!r}: {problem}; choose a block/m that divides it or exclude it.")
+            logger.warning("smart_hf: skipping %s: %s", name, problem)
+            continue
+        targets.append((name, module, layout, settings.sparsity))
+    _check_overrides_used(config, [t[0] for t in targets])
+    if not targets:
+        raise ValueError("no module matched the SmartConfig targets (target_modules / target_regex / defaults); "
+                         "print([n for n, _ in model.named_modules()]) to see the names and adjust the targets.")
+    return targets
+
+
+def _check_overrides_used(config: SmartConfig, names: list[str]) -> None:
+    for override in config.overrides or []:
+        if not any(re.fullmatch(override["regex"], n) for n in names):
+            logger.warning("smart_hf: override regex %r matched no targeted module", override["regex"])
+
+
+def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) -> nn.Module:
+    """Attach SMART to ``model`` in place and return it.
+
+    Adds a ``smart_scores`` parameter (and a ``smart_mask`` buffer) to every targeted layer, a ``smart_state``
+    sub-module holding temperature and stage, and forward hooks that compute the masks once per forward. Scores
+    are initialised from ``config.score_init``; ``"activation"`` needs ``calibration_data``, an iterable of model
+    input batches (dicts), read before the model is changed.
+    """
+    if not isinstance(config, SmartConfig):
+        raise ValueError(f"prepare_model needs a SmartConfig, got {type(config).__name__}.")
+    if hasattr(model, STATE_MODULE_NAME):
+        raise ValueError("model is already prepared for SMART; call squash(model) first or start from a fresh model.")
+    targets = find_targets(model, config)
+    for name, module, _, _ in targets:
+        if not torch.isfinite(module.weight).all():
+            raise ValueError(f"weights of {name!r} contain NaN or Inf; fix the checkpoint before pruning.")
+    act_stats = None
+    if config.score_init == "activation":
+        if calibration_data is None:
+            raise ValueError("score_init='activation' needs calibration_data (an iterable of input batches); pass "
+                             "it to prepare_model or use score_init='magnitude'.")
+        act_stats = collect_activation_stats(model, [m for _, m, _, _ in targets], calibration_data,
+                                             config.calibration_batches)
+    layers = [_attach(module, layout) for _, module, layout, _ in targets]
+    state = SmartState(config, build_groups(layers, [t[3] for t in targets], config.budget, config.min_layer_density))
+    state.targeted_module_names = [t[0] for t in targets]
+    model.add_module(STATE_MODULE_NAME, state.to(layers[0].weight.device))
+    for layer in layers:
+        object.__setattr__(layer, "_smart_state", state)
+    state.hook_handles = [model.register_forward_pre_hook(state.begin_forward),
+                          model.register_forward_hook(state.end_forward)]
+    init_scores_(state, config, act_stats)
+    return model
+
+
+def _attach(module: nn.Module, layout: UnitLayout) -> nn.Module:
+    base_class = type(module)
+    module.__class__ = smart_class_for(layout.kind)
+    module.smart_base_class = base_class
+    module.smart_layout = layout
+    device = module.weight.device
+    module.register_parameter(SCORES_NAME, nn.Parameter(torch.zeros(layout.score_shape, device=device)))
+    module.register_buffer(MASK_NAME, torch.ones(layout.score_shape, device=device))
+    return module

@@ -1,0 +1,88 @@
+"""Masked layers: `nn.Linear`, `nn.Conv2d` and transformers' `Conv1D` that multiply their weight by a SMART mask.
+
+A targeted module is not wrapped: its class is swapped in place for a subclass (``Linear -> SmartLinear``) that adds
+``smart_scores`` (an ``nn.Parameter``, the separate mask scores) and ``smart_mask`` (a buffer, the frozen hard mask).
+So ``isinstance(m, nn.Linear)`` stays true, every original state-dict key (``...query.weight``) is unchanged, hooks
+and devices are kept, and `squash` only has to bake the mask, drop the ``smart_`` tensors and restore the class.
+
+The mask itself comes from the model's `SmartState` (one top-k may span many layers); the layer only asks for its
+slice and broadcasts it over its weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .granularity import UnitLayout
+
+__all__ = ["SmartConv1D", "SmartConv2d", "SmartLayerMixin", "SmartLinear", "smart_class_for", "is_smart_layer"]
+
+
+class SmartLayerMixin:
+    """Shared by the masked layer classes. Attributes set by `prepare_model`:
+
+    * ``smart_layout`` (`UnitLayout`): the unit geometry of this layer.
+    * ``smart_scores`` (`nn.Parameter`, float32, ``smart_layout.score_shape``): the mask scores.
+    * ``smart_mask`` (buffer, same shape): the binary mask once hardened.
+    * ``_smart_state``: the model's `SmartState`, stored outside ``_modules`` so it is not a sub-module twice.
+    """
+
+    smart_layout: UnitLayout
+    smart_base_class: type
+
+    def smart_unit_mask(self) -> torch.Tensor:
+        return self._smart_state.unit_mask(self)
+
+    def smart_weight(self) -> torch.Tensor:
+        """The weight the layer computes with: ``weight * expand(mask)`` (plain weight in dense mode)."""
+        unit_mask = self.smart_unit_mask()
+        if unit_mask is None:
+            return self.weight
+        return self.weight * self.smart_layout.expand(unit_mask).to(self.weight.dtype)
+
+    @torch.no_grad()
+    def smart_apply_hard_mask_(self) -> None:
+        """Zero the pruned weights in place (keeps them exactly zero through fine-tuning)."""
+        self.weight.mul_(self.smart_layout.expand(self.smart_mask).to(self.weight.dtype))
+
+    def extra_repr(self) -> str:
+        layout = self.smart_layout
+        detail = {"block": f"block={layout.block_shape}", "channel": "channel", "nm": f"{layout.n}:{layout.m}"}
+        return f"{super().extra_repr()}, smart={detail[layout.pattern]}"
+
+
+class SmartLinear(SmartLayerMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.smart_weight(), self.bias)
+
+
+class SmartConv2d(SmartLayerMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.smart_weight(), self.bias)
+
+
+class SmartConv1D(SmartLayerMixin, Conv1D):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_out = x.size()[:-1] + (self.nf,)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.smart_weight())
+        return x.view(size_out)
+
+    def extra_repr(self) -> str:  # Conv1D defines __repr__, not extra_repr
+        return f"nf={self.nf}, nx={self.nx}, smart={self.smart_layout.pattern}"
+
+    def __repr__(self) -> str:
+        return nn.Module.__repr__(self)
+
+
+_SMART_CLASSES = {"linear": SmartLinear, "conv2d": SmartConv2d, "conv1d": SmartConv1D}
+
+
+def smart_class_for(kind: str) -> type:
+    return _SMART_CLASSES[kind]
+
+
+def is_smart_layer(module: nn.Module) -> bool:
+    return isinstance(module, SmartLayerMixin)

@@ -1,0 +1,181 @@
+"""The SMART lifecycle on a prepared model: temperature, stages, hardening and squashing.
+
+``prepare_model`` -> (``set_mode(model, "dense")`` for a dense pre-train) -> ``update_temperature`` every optimizer
+step of the structure search -> ``harden`` (binary masks, frozen scores) -> fine-tune with ``apply_hard_masks_``
+after every optimizer step -> ``squash`` (a plain transformers model with zeros baked in).
+All of these are what `SmartTrainer` and `SmartCallback` call; a plain training loop calls them the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
+from .masking import MODE_DENSE, MODE_HARD, MODE_SOFT, SmartState
+from .schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
+from .scores import collect_activation_stats, init_scores_
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "apply_hard_masks_", "get_smart_state", "harden", "reinit_scores", "set_mode", "set_temperature", "squash",
+    "update_temperature",
+]
+
+_MODES = {"dense": MODE_DENSE, "soft": MODE_SOFT, "hard": MODE_HARD}
+
+
+def get_smart_state(model: nn.Module) -> SmartState:
+    """The `SmartState` of a prepared model (unwraps DDP/accelerate wrappers via ``.module``)."""
+    while not hasattr(model, STATE_MODULE_NAME) and hasattr(model, "module"):
+        model = model.module
+    state = getattr(model, STATE_MODULE_NAME, None)
+    if not isinstance(state, SmartState):
+        raise ValueError("model is not prepared for SMART; call smart_hf.prepare_model(model, SmartConfig(...)) first.")
+    return state
+
+
+def set_temperature(model: nn.Module, tau: float) -> None:
+    """Set the temperature used by the next soft forward."""
+    if not tau > 0:
+        raise ValueError(f"temperature must be > 0, got {tau}.")
+    get_smart_state(model).set_temperature(tau)
+
+
+def set_mode(model: nn.Module, mode: str) -> None:
+    """``"dense"`` (masks off: dense pre-training), ``"soft"`` (structure search) or ``"hard"`` (use `harden`)."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {list(_MODES)}, got {mode!r}.")
+    if mode == "hard":
+        raise ValueError("use smart_hf.harden(model) to enter the hard-mask stage (it computes the masks).")
+    state = get_smart_state(model)
+    if state._mode == MODE_HARD:
+        raise ValueError("masks are already hardened; the hard stage is final (prepare a fresh model to search again).")
+    state.set_mode(_MODES[mode])
+
+
+def update_temperature(model: nn.Module, step: int, total_steps: int) -> float:
+    """Advance the temperature schedule to optimizer ``step`` of a search lasting ``total_steps``; returns tau.
+
+    For ``temperature_schedule="dynamic"`` this also runs the feedback rule on the fractionality of the last soft
+    forward, and when it cuts tau it jitters every score by ``dynamic_jitter * tau`` with a generator seeded by
+    ``(seed, step)`` -- identical on every rank.
+    """
+    state = get_smart_state(model)
+    cfg = state.smart_config
+    tau = temperature_at(step, total_steps, cfg.tau_start, cfg.tau_end, cfg.temperature_schedule)
+    if cfg.temperature_schedule == "dynamic":
+        tau *= _dynamic_step(state, cfg, step)
+    tau = max(tau, MIN_TEMPERATURE)
+    state.set_temperature(tau)
+    return tau
+
+
+def _dynamic_step(state: SmartState, cfg, step: int) -> float:
+    frac = state.fractionality()
+    if frac != frac:  # NaN: no soft forward with gradients yet
+        return float(state.tau_scale)
+    before = DynamicState(float(state.tau_scale), float(state.ref_fractionality), int(state.ref_step))
+    after, cut = dynamic_update(before, step, frac, cfg.dynamic_window, cfg.dynamic_min_decrease, cfg.dynamic_cut)
+    state.tau_scale.fill_(after.scale)
+    state.ref_fractionality.fill_(after.ref_fractionality)
+    state.ref_step.fill_(after.ref_step)
+    if cut and cfg.dynamic_jitter > 0:
+        _jitter_scores_(state, cfg.dynamic_jitter * state._tau, seed=int(cfg.seed) * 1_000_003 + int(step))
+        logger.info("smart_hf: mask stuck at fractionality %.4f; tau scale cut to %.3g", frac, after.scale)
+    return after.scale
+
+
+@torch.no_grad()
+def _jitter_scores_(state: SmartState, amplitude: float, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for layer in state.layers:
+        noise = torch.randn(layer.smart_scores.shape, generator=generator)
+        layer.smart_scores.add_(amplitude * noise.to(layer.smart_scores.device))
+
+
+def reinit_scores(model: nn.Module, calibration_data=None) -> None:
+    """Re-initialise the scores from the current weights (e.g. after a dense pre-train), per ``score_init``."""
+    state = get_smart_state(model)
+    cfg = state.smart_config
+    act_stats = None
+    if cfg.score_init == "activation":
+        if calibration_data is None:
+            raise ValueError("score_init='activation' needs calibration_data to re-initialise the scores.")
+        previous = state._mode
+        state.set_mode(MODE_DENSE)  # calibrate on the dense network, not a half-masked one
+        try:
+            act_stats = collect_activation_stats(model, state.layers, calibration_data, cfg.calibration_batches)
+        finally:
+            state.set_mode(previous)
+    init_scores_(state, cfg, act_stats)
+    for group in state.groups:
+        group.shift_x = None
+
+
+@torch.no_grad()
+def harden(model: nn.Module) -> None:
+    """Freeze binary masks (`hard_topk` of the scores, same budgets), stop score gradients, zero pruned weights."""
+    state = get_smart_state(model)
+    if state._mode == MODE_HARD:
+        return
+    for gi, group in enumerate(state.groups):
+        for layer, mask in zip(group.layers, state.hard_group_masks(gi)):
+            getattr(layer, MASK_NAME).copy_(mask)
+    for layer in state.layers:
+        layer.smart_scores.requires_grad_(False)
+    state.set_mode(MODE_HARD)
+    apply_hard_masks_(model)
+
+
+@torch.no_grad()
+def apply_hard_masks_(model: nn.Module) -> None:
+    """Multiply every pruned weight by its hard mask in place (call after each fine-tune optimizer step)."""
+    state = get_smart_state(model)
+    if state._mode != MODE_HARD:
+        raise ValueError("apply_hard_masks_ needs hardened masks; call smart_hf.harden(model) first.")
+    for layer in state.layers:
+        layer.smart_apply_hard_mask_()
+
+
+@torch.no_grad()
+def squash(model: nn.Module) -> nn.Module:
+    """Bake the hard masks into the weights and remove every SMART addition, in place.
+
+    Hardens first if needed. Afterwards the model has its original module classes and state-dict keys, so
+    ``save_pretrained`` writes a checkpoint that stock ``from_pretrained`` loads; ``model.config.smart_hf`` records
+    the pattern and per-layer layout so `sparsity_report` can still check it.
+    """
+    state = get_smart_state(model)
+    harden(model)
+    apply_hard_masks_(model)
+    metadata = _squash_metadata(state)
+    for layer in state.layers:
+        del layer._parameters[SCORES_NAME]
+        del layer._buffers[MASK_NAME]
+        layer.__class__ = layer.smart_base_class
+        for attr in ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot"):
+            layer.__dict__.pop(attr, None)
+    for handle in state.hook_handles:
+        handle.remove()
+    delattr(model, STATE_MODULE_NAME)
+    if getattr(model, "config", None) is not None:
+        model.config.smart_hf = metadata
+    return model
+
+
+def _squash_metadata(state: SmartState) -> dict:
+    from . import __version__
+    from .report import sparsity_report
+
+    report = sparsity_report(state)
+    keys = ("kind", "shape", "pattern", "block_shape", "n", "m", "sparsity")
+    return {
+        "smart_hf_version": __version__,
+        "config": state.smart_config.to_dict(),
+        "sparsity": report["total"]["sparsity"],
+        "layers": {row["name"]: {k: row[k] for k in keys} for row in report["layers"]},
+    }

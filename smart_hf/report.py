@@ -1,0 +1,104 @@
+"""`sparsity_report`: what was pruned, per layer and in total, and whether the pattern is valid.
+
+Works on a prepared model (hard masks, or the masks `harden` would pick while still searching) and on a squashed
+model (from the layout recorded in ``model.config.smart_hf``). Validity means: every N:M group has at most ``n``
+non-zeros, every pruned block/channel is all zero in the stored weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .granularity import UnitLayout, canonical_weight
+from .masking import MODE_HARD, SmartState
+
+__all__ = ["format_report", "layer_report", "sparsity_report"]
+
+
+@torch.no_grad()
+def layer_report(name: str, weight: torch.Tensor, layout: UnitLayout, unit_mask: torch.Tensor | None) -> dict:
+    """One row of the report. ``unit_mask`` (``score_shape``) is the mask to check against, if known."""
+    if unit_mask is not None:
+        weight = weight * layout.expand(unit_mask.to(weight.device)).to(weight.dtype)
+    nonzero = layout.unit_sum(canonical_weight(weight != 0, layout.kind).float())
+    zeros = layout.num_weights - int(nonzero.sum())
+    if layout.pattern == "nm":
+        units_kept, valid = int(nonzero.sum()), bool((nonzero <= layout.n).all())
+    elif unit_mask is not None:
+        units_kept, valid = int(unit_mask.sum()), bool((nonzero[unit_mask == 0] == 0).all())
+    else:
+        units_kept, valid = int((nonzero > 0).sum()), True
+    return {
+        "name": name, "kind": layout.kind, "shape": list(layout.weight_shape), "pattern": layout.pattern,
+        "block_shape": list(layout.block_shape), "n": layout.n, "m": layout.m,
+        "units": layout.num_units if layout.pattern != "nm" else layout.num_weights, "units_kept": units_kept,
+        "weights": layout.num_weights, "zeros": zeros, "sparsity": zeros / layout.num_weights, "valid": valid,
+    }
+
+
+def sparsity_report(model: nn.Module | SmartState) -> dict:
+    """Per-layer and total sparsity of a prepared or squashed model, with a validity check.
+
+    Returns ``{"mode", "layers": [row, ...], "total": {"weights", "zeros", "sparsity"}, "valid"}``; in ``"soft"``
+    mode (still searching) the rows describe the masks `harden` would choose now.
+    """
+    if isinstance(model, SmartState):
+        state = model
+    else:
+        state = getattr(model, "smart_state", None)
+    if isinstance(state, SmartState):
+        rows, mode = _prepared_rows(state), state.mode_name
+    else:
+        meta = getattr(getattr(model, "config", None), "smart_hf", None)
+        if not meta:
+            raise ValueError("model is neither prepared for SMART nor a squashed SMART model (no config.smart_hf).")
+        rows, mode = _squashed_rows(model, meta), "squashed"
+    weights = sum(r["weights"] for r in rows)
+    zeros = sum(r["zeros"] for r in rows)
+    return {
+        "mode": mode, "layers": rows, "valid": all(r["valid"] for r in rows),
+        "total": {"weights": weights, "zeros": zeros, "sparsity": zeros / max(weights, 1)},
+    }
+
+
+def _prepared_rows(state: SmartState) -> list[dict]:
+    names = dict(zip(map(id, state.layers), state.targeted_module_names))
+    rows = []
+    for gi, group in enumerate(state.groups):
+        masks = [layer.smart_mask for layer in group.layers] if state._mode == MODE_HARD else \
+            state.hard_group_masks(gi)
+        for layer, mask in zip(group.layers, masks):
+            weight = layer.weight if state._mode == MODE_HARD else layer.weight.detach()
+            rows.append(layer_report(names[id(layer)], weight, layer.smart_layout, mask))
+    order = {name: i for i, name in enumerate(state.targeted_module_names)}
+    return sorted(rows, key=lambda r: order[r["name"]])
+
+
+def _squashed_rows(model: nn.Module, meta: dict) -> list[dict]:
+    modules = dict(model.named_modules())
+    rows = []
+    for name, info in meta["layers"].items():
+        if name not in modules:
+            raise ValueError(f"config.smart_hf names layer {name!r}, which this model does not have; was the model "
+                             "slimmed or renamed? Re-export it with smart_hf.")
+        layout = UnitLayout(info["kind"], tuple(info["shape"]), info["pattern"], tuple(info["block_shape"]),
+                            info["n"], info["m"])
+        rows.append(layer_report(name, modules[name].weight, layout, None))
+    return rows
+
+
+def format_report(report: dict, max_rows: int = 200) -> str:
+    """A plain-text table of a `sparsity_report`."""
+    lines = [f"{'layer':<56} {'pattern':<10} {'units kept':>16} {'sparsity':>9} {'valid':>6}"]
+    for row in report["layers"][:max_rows]:
+        pattern = {"block": "x".join(map(str, row["block_shape"])), "channel": "channel",
+                   "nm": f"{row['n']}:{row['m']}"}[row["pattern"]]
+        kept = f"{row['units_kept']}/{row['units']}"
+        lines.append(f"{row['name'][-56:]:<56} {pattern:<10} {kept:>16} {row['sparsity']:>9.4f} {str(row['valid']):>6}")
+    if len(report["layers"]) > max_rows:
+        lines.append(f"... {len(report['layers']) - max_rows} more layers")
+    total = report["total"]
+    lines.append(f"{'total (' + report['mode'] + ')':<56} {'':<10} {total['weights'] - total['zeros']:>16} "
+                 f"{total['sparsity']:>9.4f} {str(report['valid']):>6}")
+    return "\n".join(lines)
