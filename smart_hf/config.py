@@ -109,12 +109,12 @@ class SmartConfig:
     dynamic_jitter: float = field(
         default=0.1, metadata={"help": "Dynamic rule: seeded score jitter at a cut, in units of the current tau."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed for score noise and the dynamic rule's jitter."})
+    score_seed: int = field(default=0, metadata={"help": "Seed for score noise and the dynamic rule's jitter."})
 
     def __post_init__(self):
         self.block_shape = [int(v) for v in self.block_shape]
         if self.sparsity is None:
-            self.sparsity = 1.0 - self.n / self.m if self.pattern == "nm" else 0.5
+            self.sparsity = (1.0 - self.n / self.m if self.m > 0 else None) if self.pattern == "nm" else 0.5
         self.overrides = [_parse_override(o) for o in (self.overrides or [])] or None
         _validate_unit_settings(self.unit_settings())
         for override in self.overrides or []:
@@ -139,6 +139,9 @@ class SmartConfig:
         if self.dynamic_window < 1 or not 0 < self.dynamic_cut < 1 or self.dynamic_jitter < 0:
             raise ValueError("dynamic rule needs dynamic_window >= 1, 0 < dynamic_cut < 1 and dynamic_jitter >= 0; "
                              f"got {self.dynamic_window}, {self.dynamic_cut}, {self.dynamic_jitter}.")
+        if not 0.0 <= self.dynamic_min_decrease < 1.0:
+            raise ValueError(f"dynamic_min_decrease must be in [0, 1), got {self.dynamic_min_decrease}; it is the "
+                             "relative fall of the fractionality expected per window, e.g. 0.05.")
         if self.target_modules is not None and self.target_regex is not None:
             raise ValueError("set either target_modules or target_regex, not both (combine them into one regex).")
         if self.target_modules is not None and len(self.target_modules) == 0:
@@ -151,7 +154,7 @@ class SmartConfig:
         n, m = int(o.get("n", self.n)), int(o.get("m", self.m))
         if pattern == "nm":  # N:M derives its sparsity; an explicit one must agree (checked in validation)
             sparsity = o.get("sparsity", self.sparsity if o.keys().isdisjoint({"n", "m", "pattern"}) else None)
-            sparsity = 1.0 - n / m if sparsity is None else sparsity
+            sparsity = (1.0 - n / m if m > 0 else None) if sparsity is None else sparsity  # m <= 0: rejected below
         else:
             sparsity = o.get("sparsity", self.sparsity)
         block = tuple(int(v) for v in o.get("block_shape", self.block_shape))

@@ -136,7 +136,12 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
                                              config.calibration_batches)
     layers = [_attach(module, layout) for _, module, layout, _ in targets]
     state = SmartState(config, build_groups(layers, [t[3] for t in targets], config.budget, config.min_layer_density))
-    state.targeted_module_names = [t[0] for t in targets]
+    # state.layers is in budget-group order, which differs from model order once N:M/per-layer groups mix with a
+    # global one: keep the names (and the activation statistics) aligned with state.layers, not with `targets`
+    position = {id(layer): i for i, layer in enumerate(layers)}
+    state.targeted_module_names = [targets[position[id(layer)]][0] for layer in state.layers]
+    if act_stats is not None:
+        act_stats = [act_stats[position[id(layer)]] for layer in state.layers]
     model.add_module(STATE_MODULE_NAME, state.to(layers[0].weight.device))
     for layer in layers:
         object.__setattr__(layer, "_smart_state", state)

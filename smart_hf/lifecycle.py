@@ -84,7 +84,7 @@ def _dynamic_step(state: SmartState, cfg, step: int) -> float:
     state.ref_fractionality.fill_(after.ref_fractionality)
     state.ref_step.fill_(after.ref_step)
     if cut and cfg.dynamic_jitter > 0:
-        _jitter_scores_(state, cfg.dynamic_jitter * state._tau, seed=int(cfg.seed) * 1_000_003 + int(step))
+        _jitter_scores_(state, cfg.dynamic_jitter * state._tau, seed=int(cfg.score_seed) * 1_000_003 + int(step))
         logger.info("smart_hf: mask stuck at fractionality %.4f; tau scale cut to %.3g", frac, after.scale)
     return after.scale
 
@@ -152,7 +152,7 @@ def squash(model: nn.Module) -> nn.Module:
     state = get_smart_state(model)
     harden(model)
     apply_hard_masks_(model)
-    metadata = _squash_metadata(state)
+    metadata = {k: v for k, v in pruning_metadata(state).items() if k != "report"}
     for layer in state.layers:
         del layer._parameters[SCORES_NAME]
         del layer._buffers[MASK_NAME]
@@ -167,7 +167,8 @@ def squash(model: nn.Module) -> nn.Module:
     return model
 
 
-def _squash_metadata(state: SmartState) -> dict:
+def pruning_metadata(state: SmartState) -> dict:
+    """What a pruned artifact records about itself (``config.smart_hf``), plus the full report under "report"."""
     from . import __version__
     from .report import sparsity_report
 
@@ -178,4 +179,5 @@ def _squash_metadata(state: SmartState) -> dict:
         "config": state.smart_config.to_dict(),
         "sparsity": report["total"]["sparsity"],
         "layers": {row["name"]: {k: row[k] for k in keys} for row in report["layers"]},
+        "report": report,
     }

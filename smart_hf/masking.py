@@ -66,6 +66,10 @@ def build_groups(layers: list, sparsities: list[float], budget: str, min_layer_d
     return groups
 
 
+def _sync_after_load(module: SmartState, _incompatible_keys) -> None:
+    module.sync_from_buffers()
+
+
 class SmartState(nn.Module):
     """Model-level SMART state. Created by `prepare_model`; use the lifecycle functions rather than this class."""
 
@@ -76,6 +80,8 @@ class SmartState(nn.Module):
         self.register_buffer("tau_scale", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer("ref_fractionality", torch.tensor(float("inf"), dtype=torch.float64))
         self.register_buffer("ref_step", torch.tensor(0, dtype=torch.int64))
+        # fractionality of the last training forward; a buffer so a resumed run's dynamic rule sees the same value
+        self.register_buffer("last_fractionality", torch.tensor(float("nan"), dtype=torch.float64))
         self.smart_config = config
         self.groups = groups
         for gi, group in enumerate(groups):
@@ -85,11 +91,15 @@ class SmartState(nn.Module):
         self._frac: dict[int, tuple[torch.Tensor, int]] = {}
         self._mode, self._tau = MODE_SOFT, float(config.tau_start)
         self.hook_handles: list = []
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.sync_from_buffers())
+        self.register_load_state_dict_post_hook(_sync_after_load)  # a module-level function: picklable
 
     @property
     def layers(self) -> list:
         return [layer for g in self.groups for layer in g.layers]
+
+    def forward(self, x=None, *_args, **_kwargs):
+        """Identity: containers that call every child in turn (a root ``nn.Sequential``) pass through it."""
+        return x
 
     # --- python mirrors of the buffers (read once per forward, not once per layer) ---
     def sync_from_buffers(self) -> None:
@@ -115,6 +125,10 @@ class SmartState(nn.Module):
 
     def end_forward(self, *_args, **_kwargs) -> None:
         self._cache = None
+        if self._frac:
+            total = sum(s.double().to(self.last_fractionality.device) for s, _ in self._frac.values())
+            self.last_fractionality.copy_(total / max(sum(c for _, c in self._frac.values()), 1))
+            self._frac = {}
 
     # --- masks ---
     def unit_mask(self, layer) -> torch.Tensor | None:
@@ -159,7 +173,8 @@ class SmartState(nn.Module):
         free = ~reserved
         f = reserved.to(flat.dtype)
         k_free = group.k - float((cost * f).sum())
-        f = f.masked_scatter(free, hard_topk(flat[free], k_free, cost[free]))
+        if free.any():  # else every unit is reserved (sparsity 0 on one-unit layers): nothing left to rank
+            f = f.masked_scatter(free, hard_topk(flat[free], k_free, cost[free]))
         return self._split(group, f)
 
     def _flat_scores(self, group: BudgetGroup):
@@ -179,6 +194,8 @@ class SmartState(nn.Module):
         free = ~reserved
         f = reserved.to(torch.promote_types(flat.dtype, torch.float32))
         k_free = k - float((cost * f).sum())
+        if not free.any():  # every unit is reserved: the mask is all ones, no shift to solve
+            return f, torch.tensor(float("inf"), dtype=torch.float64, device=flat.device)
         f_free, shift = soft_topk(flat[free], k_free, tau, cost=cost[free], shift_init=init, return_shift=True)
         return f.masked_scatter(free, f_free), shift
 
@@ -189,11 +206,9 @@ class SmartState(nn.Module):
                 for p, layer in zip(pieces, group.layers)]
 
     def fractionality(self) -> float:
-        """Mean ``min(f, 1 - f)`` over all units of the last soft forward with gradients (0.0 if none yet)."""
+        """Mean ``min(f, 1 - f)`` over all units in the last root forward with gradients (NaN before the first)."""
         if self._mode == MODE_HARD:
             return 0.0
-        if not self._frac:
-            return float("nan")
-        total = sum(s.double().cpu() for s, _ in self._frac.values())
-        count = sum(c for _, c in self._frac.values())
-        return float(total) / max(count, 1)
+        if self._frac:  # a layer was called outside a root forward: fold its groups in now
+            self.end_forward()
+        return float(self.last_fractionality)

@@ -18,15 +18,15 @@ __all__ = ["format_report", "layer_report", "sparsity_report"]
 
 @torch.no_grad()
 def layer_report(name: str, weight: torch.Tensor, layout: UnitLayout, unit_mask: torch.Tensor | None) -> dict:
-    """One row of the report. ``unit_mask`` (``score_shape``) is the mask to check against, if known."""
-    if unit_mask is not None:
-        weight = weight * layout.expand(unit_mask.to(weight.device)).to(weight.dtype)
-    nonzero = layout.unit_sum(canonical_weight(weight != 0, layout.kind).float())
+    """One row of the report for the stored ``weight``. ``unit_mask`` (``score_shape``), if known, is the mask the
+    weight must obey: a non-zero weight in a pruned unit makes the row invalid (it is checked, not masked away)."""
+    nonzero = layout.unit_sum(canonical_weight(weight != 0, layout.kind).float())  # per unit; N:M: per weight
     zeros = layout.num_weights - int(nonzero.sum())
-    if layout.pattern == "nm":
-        units_kept, valid = int(nonzero.sum()), bool((nonzero <= layout.n).all())
+    pruned_clean = True if unit_mask is None else bool((nonzero[unit_mask.to(nonzero.device) == 0] == 0).all())
+    if layout.pattern == "nm":  # rows of `nonzero` are the groups of m
+        units_kept, valid = int(nonzero.sum()), bool((nonzero.sum(-1) <= layout.n).all()) and pruned_clean
     elif unit_mask is not None:
-        units_kept, valid = int(unit_mask.sum()), bool((nonzero[unit_mask == 0] == 0).all())
+        units_kept, valid = int(unit_mask.sum()), pruned_clean
     else:
         units_kept, valid = int((nonzero > 0).sum()), True
     return {
@@ -69,7 +69,9 @@ def _prepared_rows(state: SmartState) -> list[dict]:
         masks = [layer.smart_mask for layer in group.layers] if state._mode == MODE_HARD else \
             state.hard_group_masks(gi)
         for layer, mask in zip(group.layers, masks):
-            weight = layer.weight if state._mode == MODE_HARD else layer.weight.detach()
+            weight = layer.weight.detach()
+            if state._mode != MODE_HARD:  # still searching: describe the weights `harden` would leave
+                weight = weight * layer.smart_layout.expand(mask.to(weight.device)).to(weight.dtype)
             rows.append(layer_report(names[id(layer)], weight, layer.smart_layout, mask))
     order = {name: i for i, name in enumerate(state.targeted_module_names)}
     return sorted(rows, key=lambda r: order[r["name"]])

@@ -10,7 +10,7 @@ Raw importance of a unit (shape conventions in `granularity`: canonical weight `
 
 Normalisation, so that one temperature means the same everywhere: each layer's raw importances are divided by their
 layer mean (layer-relative importance), then every budget group is standardised to mean 0 and std 1.
-Finally ``score_noise * N(0, 1)`` (seeded by ``config.seed``) is added.
+Finally ``score_noise * N(0, 1)`` (seeded by ``config.score_seed``) is added.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _to_device(batch, device):
 def init_scores_(state, config, act_stats: list | None = None) -> None:
     """Fill every layer's ``smart_scores`` in place (see module docstring for the formula)."""
     layers = state.layers
-    generator = torch.Generator().manual_seed(int(config.seed))
+    generator = torch.Generator().manual_seed(int(config.score_seed))
     for group in state.groups:
         raw = []
         for layer in group.layers:

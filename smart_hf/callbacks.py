@@ -1,0 +1,152 @@
+"""`SmartCallback`: the three SMART stages for any `transformers.Trainer` (also `Seq2SeqTrainer`, TRL's trainers).
+
+Per optimizer step (``on_step_begin``), for the step about to run:
+
+1. ``step < pretrain``: dense mode (masks off);
+2. ``pretrain <= step < pretrain + search``: on entry, re-initialise the scores from the (pre-trained) weights and
+   switch to soft masks; every step, advance the temperature schedule;
+3. afterwards: harden once (binary masks, frozen scores, pruned weights and their optimizer state zeroed), and after
+   every optimizer step (``on_step_end``) re-apply the hard mask so pruned weights stay exactly zero.
+
+The model must be prepared (`prepare_model`) before the Trainer creates its optimizer. `SmartTrainer` adds this
+callback itself, first in the list, so the smart metrics it adds to ``logs`` reach every ``report_to`` backend.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import TrainerCallback
+
+from .lifecycle import apply_hard_masks_, get_smart_state, harden, reinit_scores, update_temperature
+from .masking import MODE_DENSE, MODE_HARD, MODE_SOFT
+from .report import sparsity_report
+from .training_args import SmartTrainingArguments, stage_lengths
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SmartCallback"]
+
+STAGE_PRETRAIN, STAGE_SEARCH, STAGE_FINETUNE = 1, 2, 3
+
+
+class SmartCallback(TrainerCallback):
+    """Drives the SMART stages inside a Trainer.
+
+    Args:
+        pretrain_steps, search_steps, search_fraction: stage lengths in optimizer steps, used when the Trainer's args
+            are not `SmartTrainingArguments` (whose fields then win).
+        calibration_data: input batches for ``score_init="activation"`` at the start of the search.
+        trainer: optional Trainer, to log the eval-loss jump at hardening.
+    """
+
+    def __init__(self, pretrain_steps: int = 0, search_steps: int | None = None, search_fraction: float = 0.4,
+                 calibration_data=None, trainer=None, on_search_begin=None):
+        self.pretrain_steps, self.search_steps, self.search_fraction = pretrain_steps, search_steps, search_fraction
+        self.calibration_data = calibration_data
+        self.trainer = trainer
+        self.on_search_begin = on_search_begin
+        self.stages: tuple[int, int, int] | None = None
+        self.extra_logs: dict[str, float] = {}
+
+    def _stage_args(self, args):
+        if isinstance(args, SmartTrainingArguments):
+            return args.pretrain_steps, args.search_steps, args.search_fraction
+        return self.pretrain_steps, self.search_steps, self.search_fraction
+
+    def stage_at(self, step: int) -> int:
+        pretrain, search, _ = self.stages
+        if step < pretrain:
+            return STAGE_PRETRAIN
+        return STAGE_SEARCH if step < pretrain + search else STAGE_FINETUNE
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.stages = stage_lengths(state.max_steps, *self._stage_args(args))
+        smart = get_smart_state(model)
+        if smart._mode == MODE_HARD:  # resumed in the fine-tune stage
+            for layer in smart.layers:
+                layer.smart_scores.requires_grad_(False)
+        elif state.global_step < self.stages[0]:
+            smart.set_mode(MODE_DENSE)
+        self._enter_step(model, state.global_step, optimizer)
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._enter_step(model, state.global_step, optimizer)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if get_smart_state(model)._mode == MODE_HARD:
+            apply_hard_masks_(model)
+
+    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if get_smart_state(model)._mode != MODE_HARD:
+            self._harden(model, optimizer)
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or model is None or self.stages is None:
+            return
+        smart = get_smart_state(model)
+        extra = {
+            "smart/stage": self.stage_at(max(state.global_step - 1, 0)),
+            "smart/temperature": float(smart.temperature),
+            "smart/fractionality": smart.fractionality() if smart._mode == MODE_SOFT else 0.0,
+            "smart/sparsity": sparsity_report(smart)["total"]["sparsity"] if smart._mode != MODE_DENSE else 0.0,
+            **self.extra_logs,
+        }
+        self.extra_logs = {}
+        logs.update(extra)
+        if state.log_history:
+            state.log_history[-1].update(extra)
+
+    # --- stage transitions ---
+    def _enter_step(self, model, step: int, optimizer) -> None:
+        pretrain, search, _ = self.stages
+        smart = get_smart_state(model)
+        stage = self.stage_at(step)
+        if stage == STAGE_PRETRAIN:
+            return
+        if stage == STAGE_SEARCH:
+            if smart._mode == MODE_DENSE:
+                self._begin_search(model)
+            update_temperature(model, step - pretrain, search)
+        elif smart._mode != MODE_HARD:
+            self._harden(model, optimizer)
+
+    def _begin_search(self, model) -> None:
+        if self.on_search_begin is not None:
+            self.on_search_begin(model)
+        reinit_scores(model, self.calibration_data)
+        get_smart_state(model).set_mode(MODE_SOFT)
+        logger.info("smart_hf: structure search begins")
+
+    def _harden(self, model, optimizer) -> None:
+        before = self._eval_loss()
+        soft_fraction = get_smart_state(model).fractionality()
+        harden(model)
+        _zero_pruned_optimizer_state(model, optimizer)
+        after = self._eval_loss()
+        self.extra_logs["smart/fractionality_at_hardening"] = soft_fraction
+        if before is not None and after is not None:
+            self.extra_logs.update({"smart/eval_loss_before_hardening": before,
+                                    "smart/eval_loss_after_hardening": after})
+            logger.info("smart_hf: hardened masks; eval loss %.4f -> %.4f", before, after)
+
+    def _eval_loss(self) -> float | None:
+        trainer = self.trainer
+        if trainer is None or trainer.eval_dataset is None or not getattr(trainer.args, "log_hardening_jump", False):
+            return None
+        return trainer.evaluate().get("eval_loss")
+
+
+@torch.no_grad()
+def _zero_pruned_optimizer_state(model, optimizer) -> None:
+    """Zero the optimizer moments of pruned weights, so nothing pushes them back once the mask is frozen."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+    if optimizer is None:
+        return
+    for layer in get_smart_state(model).layers:
+        moments = optimizer.state.get(layer.weight, {})
+        mask = layer.smart_layout.expand(layer.smart_mask)
+        for value in moments.values():
+            if torch.is_tensor(value) and value.shape == layer.weight.shape:
+                value.mul_(mask.to(value.dtype))

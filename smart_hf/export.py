@@ -1,0 +1,81 @@
+"""Writing a pruned model that stock transformers loads: squashed weights, ``smart_config.json``, a sparsity report.
+
+`save_pruned` works on a prepared model without modifying or copying it: it builds the squashed state dict (hard
+masks baked into the targeted weights, every ``smart_`` tensor dropped), whose keys are exactly those of the original
+model, and lets ``save_pretrained`` write it. ``config.json`` gains a ``smart_hf`` entry (pattern, sparsity, per-layer
+layout) that `sparsity_report` can check after loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from torch import nn
+
+from .constants import REPORT_NAME
+from .constants import is_smart_name
+from .lifecycle import get_smart_state, pruning_metadata
+from .masking import MODE_HARD
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["save_pruned", "squashed_state_dict"]
+
+
+@torch.no_grad()
+def squashed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict `squash` would produce, computed without touching ``model``.
+
+    Uses the hard masks if the model is hardened, otherwise the masks `harden` would pick now.
+    """
+    state = get_smart_state(model)
+    root = _root_of(model)
+    out = {k: v for k, v in root.state_dict().items() if not is_smart_name(k)}
+    masks = [layer.smart_mask for layer in state.layers] if state._mode == MODE_HARD else \
+        [m for gi in range(len(state.groups)) for m in state.hard_group_masks(gi)]
+    names = dict(zip(map(id, state.layers), state.targeted_module_names))
+    for layer, mask in zip(state.layers, masks):
+        key = f"{names[id(layer)]}.weight"
+        out[key] = layer.weight.detach() * layer.smart_layout.expand(mask).to(layer.weight.dtype)
+    return out
+
+
+def _root_of(model: nn.Module) -> nn.Module:
+    while not hasattr(model, "smart_state") and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def save_pruned(model: nn.Module, output_dir: str | os.PathLike, processing_class=None, log_history=None,
+                save_plots: bool = True, stages=None) -> str:
+    """Save a prepared model as a stock-loadable pruned checkpoint plus ``smart_config.json``, the sparsity report
+    (``smart_sparsity.json``) and, with matplotlib installed and ``save_plots``, PNG plots. Returns ``output_dir``."""
+    root = _root_of(model)
+    state = get_smart_state(root)
+    os.makedirs(output_dir, exist_ok=True)
+    metadata = pruning_metadata(state)
+    config = getattr(root, "config", None)
+    previous = getattr(config, "smart_hf", None) if config is not None else None
+    if config is not None:
+        config.smart_hf = {k: v for k, v in metadata.items() if k != "report"}
+    try:
+        root.save_pretrained(output_dir, state_dict=squashed_state_dict(root))
+    finally:
+        if config is not None:
+            if previous is None:
+                del config.smart_hf
+            else:
+                config.smart_hf = previous
+    state.smart_config.save_pretrained(output_dir)
+    with open(os.path.join(output_dir, REPORT_NAME), "w", encoding="utf-8") as fh:
+        json.dump(metadata["report"], fh, indent=2)
+    if processing_class is not None:
+        processing_class.save_pretrained(output_dir)
+    if save_plots:
+        from .plots import save_plots as _save_plots
+
+        _save_plots(metadata["report"], log_history or [], output_dir, stages)
+    return str(output_dir)

@@ -1,0 +1,137 @@
+"""`SmartTrainer`: a `transformers.Trainer` that runs the three SMART stages in one ``train()``.
+
+Swap ``Trainer`` for ``SmartTrainer``, pass ``smart_config=SmartConfig(...)`` and `SmartTrainingArguments`; the
+stages, temperature schedule, hardening and mask enforcement run from `SmartCallback`. Only documented Trainer
+methods are overridden: ``create_optimizer`` (an own parameter group for the mask scores), ``compute_loss``
+(optional distillation) and ``save_model`` (the final save writes the squashed, stock-loadable model).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from .callbacks import STAGE_PRETRAIN, SmartCallback
+from .config import SmartConfig
+from .constants import SCORES_NAME
+from .export import save_pruned
+from .inject import prepare_model
+from .lifecycle import get_smart_state, set_mode
+from .training_args import SmartTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SmartTrainer"]
+
+
+class SmartTrainer(Trainer):
+    """Trainer for SMART pruning.
+
+    Args:
+        model: a transformers model (prepared here unless it already is).
+        args (`SmartTrainingArguments`): training and stage settings.
+        smart_config (`SmartConfig`): what to prune; required unless ``model`` is already prepared.
+        teacher_model: optional distillation teacher (default: the dense model at the start of the search, used
+            when ``args.distill_alpha > 0``).
+        calibration_data: input batches for ``score_init="activation"``; default: the first training batches.
+        **kwargs: everything `Trainer` accepts (datasets, collator, ``compute_metrics``, callbacks, ...).
+    """
+
+    def __init__(self, model=None, args: SmartTrainingArguments | None = None, smart_config: SmartConfig | None = None,
+                 teacher_model=None, calibration_data=None, **kwargs):
+        if model is None:
+            raise ValueError("SmartTrainer needs a model (model_init is not supported: the masks live on the model).")
+        if args is None:
+            args = SmartTrainingArguments(output_dir="smart_output")
+        if not isinstance(args, SmartTrainingArguments):
+            raise ValueError(f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
+                             "SmartTrainingArguments(output_dir=..., ...).")
+        prepared = hasattr(model, "smart_state")
+        if not prepared and not isinstance(smart_config, SmartConfig):
+            raise ValueError("pass smart_config=SmartConfig(...) (or a model already prepared with prepare_model).")
+        super().__init__(model=model, args=args, **kwargs)
+        if not prepared:
+            needs_batches = smart_config.score_init == "activation" and calibration_data is None
+            calibration_data = self._calibration_batches(smart_config) if needs_batches else calibration_data
+            prepare_model(self.model, smart_config, calibration_data=calibration_data)
+            if args.pretrain_steps > 0:
+                set_mode(self.model, "dense")
+        self.teacher_model = teacher_model
+        self.dense_metrics: dict | None = None  # eval metrics of the dense model at the start of the search
+        self.smart_callback = SmartCallback(calibration_data=calibration_data, trainer=self,
+                                            on_search_begin=self._on_search_begin)
+        # first in the list, so the smart metrics it adds to `logs` reach every report_to backend
+        self.callback_handler.callbacks.insert(0, self.smart_callback)
+
+    def _calibration_batches(self, smart_config: SmartConfig) -> list:
+        if self.train_dataset is None:
+            raise ValueError("score_init='activation' needs calibration_data or a train_dataset to calibrate on.")
+        loader = self.get_train_dataloader()
+        return list(itertools.islice(iter(loader), smart_config.calibration_batches))
+
+    def _on_search_begin(self, model) -> None:
+        """Still dense here: record the dense metrics and, for distillation, snapshot the teacher."""
+        if self.eval_dataset is not None:
+            self.dense_metrics = self.evaluate(metric_key_prefix="dense")
+        if self.args.distill_alpha > 0 and self.teacher_model is None:
+            teacher = copy.deepcopy(model)
+            get_smart_state(teacher).set_mode(0)  # dense: the teacher is the unpruned network
+            self.teacher_model = teacher.eval().requires_grad_(False)
+
+    # --- documented Trainer hooks ---
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, plus one parameter group for the mask scores (own LR, no weight decay)."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        scores = [p for n, p in model.named_parameters() if n.endswith(SCORES_NAME) and p.requires_grad]
+        for p in scores:  # hidden while the Trainer builds its groups, so they are not decayed with the weights
+            p.requires_grad_(False)
+        try:
+            optimizer = super().create_optimizer(model)
+        finally:
+            for p in scores:
+                p.requires_grad_(True)
+        if scores:
+            optimizer.add_param_group({"params": scores, "lr": self.args.score_learning_rate, "weight_decay": 0.0})
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        use_teacher = (self.args.distill_alpha > 0 and self.teacher_model is not None and model.training
+                       and self.smart_callback.stage_at(self.state.global_step) != STAGE_PRETRAIN)
+        if not use_teacher:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        teacher = self.teacher_model.to(next(model.parameters()).device)
+        with torch.no_grad():
+            teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        loss = (1 - self.args.distill_alpha) * loss + self.args.distill_alpha * _distill_loss(
+            outputs.logits, teacher_logits, self.args.distill_temperature)
+        return (loss, outputs) if return_outputs else loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints (internal calls) keep the full SMART state for resuming; a user's call writes the pruned,
+        stock-loadable model with ``smart_config.json``, the sparsity report and plots."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            save_pruned(self.model, output_dir, processing_class=self.processing_class,
+                        log_history=self.state.log_history, save_plots=self.args.save_plots,
+                        stages=self.smart_callback.stages)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+
+def _distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` averaged over the batch (Hinton et al. 2015)."""
+    t = temperature
+    student = F.log_softmax(student_logits.float() / t, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(student.flatten(0, -2), teacher.flatten(0, -2), log_target=True, reduction="batchmean") * t * t

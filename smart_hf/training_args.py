@@ -1,0 +1,77 @@
+"""`SmartTrainingArguments`: the trainer-only knobs of a SMART run (what defines the artifact is in `SmartConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+__all__ = ["SmartTrainingArguments", "stage_lengths"]
+
+
+@dataclass
+class SmartTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the SMART stages, the mask-score optimizer group and optional distillation.
+
+    Stages are counted in optimizer steps (so gradient accumulation is accounted for): ``pretrain_steps`` dense
+    steps, then ``search_steps`` of structure search (soft masks, falling temperature), then fine-tuning with the
+    hard mask for the rest of ``max_steps`` / ``num_train_epochs``.
+    """
+
+    # --- stages ---
+    pretrain_steps: int = field(
+        default=0, metadata={"help": "Dense optimizer steps before the structure search (stage 1; 0 = start pruned)."}
+    )
+    search_steps: int | None = field(
+        default=None,
+        metadata={"help": "Optimizer steps of structure search (stage 2). Default: search_fraction of the steps "
+                  "left after pretrain_steps."},
+    )
+    search_fraction: float = field(
+        default=0.4, metadata={"help": "Share of the post-pretrain steps spent searching when search_steps is unset."}
+    )
+    # --- mask scores ---
+    score_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Learning rate of the smart_scores parameter group (no weight decay)."}
+    )
+    # --- distillation ---
+    distill_alpha: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the distillation loss from the dense teacher (0 = off). The teacher is the dense "
+                  "model at the start of the search, unless one is passed as SmartTrainer(teacher_model=...)."},
+    )
+    distill_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the distillation."})
+    # --- reporting ---
+    log_hardening_jump: bool = field(
+        default=True, metadata={"help": "Evaluate just before and after hardening and log the eval-loss jump."}
+    )
+    save_plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib) with save_model."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}.")
+        if self.search_steps is not None and self.search_steps < 1:
+            raise ValueError(f"search_steps must be >= 1, got {self.search_steps}; the structure search needs steps.")
+        if not 0.0 < self.search_fraction <= 1.0:
+            raise ValueError(f"search_fraction must be in (0, 1], got {self.search_fraction}; e.g. 0.4.")
+        if self.score_learning_rate <= 0:
+            raise ValueError(f"score_learning_rate must be > 0, got {self.score_learning_rate}; e.g. 1e-2.")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}.")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}.")
+
+
+def stage_lengths(total_steps: int, pretrain_steps: int, search_steps: int | None, search_fraction: float):
+    """``(pretrain, search, finetune)`` optimizer steps for a run of ``total_steps``; raises if they do not fit."""
+    if total_steps <= 0:
+        raise ValueError("the run has no optimizer steps; the training dataset is empty or max_steps is 0.")
+    search = search_steps if search_steps is not None else int(round(search_fraction * (total_steps - pretrain_steps)))
+    if search < 1:
+        raise ValueError(f"no structure-search steps: {total_steps} steps in total with pretrain_steps="
+                         f"{pretrain_steps}; raise max_steps/num_train_epochs or set search_steps.")
+    if pretrain_steps + search > total_steps:
+        raise ValueError(f"pretrain_steps ({pretrain_steps}) + search_steps ({search}) exceed the {total_steps} "
+                         "optimizer steps of the run; raise max_steps or shorten the stages.")
+    return pretrain_steps, search, total_steps - pretrain_steps - search

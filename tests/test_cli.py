@@ -1,0 +1,38 @@
+"""The recipe parser: every shipped recipe parses; bad keys fail with their names."""
+
+from pathlib import Path
+
+import pytest
+
+from smart_hf.cli import main, parse_recipe
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses(recipe):
+    model_args, data_args, smart_config, training_args = parse_recipe(str(recipe))
+    assert training_args.output_dir and smart_config.pattern in ("block", "channel", "nm")
+
+
+def test_command_line_overrides_recipe():
+    recipe = str(RECIPES[0])
+    *_, smart_config, training_args = parse_recipe(recipe, ["--sparsity", "0.75", "--max_steps", "7"])
+    assert smart_config.sparsity == 0.75 and training_args.max_steps == 7
+
+
+def test_bad_recipe_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: digits\nsparsity: 0.5\nspartsity: 0.9\noutput_dir: x\n")
+    with pytest.raises(ValueError, match="spartsity"):
+        parse_recipe(str(bad))
+
+
+def test_bad_command_line_key_is_named():
+    with pytest.raises(ValueError, match="--no_such_key"):
+        parse_recipe(str(RECIPES[0]), ["--no_such_key", "1"])
+
+
+def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""SmartTrainer / SmartCallback: the three stages inside the HF Trainer on a tiny ViT (CPU, seconds)."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments, ViTConfig, ViTForImageClassification
+
+import smart_hf as sh
+from smart_hf.callbacks import SmartCallback
+from smart_hf.masking import MODE_HARD
+from smart_hf.trainer import SmartTrainer
+from smart_hf.training_args import SmartTrainingArguments
+
+
+def tiny_vit(seed=0):
+    torch.manual_seed(seed)
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16,
+                    patch_size=4, num_labels=3)
+    return ViTForImageClassification(cfg)
+
+
+def tiny_dataset(n=48):
+    g = torch.Generator().manual_seed(1)
+    return Dataset.from_dict({"pixel_values": torch.randn(n, 3, 16, 16, generator=g).numpy(),
+                              "labels": torch.randint(0, 3, (n,), generator=g).numpy()}).with_format("torch")
+
+
+def smart_args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), max_steps=24, per_device_train_batch_size=8, pretrain_steps=4,
+                search_steps=10, logging_steps=4, report_to=[], use_cpu=True, save_strategy="no", learning_rate=1e-3,
+                score_learning_rate=5e-2, seed=0, data_seed=0, log_hardening_jump=False, save_plots=False)
+    base.update(kw)
+    return SmartTrainingArguments(**base)
+
+
+class Recorder(TrainerCallback):
+    """Records, after every optimizer step, the stage and whether pruned weights are exactly zero."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        smart = sh.get_smart_state(model)
+        zero_ok = None
+        if smart._mode == MODE_HARD:
+            zero_ok = all(bool((layer.weight[layer.smart_layout.expand(layer.smart_mask).expand_as(layer.weight) == 0]
+                                == 0).all()) for layer in smart.layers)
+        self.rows.append((state.global_step, smart.mode_name, zero_ok))
+
+
+def test_three_stage_run(tmp_path):
+    model = tiny_vit()
+    trainer = SmartTrainer(model=model, args=smart_args(tmp_path), smart_config=sh.SmartConfig(sparsity=0.5),
+                           train_dataset=tiny_dataset())
+    recorder = Recorder()
+    trainer.add_callback(recorder)
+    trainer.train()
+    smart = sh.get_smart_state(trainer.model)
+    modes = [mode for _, mode, _ in recorder.rows]
+    assert modes[:4] == ["dense"] * 4 and modes[4:14] == ["soft"] * 10 and modes[14:] == ["hard"] * 10
+    assert all(ok for _, mode, ok in recorder.rows if mode == "hard")
+    report = sh.sparsity_report(trainer.model)
+    assert report["valid"] and abs(report["total"]["sparsity"] - 0.5) < 16 / report["total"]["weights"]
+    for layer in smart.layers:
+        assert set(layer.smart_mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_every_score_changes_during_search(tmp_path):
+    model = tiny_vit()
+    trainer = SmartTrainer(model=model, args=smart_args(tmp_path, pretrain_steps=0, max_steps=10, search_steps=10),
+                           smart_config=sh.SmartConfig(sparsity=0.5), train_dataset=tiny_dataset())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n.endswith("smart_scores")}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert before and all(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_schedule_advances_per_optimizer_step(tmp_path):
+    """With gradient accumulation 3, 12 optimizer steps still mean 12 temperature updates."""
+    temps = []
+
+    class Temp(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            temps.append(float(sh.get_smart_state(model).temperature))
+
+    args = smart_args(tmp_path, pretrain_steps=0, max_steps=12, search_steps=12, gradient_accumulation_steps=3,
+                      per_device_train_batch_size=4)
+    trainer = SmartTrainer(model=tiny_vit(), args=args, smart_config=sh.SmartConfig(temperature_schedule="exponential"),
+                           train_dataset=tiny_dataset(), callbacks=[Temp()])
+    trainer.train()
+    expected = [sh.temperature_at(s, 12, 1.0, 1e-4, "exponential") for s in range(12)]
+    assert len(temps) == 12 and torch.allclose(torch.tensor(temps), torch.tensor(expected), rtol=1e-6)
+
+
+def test_callback_in_plain_trainer_matches_smart_trainer(tmp_path):
+    config = sh.SmartConfig(sparsity=0.5)
+    smart = SmartTrainer(model=tiny_vit(), args=smart_args(tmp_path / "a", weight_decay=0.0, score_learning_rate=1e-3),
+                         smart_config=config, train_dataset=tiny_dataset())
+    smart.train()
+
+    plain_model = sh.prepare_model(tiny_vit(), config)
+    sh.set_mode(plain_model, "dense")
+    plain_args = TrainingArguments(output_dir=str(tmp_path / "b"), max_steps=24, per_device_train_batch_size=8,
+                                   report_to=[], use_cpu=True, save_strategy="no", learning_rate=1e-3, seed=0,
+                                   data_seed=0, weight_decay=0.0)
+    plain = Trainer(model=plain_model, args=plain_args, train_dataset=tiny_dataset(),
+                    callbacks=[SmartCallback(pretrain_steps=4, search_steps=10)])
+    plain.train()
+    masks_a = [layer.smart_mask for layer in sh.get_smart_state(smart.model).layers]
+    masks_b = [layer.smart_mask for layer in sh.get_smart_state(plain.model).layers]
+    assert all(torch.equal(a, b) for a, b in zip(masks_a, masks_b))
+
+
+def test_save_model_is_stock_loadable(tmp_path):
+    trainer = SmartTrainer(model=tiny_vit(), args=smart_args(tmp_path, max_steps=16),
+                           smart_config=sh.SmartConfig(sparsity=0.5), train_dataset=tiny_dataset())
+    trainer.train()
+    out = tmp_path / "final"
+    trainer.save_model(str(out))
+    loaded = ViTForImageClassification.from_pretrained(out)
+    x = torch.randn(2, 3, 16, 16)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixel_values=x).logits, trainer.model(pixel_values=x).logits, atol=1e-5)
+    assert (out / "smart_config.json").is_file() and (out / "smart_sparsity.json").is_file()
+    assert sh.sparsity_report(loaded)["valid"]
+
+
+def test_zero_search_steps_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="search_steps"):
+        smart_args(tmp_path, search_steps=0)
