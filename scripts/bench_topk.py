@@ -146,7 +146,7 @@ def bench_overhead(*, num_layers: int, batch: int, image_size: int, steps: int, 
     pixel_values = torch.randn(batch, 3, image_size, image_size, generator=gen)
     labels = torch.randint(0, 10, (batch,), generator=gen)
     runs = {name: _make_variant(base, name) for name in VARIANTS}
-    smart_state = getattr(runs["block_soft_search"][0], "smart_state")
+    smart_state = runs["block_soft_search"][0].smart_state
     units = sum(layer.smart_layout.num_units for layer in smart_state.layers)
     weights = sum(layer.smart_layout.num_weights for layer in smart_state.layers)
 

@@ -15,8 +15,7 @@ import os
 import torch
 from torch import nn
 
-from .constants import REPORT_NAME
-from .constants import is_smart_name
+from .constants import REPORT_NAME, is_smart_name
 from .lifecycle import get_smart_state, pruning_metadata
 from .masking import MODE_HARD
 
