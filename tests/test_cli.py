@@ -7,6 +7,7 @@ import pytest
 from smart_hf.cli import main, parse_recipe
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
+DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "deit_digits_block.yaml"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -16,7 +17,7 @@ def test_every_recipe_parses(recipe):
 
 
 def test_command_line_overrides_recipe():
-    recipe = str(RECIPES[0])
+    recipe = str(DEFAULT_RECIPE)
     *_, smart_config, training_args = parse_recipe(recipe, ["--sparsity", "0.75", "--max_steps", "7"])
     assert smart_config.sparsity == 0.75 and training_args.max_steps == 7
 
@@ -30,7 +31,7 @@ def test_bad_recipe_key_is_named(tmp_path):
 
 def test_bad_command_line_key_is_named():
     with pytest.raises(ValueError, match="--no_such_key"):
-        parse_recipe(str(RECIPES[0]), ["--no_such_key", "1"])
+        parse_recipe(str(DEFAULT_RECIPE), ["--no_such_key", "1"])
 
 
 def test_cli_reports_errors_with_exit_code(tmp_path, capsys):

@@ -129,3 +129,27 @@ def test_save_model_is_stock_loadable(tmp_path):
 def test_zero_search_steps_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="search_steps"):
         smart_args(tmp_path, search_steps=0)
+
+
+@pytest.mark.parametrize("resume_step", [8, 18], ids=["mid-search", "mid-finetune"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, resume_step):
+    """A run resumed from a checkpoint ends with the same masks and logs the same losses as the uninterrupted one."""
+    config = sh.SmartConfig(sparsity=0.5)
+    kwargs = dict(save_strategy="steps", save_steps=resume_step, logging_steps=2)
+    full = SmartTrainer(model=tiny_vit(), args=smart_args(tmp_path / "full", **kwargs), smart_config=config,
+                        train_dataset=tiny_dataset())
+    full.train()
+    resumed = SmartTrainer(model=tiny_vit(seed=123), args=smart_args(tmp_path / "resumed", **kwargs),
+                           smart_config=config, train_dataset=tiny_dataset())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / f"checkpoint-{resume_step}"))
+    masks_full = [layer.smart_mask for layer in sh.get_smart_state(full.model).layers]
+    masks_resumed = [layer.smart_mask for layer in sh.get_smart_state(resumed.model).layers]
+    assert all(torch.equal(a, b) for a, b in zip(masks_full, masks_resumed))
+
+    def losses(trainer):
+        return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e and e["step"] > resume_step}
+
+    expected, got = losses(full), losses(resumed)
+    assert expected.keys() == got.keys() and expected
+    for step in expected:
+        assert abs(expected[step] - got[step]) < 1e-4 * max(1.0, abs(expected[step])), step
