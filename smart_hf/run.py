@@ -59,7 +59,10 @@ def _hub_text_splits(data_args, tokenizer):
 
     raw = load_dataset(data_args.dataset, data_args.dataset_config)
     val_name = "validation" if "validation" in raw else "test"
-    splits = {"train": raw["train"], "validation": raw[val_name], "test": raw.get("test", raw[val_name])}
+    test = raw["test"] if "test" in raw else raw[val_name]
+    if min(test[data_args.label_column]) < 0:  # GLUE-style hidden test labels (-1): score on validation instead
+        test = raw[val_name]
+    splits = {"train": raw["train"], "validation": raw[val_name], "test": test}
 
     def tokenize(batch):
         enc = tokenizer(batch[data_args.text_column], truncation=True, padding="max_length",

@@ -13,9 +13,11 @@ import itertools
 import logging
 import os
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .callbacks import STAGE_PRETRAIN, SmartCallback
 from .config import SmartConfig
@@ -120,13 +122,39 @@ class SmartTrainer(Trainer):
         """Checkpoints (internal calls) keep the full SMART state for resuming; a user's call writes the pruned,
         stock-loadable model with ``smart_config.json``, the sparsity report and plots."""
         if _internal_call:
-            return super().save_model(output_dir, _internal_call=True)
+            return self._save_checkpoint_weights(output_dir or self.args.output_dir)
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             save_pruned(self.model, output_dir, processing_class=self.processing_class,
                         log_history=self.state.log_history, save_plots=self.args.save_plots,
                         stages=self.smart_callback.stages)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _save_checkpoint_weights(self, output_dir: str) -> None:
+        """Checkpoint weights under the model's *own* state-dict keys.
+
+        transformers 5 ``save_pretrained`` renames keys to the legacy layout (``vit.layers.0.attention.q_proj`` ->
+        ``vit.encoder.layer.0.attention.attention.query``) while ``Trainer._load_from_checkpoint`` loads with a plain
+        ``load_state_dict``: the resumed model would silently keep its initial weights. Writing the state dict
+        as-is (safetensors) makes ``resume_from_checkpoint`` restore weights, scores and schedule exactly.
+        """
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super().save_model(output_dir, _internal_call=True)
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        tensors, seen = {}, set()
+        for key, value in model.state_dict().items():
+            value = value.detach()
+            tensors[key] = value.clone().contiguous() if value.data_ptr() in seen else value.contiguous()
+            seen.add(value.data_ptr())  # safetensors refuses shared storage (tied embeddings): clone the repeats
+        safetensors.torch.save_file(tensors, os.path.join(output_dir, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        if getattr(model, "config", None) is not None:
+            model.config.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
 
 def _distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
