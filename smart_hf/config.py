@@ -36,8 +36,10 @@ class SmartConfig:
     # --- what a unit is ---
     pattern: Literal["block", "channel", "nm"] = field(
         default="block",
-        metadata={"help": "Structural unit: 'block' (r x c weight blocks; (1,1) = unstructured), 'channel' (output "
-                  "channels) or 'nm' (keep n of every m consecutive input weights, the 2:4 GPU layout)."},
+        metadata={
+            "help": "Structural unit: 'block' (r x c weight blocks; (1,1) = unstructured), 'channel' (output "
+            "channels) or 'nm' (keep n of every m consecutive input weights, the 2:4 GPU layout)."
+        },
     )
     block_shape: list[int] = field(
         default_factory=lambda: [4, 4],
@@ -48,24 +50,32 @@ class SmartConfig:
     # --- how much ---
     sparsity: float | None = field(
         default=None,
-        metadata={"help": "Fraction of targeted weights to remove, in [0, 1). Default 0.5 for block/channel; N:M "
-                  "fixes it at 1 - n/m."},
+        metadata={
+            "help": "Fraction of targeted weights to remove, in [0, 1). Default 0.5 for block/channel; N:M "
+            "fixes it at 1 - n/m."
+        },
     )
     budget: Literal["global", "layer"] = field(
         default="global",
-        metadata={"help": "'global': one top-k over all targeted layers (cross-layer ranking, cost-weighted by "
-                  "unit size); 'layer': every layer pruned to exactly `sparsity`."},
+        metadata={
+            "help": "'global': one top-k over all targeted layers (cross-layer ranking, cost-weighted by "
+            "unit size); 'layer': every layer pruned to exactly `sparsity`."
+        },
     )
     min_layer_density: float = field(
         default=0.0,
-        metadata={"help": "Global budget guard: every layer keeps at least this fraction of its units (and always "
-                  "at least one unit), so no layer is removed entirely."},
+        metadata={
+            "help": "Global budget guard: every layer keeps at least this fraction of its units (and always "
+            "at least one unit), so no layer is removed entirely."
+        },
     )
     # --- which layers ---
     target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Module names to prune: exact name or dotted suffix (PEFT rules). Default: every Linear, "
-                  "Conv2d and Conv1D except embeddings and the task head."},
+        metadata={
+            "help": "Module names to prune: exact name or dotted suffix (PEFT rules). Default: every Linear, "
+            "Conv2d and Conv1D except embeddings and the task head."
+        },
     )
     target_regex: str | None = field(
         default=None, metadata={"help": "Regex (full match on the module name) selecting the modules to prune."}
@@ -75,14 +85,18 @@ class SmartConfig:
     )
     overrides: list[str] | None = field(
         default=None,
-        metadata={"help": "Per-module settings: a list of dicts (YAML/Python) or JSON strings (command line) with a "
-                  "'regex' (full match) and any of pattern, block_shape, n, m, sparsity."},
+        metadata={
+            "help": "Per-module settings: a list of dicts (YAML/Python) or JSON strings (command line) with a "
+            "'regex' (full match) and any of pattern, block_shape, n, m, sparsity."
+        },
     )
     # --- scores and temperature ---
     score_init: Literal["magnitude", "activation", "constant"] = field(
         default="magnitude",
-        metadata={"help": "Initial mask scores: 'magnitude' (unit RMS of the weights), 'activation' (|W| times "
-                  "input-activation norms from a calibration pass), 'constant' (plus score_noise; for ablations)."},
+        metadata={
+            "help": "Initial mask scores: 'magnitude' (unit RMS of the weights), 'activation' (|W| times "
+            "input-activation norms from a calibration pass), 'constant' (plus score_noise; for ablations)."
+        },
     )
     score_noise: float = field(
         default=0.0, metadata={"help": "Std of seeded Gaussian noise added to the initial (normalised) scores."}
@@ -92,8 +106,10 @@ class SmartConfig:
     )
     temperature_schedule: Literal["dynamic", "exponential", "cosine", "linear", "constant"] = field(
         default="dynamic",
-        metadata={"help": "How tau falls during structure search. 'dynamic' = exponential decay that cuts tau and "
-                  "jitters tied scores when the mask stops getting more binary (docs/method.md)."},
+        metadata={
+            "help": "How tau falls during structure search. 'dynamic' = exponential decay that cuts tau and "
+            "jitters tied scores when the mask stops getting more binary (docs/method.md)."
+        },
     )
     tau_start: float = field(default=1.0, metadata={"help": "Temperature at the start of structure search."})
     tau_end: float = field(default=1e-4, metadata={"help": "Temperature at the end of structure search."})
@@ -102,8 +118,10 @@ class SmartConfig:
     )
     dynamic_min_decrease: float = field(
         default=0.05,
-        metadata={"help": "Dynamic rule: relative fall of the mask fractionality a window must achieve, else tau is "
-                  "cut and tied scores are jittered."},
+        metadata={
+            "help": "Dynamic rule: relative fall of the mask fractionality a window must achieve, else tau is "
+            "cut and tied scores are jittered."
+        },
     )
     dynamic_cut: float = field(default=0.5, metadata={"help": "Dynamic rule: factor applied to tau at a cut."})
     dynamic_jitter: float = field(
@@ -130,18 +148,24 @@ class SmartConfig:
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ValueError(f"tau_start and tau_end must be > 0, got {self.tau_start} and {self.tau_end}.")
         if self.tau_end > self.tau_start:
-            raise ValueError(f"tau_end ({self.tau_end}) > tau_start ({self.tau_start}): the temperature must fall; "
-                             "swap them or lower tau_end (e.g. tau_start=1.0, tau_end=1e-4).")
+            raise ValueError(
+                f"tau_end ({self.tau_end}) > tau_start ({self.tau_start}): the temperature must fall; "
+                "swap them or lower tau_end (e.g. tau_start=1.0, tau_end=1e-4)."
+            )
         if self.score_noise < 0:
             raise ValueError(f"score_noise must be >= 0, got {self.score_noise}.")
         if self.calibration_batches < 1:
             raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}.")
         if self.dynamic_window < 1 or not 0 < self.dynamic_cut < 1 or self.dynamic_jitter < 0:
-            raise ValueError("dynamic rule needs dynamic_window >= 1, 0 < dynamic_cut < 1 and dynamic_jitter >= 0; "
-                             f"got {self.dynamic_window}, {self.dynamic_cut}, {self.dynamic_jitter}.")
+            raise ValueError(
+                "dynamic rule needs dynamic_window >= 1, 0 < dynamic_cut < 1 and dynamic_jitter >= 0; "
+                f"got {self.dynamic_window}, {self.dynamic_cut}, {self.dynamic_jitter}."
+            )
         if not 0.0 <= self.dynamic_min_decrease < 1.0:
-            raise ValueError(f"dynamic_min_decrease must be in [0, 1), got {self.dynamic_min_decrease}; it is the "
-                             "relative fall of the fractionality expected per window, e.g. 0.05.")
+            raise ValueError(
+                f"dynamic_min_decrease must be in [0, 1), got {self.dynamic_min_decrease}; it is the "
+                "relative fall of the fractionality expected per window, e.g. 0.05."
+            )
         if self.target_modules is not None and self.target_regex is not None:
             raise ValueError("set either target_modules or target_regex, not both (combine them into one regex).")
         if self.target_modules is not None and len(self.target_modules) == 0:
@@ -185,7 +209,9 @@ class SmartConfig:
             with open(file, encoding="utf-8") as fh:
                 payload = json.load(fh)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{file} is not valid JSON ({err}); re-export it with SmartConfig.save_pretrained.") from err
+            raise ValueError(
+                f"{file} is not valid JSON ({err}); re-export it with SmartConfig.save_pretrained."
+            ) from err
         return cls.from_dict(payload)
 
     @classmethod
@@ -193,8 +219,11 @@ class SmartConfig:
         payload = dict(payload)
         saved_version = payload.pop("smart_hf_version", None)
         if saved_version and version.parse(saved_version) > version.parse(_package_version()):
-            logger.warning("smart_config.json was written by smart_hf %s (this is %s); upgrade smart_hf if loading "
-                           "fails.", saved_version, _package_version())
+            logger.warning(
+                "smart_config.json was written by smart_hf %s (this is %s); upgrade smart_hf if loading fails.",
+                saved_version,
+                _package_version(),
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(payload) - known)
         if unknown:
@@ -227,8 +256,10 @@ def _validate_unit_settings(cfg: UnitSettings) -> None:
         if not (1 <= cfg.n < cfg.m):
             raise ValueError(f"N:M needs 1 <= n < m, got n={cfg.n}, m={cfg.m}; e.g. n=2, m=4.")
         if cfg.sparsity is not None and abs(cfg.sparsity - (1 - cfg.n / cfg.m)) > 1e-9:
-            raise ValueError(f"pattern='nm' fixes sparsity at 1 - n/m = {1 - cfg.n / cfg.m:g}, but sparsity="
-                             f"{cfg.sparsity}; drop `sparsity` or change n/m.")
+            raise ValueError(
+                f"pattern='nm' fixes sparsity at 1 - n/m = {1 - cfg.n / cfg.m:g}, but sparsity="
+                f"{cfg.sparsity}; drop `sparsity` or change n/m."
+            )
     if cfg.sparsity is None or not 0.0 <= cfg.sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {cfg.sparsity}; e.g. 0.5 removes half the weights.")
 
@@ -238,8 +269,10 @@ def _parse_override(raw) -> dict:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise ValueError(f"override {raw!r} is not JSON ({err}); write it like "
-                             '\'{"regex": ".*attention.*", "pattern": "nm"}\'.')  from err
+            raise ValueError(
+                f"override {raw!r} is not JSON ({err}); write it like "
+                '\'{"regex": ".*attention.*", "pattern": "nm"}\'.'
+            ) from err
     if not isinstance(raw, dict) or "regex" not in raw:
         raise ValueError(f"each override needs a 'regex' key, got {raw!r}.")
     unknown = set(raw) - _OVERRIDE_KEYS

@@ -33,12 +33,15 @@ def squashed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     state = get_smart_state(model)
     root = _root_of(model)
     out = {k: v for k, v in root.state_dict().items() if not is_smart_name(k)}
-    masks = [layer.smart_mask for layer in state.layers] if state._mode == MODE_HARD else \
-        [m for gi in range(len(state.groups)) for m in state.hard_group_masks(gi)]
+    masks = (
+        [layer.smart_mask for layer in state.layers]
+        if state._mode == MODE_HARD
+        else [m for gi in range(len(state.groups)) for m in state.hard_group_masks(gi)]
+    )
     names = dict(zip(map(id, state.layers), state.targeted_module_names))
     for layer, mask in zip(state.layers, masks):
         key = f"{names[id(layer)]}.weight"
-        out[key] = layer.weight.detach() * layer.smart_layout.expand(mask).to(layer.weight.dtype)
+        out[key] = layer.smart_layout.apply(layer.weight.detach(), mask)
     return out
 
 
@@ -48,8 +51,14 @@ def _root_of(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_pruned(model: nn.Module, output_dir: str | os.PathLike, processing_class=None, log_history=None,
-                save_plots: bool = True, stages=None) -> str:
+def save_pruned(
+    model: nn.Module,
+    output_dir: str | os.PathLike,
+    processing_class=None,
+    log_history=None,
+    save_plots: bool = True,
+    stages=None,
+) -> str:
     """Save a prepared model as a stock-loadable pruned checkpoint plus ``smart_config.json``, the sparsity report
     (``smart_sparsity.json``) and, with matplotlib installed and ``save_plots``, PNG plots. Returns ``output_dir``."""
     root = _root_of(model)

@@ -131,6 +131,21 @@ class UnitLayout:
             return mask3.unsqueeze(-1)  # (o, i, 1, 1): broadcasts over the kernel
         return mask3.reshape(self.weight_shape)
 
+    def apply(self, weight: torch.Tensor, unit_mask: torch.Tensor) -> torch.Tensor:
+        """``weight * expand(unit_mask)`` without materialising the weight-sized mask where a broadcast view does it:
+        a block weight is viewed as ``(out/r, r, in/c, c*s)`` and multiplied by the ``(out/r, 1, in/c, 1)`` unit mask,
+        which is one pass over the weight in the forward and one reduction for the mask gradient in the backward."""
+        unit_mask = unit_mask.to(weight.dtype)
+        if self.pattern != "block" or self.block_shape == (1, 1):
+            return weight * self.expand(unit_mask)
+        r, c = self.block_shape
+        rows, cols = self.out_features // r, self.in_features // c
+        if self.kind == "conv1d":  # stored (in, out): blocks are (c, r) tiles of the transposed plane
+            view = weight.reshape(cols, c, rows, r) * unit_mask.t().reshape(cols, 1, rows, 1)
+        else:  # linear (out, in) or conv2d (out, in, kh, kw): the kernel rides along with the input columns
+            view = weight.reshape(rows, r, cols, c * self.spatial) * unit_mask.reshape(rows, 1, cols, 1)
+        return view.view(weight.shape)
+
     def _expand_canonical(self, unit_mask: torch.Tensor) -> torch.Tensor:
         if self.pattern == "block":
             r, c = self.block_shape

@@ -29,10 +29,21 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["find_targets", "prepare_model"]
 
-HEAD_NAME_PARTS = frozenset({
-    "classifier", "cls_classifier", "distillation_classifier", "lm_head", "score", "qa_outputs", "decode_head",
-    "class_labels_classifier", "bbox_predictor", "pooler_head", "head",
-})
+HEAD_NAME_PARTS = frozenset(
+    {
+        "classifier",
+        "cls_classifier",
+        "distillation_classifier",
+        "lm_head",
+        "score",
+        "qa_outputs",
+        "decode_head",
+        "class_labels_classifier",
+        "bbox_predictor",
+        "pooler_head",
+        "head",
+    }
+)
 
 
 def _matches(name: str, entries: list[str] | None) -> bool:
@@ -64,8 +75,10 @@ def _selected(model: nn.Module, name: str, module: nn.Module, config: SmartConfi
 def _settings_for(name: str, config: SmartConfig) -> UnitSettings:
     hits = [o for o in config.overrides or [] if re.fullmatch(o["regex"], name)]
     if len(hits) > 1:
-        raise ValueError(f"module {name!r} matches several overrides {[h['regex'] for h in hits]}; make the "
-                         "override regexes disjoint.")
+        raise ValueError(
+            f"module {name!r} matches several overrides {[h['regex'] for h in hits]}; make the "
+            "override regexes disjoint."
+        )
     return config.unit_settings(hits[0] if hits else None)
 
 
@@ -85,12 +98,15 @@ def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Mo
         kind = layer_kind(module)
         if kind is None:
             if explicit and not list(module.children()):  # a named leaf we cannot mask; containers just pass
-                raise ValueError(f"module {name!r} ({type(module).__name__}) cannot be pruned: smart_hf supports "
-                                 "nn.Linear, nn.Conv2d and transformers' Conv1D; remove it from target_modules.")
+                raise ValueError(
+                    f"module {name!r} ({type(module).__name__}) cannot be pruned: smart_hf supports "
+                    "nn.Linear, nn.Conv2d and transformers' Conv1D; remove it from target_modules."
+                )
             continue
         settings = _settings_for(name, config)
-        layout = UnitLayout(kind, tuple(module.weight.shape), settings.pattern, tuple(settings.block_shape),
-                            settings.n, settings.m)
+        layout = UnitLayout(
+            kind, tuple(module.weight.shape), settings.pattern, tuple(settings.block_shape), settings.n, settings.m
+        )
         problem = layout.divisibility_error()
         if problem:
             if explicit:
@@ -100,8 +116,10 @@ def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Mo
         targets.append((name, module, layout, settings.sparsity))
     _check_overrides_used(config, [t[0] for t in targets])
     if not targets:
-        raise ValueError("no module matched the SmartConfig targets (target_modules / target_regex / defaults); "
-                         "print([n for n, _ in model.named_modules()]) to see the names and adjust the targets.")
+        raise ValueError(
+            "no module matched the SmartConfig targets (target_modules / target_regex / defaults); "
+            "print([n for n, _ in model.named_modules()]) to see the names and adjust the targets."
+        )
     return targets
 
 
@@ -130,10 +148,13 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
     act_stats = None
     if config.score_init == "activation":
         if calibration_data is None:
-            raise ValueError("score_init='activation' needs calibration_data (an iterable of input batches); pass "
-                             "it to prepare_model or use score_init='magnitude'.")
-        act_stats = collect_activation_stats(model, [m for _, m, _, _ in targets], calibration_data,
-                                             config.calibration_batches)
+            raise ValueError(
+                "score_init='activation' needs calibration_data (an iterable of input batches); pass "
+                "it to prepare_model or use score_init='magnitude'."
+            )
+        act_stats = collect_activation_stats(
+            model, [m for _, m, _, _ in targets], calibration_data, config.calibration_batches
+        )
     layers = [_attach(module, layout) for _, module, layout, _ in targets]
     state = SmartState(config, build_groups(layers, [t[3] for t in targets], config.budget, config.min_layer_density))
     # state.layers is in budget-group order, which differs from model order once N:M/per-layer groups mix with a
@@ -145,8 +166,10 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
     model.add_module(STATE_MODULE_NAME, state.to(layers[0].weight.device))
     for layer in layers:
         object.__setattr__(layer, "_smart_state", state)
-    state.hook_handles = [model.register_forward_pre_hook(state.begin_forward),
-                          model.register_forward_hook(state.end_forward)]
+    state.hook_handles = [
+        model.register_forward_pre_hook(state.begin_forward),
+        model.register_forward_hook(state.end_forward),
+    ]
     init_scores_(state, config, act_stats)
     return model
 

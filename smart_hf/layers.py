@@ -41,12 +41,12 @@ class SmartLayerMixin:
         unit_mask = self.smart_unit_mask()
         if unit_mask is None:
             return self.weight
-        return self.weight * self.smart_layout.expand(unit_mask).to(self.weight.dtype)
+        return self.smart_layout.apply(self.weight, unit_mask)
 
     @torch.no_grad()
     def smart_apply_hard_mask_(self) -> None:
         """Zero the pruned weights in place (keeps them exactly zero through fine-tuning)."""
-        self.weight.mul_(self.smart_layout.expand(self.smart_mask).to(self.weight.dtype))
+        self.weight.copy_(self.smart_layout.apply(self.weight, self.smart_mask))
 
     def extra_repr(self) -> str:
         layout = self.smart_layout

@@ -21,7 +21,13 @@ from .scores import collect_activation_stats, init_scores_
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "apply_hard_masks_", "get_smart_state", "harden", "reinit_scores", "set_mode", "set_temperature", "squash",
+    "apply_hard_masks_",
+    "get_smart_state",
+    "harden",
+    "reinit_scores",
+    "set_mode",
+    "set_temperature",
+    "squash",
     "update_temperature",
 ]
 
@@ -34,7 +40,9 @@ def get_smart_state(model: nn.Module) -> SmartState:
         model = model.module
     state = getattr(model, STATE_MODULE_NAME, None)
     if not isinstance(state, SmartState):
-        raise ValueError("model is not prepared for SMART; call smart_hf.prepare_model(model, SmartConfig(...)) first.")
+        raise ValueError(
+            "model is not prepared for SMART; call smart_hf.prepare_model(model, SmartConfig(...)) first."
+        )
     return state
 
 
@@ -53,7 +61,9 @@ def set_mode(model: nn.Module, mode: str) -> None:
         raise ValueError("use smart_hf.harden(model) to enter the hard-mask stage (it computes the masks).")
     state = get_smart_state(model)
     if state._mode == MODE_HARD:
-        raise ValueError("masks are already hardened; the hard stage is final (prepare a fresh model to search again).")
+        raise ValueError(
+            "masks are already hardened; the hard stage is final (prepare a fresh model to search again)."
+        )
     state.set_mode(_MODES[mode])
 
 

@@ -38,6 +38,7 @@ class BudgetGroup:
     k: float
     reserved: list[int] = field(default_factory=list)
     shift_x: torch.Tensor | None = None  # last shift, in score units (warm start for the next solve)
+    cost: torch.Tensor | None = None  # weights per unit, concatenated over the layers (global groups)
 
     def unit_counts(self) -> list[int]:
         return [layer.smart_layout.num_units for layer in self.layers]
@@ -60,14 +61,25 @@ def build_groups(layers: list, sparsities: list[float], budget: str, min_layer_d
         reserved_cost = sum(q * m.smart_layout.unit_cost for q, m in zip(reserved, members))
         k = global_weight_budget(total, sparsity)
         if reserved_cost > k:
-            raise ValueError(f"sparsity={sparsity} leaves {k:.0f} weights but min_layer_density={min_layer_density} "
-                             f"reserves {reserved_cost}; lower min_layer_density or sparsity.")
+            raise ValueError(
+                f"sparsity={sparsity} leaves {k:.0f} weights but min_layer_density={min_layer_density} "
+                f"reserves {reserved_cost}; lower min_layer_density or sparsity."
+            )
         groups.append(BudgetGroup("global", members, k, reserved))
     return groups
 
 
 def _sync_after_load(module: SmartState, _incompatible_keys) -> None:
     module.sync_from_buffers()
+
+
+def _top_units(scores: torch.Tensor, q: int) -> torch.Tensor:
+    """Boolean mask of the ``q`` best units (q is small): ``argmax`` for one (lowest index wins a tie), else a
+    partial ``topk`` instead of the full sort of `hard_topk` -- this runs on every forward."""
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    if q == 1:
+        return keep.index_fill_(0, scores.argmax().reshape(1), True)
+    return keep.index_fill_(0, torch.topk(scores, q, sorted=False).indices, True)
 
 
 class SmartState(nn.Module):
@@ -159,7 +171,10 @@ class SmartState(nn.Module):
             group.shift_x = (-shift * tau).detach()
             masks = self._split(group, f)
         if torch.is_grad_enabled():
-            self._frac[gi] = (sum(torch.minimum(m, 1 - m).detach().sum() for m in masks), sum(m.numel() for m in masks))
+            self._frac[gi] = (
+                sum(torch.minimum(m, 1 - m).detach().sum() for m in masks),
+                sum(m.numel() for m in masks),
+            )
         return masks
 
     @torch.no_grad()
@@ -182,12 +197,21 @@ class SmartState(nn.Module):
         flat = torch.cat([layer.smart_scores.reshape(-1).to(device) for layer in group.layers])
         if group.kind == "layer":
             return flat, None, None
-        cost = torch.cat([torch.full((layer.smart_layout.num_units,), float(layer.smart_layout.unit_cost),
-                                     device=device) for layer in group.layers])
+        if group.cost is None or group.cost.device != device:  # fixed per group: build once
+            group.cost = torch.cat(
+                [
+                    torch.full((layer.smart_layout.num_units,), float(layer.smart_layout.unit_cost), device=device)
+                    for layer in group.layers
+                ]
+            )
         with torch.no_grad():  # each layer's best `reserved` units are kept outside the shared ranking
-            reserved = torch.cat([hard_topk(layer.smart_scores.detach().reshape(-1).to(device), q).bool()
-                                  for layer, q in zip(group.layers, group.reserved)])
-        return flat, cost, reserved
+            reserved = torch.cat(
+                [
+                    _top_units(layer.smart_scores.detach().reshape(-1).to(device), q)
+                    for layer, q in zip(group.layers, group.reserved)
+                ]
+            )
+        return flat, group.cost, reserved
 
     @staticmethod
     def _soft_global(flat, cost, reserved, k, tau, init):
@@ -202,8 +226,10 @@ class SmartState(nn.Module):
     @staticmethod
     def _split(group: BudgetGroup, flat_mask: torch.Tensor) -> list[torch.Tensor]:
         pieces = torch.split(flat_mask, group.unit_counts())
-        return [p.reshape(layer.smart_layout.score_shape).to(layer.smart_scores.device)
-                for p, layer in zip(pieces, group.layers)]
+        return [
+            p.reshape(layer.smart_layout.score_shape).to(layer.smart_scores.device)
+            for p, layer in zip(pieces, group.layers)
+        ]
 
     def fractionality(self) -> float:
         """Mean ``min(f, 1 - f)`` over all units in the last root forward with gradients (NaN before the first)."""

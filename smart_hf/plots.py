@@ -46,8 +46,11 @@ def _layer_sparsity(plt, report: dict, path: str) -> str:
 
 
 def _training_curves(plt, log_history: list[dict], stages, path: str) -> str:
-    keys = [("smart/temperature", "temperature", True), ("smart/fractionality", "mask fractionality", False),
-            ("loss", "train loss", False)]
+    keys = [
+        ("smart/temperature", "temperature", True),
+        ("smart/fractionality", "mask fractionality", False),
+        ("loss", "train loss", False),
+    ]
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 7), sharex=True)
     for ax, (key, label, log_scale) in zip(axes, keys):
         points = [(e["step"], e[key]) for e in log_history if key in e and "eval_loss" not in e]

@@ -30,10 +30,19 @@ def layer_report(name: str, weight: torch.Tensor, layout: UnitLayout, unit_mask:
     else:
         units_kept, valid = int((nonzero > 0).sum()), True
     return {
-        "name": name, "kind": layout.kind, "shape": list(layout.weight_shape), "pattern": layout.pattern,
-        "block_shape": list(layout.block_shape), "n": layout.n, "m": layout.m,
-        "units": layout.num_units if layout.pattern != "nm" else layout.num_weights, "units_kept": units_kept,
-        "weights": layout.num_weights, "zeros": zeros, "sparsity": zeros / layout.num_weights, "valid": valid,
+        "name": name,
+        "kind": layout.kind,
+        "shape": list(layout.weight_shape),
+        "pattern": layout.pattern,
+        "block_shape": list(layout.block_shape),
+        "n": layout.n,
+        "m": layout.m,
+        "units": layout.num_units if layout.pattern != "nm" else layout.num_weights,
+        "units_kept": units_kept,
+        "weights": layout.num_weights,
+        "zeros": zeros,
+        "sparsity": zeros / layout.num_weights,
+        "valid": valid,
     }
 
 
@@ -57,7 +66,9 @@ def sparsity_report(model: nn.Module | SmartState) -> dict:
     weights = sum(r["weights"] for r in rows)
     zeros = sum(r["zeros"] for r in rows)
     return {
-        "mode": mode, "layers": rows, "valid": all(r["valid"] for r in rows),
+        "mode": mode,
+        "layers": rows,
+        "valid": all(r["valid"] for r in rows),
         "total": {"weights": weights, "zeros": zeros, "sparsity": zeros / max(weights, 1)},
     }
 
@@ -66,12 +77,13 @@ def _prepared_rows(state: SmartState) -> list[dict]:
     names = dict(zip(map(id, state.layers), state.targeted_module_names))
     rows = []
     for gi, group in enumerate(state.groups):
-        masks = [layer.smart_mask for layer in group.layers] if state._mode == MODE_HARD else \
-            state.hard_group_masks(gi)
+        masks = (
+            [layer.smart_mask for layer in group.layers] if state._mode == MODE_HARD else state.hard_group_masks(gi)
+        )
         for layer, mask in zip(group.layers, masks):
             weight = layer.weight.detach()
             if state._mode != MODE_HARD:  # still searching: describe the weights `harden` would leave
-                weight = weight * layer.smart_layout.expand(mask.to(weight.device)).to(weight.dtype)
+                weight = layer.smart_layout.apply(weight, mask.to(weight.device))
             rows.append(layer_report(names[id(layer)], weight, layer.smart_layout, mask))
     order = {name: i for i, name in enumerate(state.targeted_module_names)}
     return sorted(rows, key=lambda r: order[r["name"]])
@@ -82,10 +94,13 @@ def _squashed_rows(model: nn.Module, meta: dict) -> list[dict]:
     rows = []
     for name, info in meta["layers"].items():
         if name not in modules:
-            raise ValueError(f"config.smart_hf names layer {name!r}, which this model does not have; was the model "
-                             "slimmed or renamed? Re-export it with smart_hf.")
-        layout = UnitLayout(info["kind"], tuple(info["shape"]), info["pattern"], tuple(info["block_shape"]),
-                            info["n"], info["m"])
+            raise ValueError(
+                f"config.smart_hf names layer {name!r}, which this model does not have; was the model "
+                "slimmed or renamed? Re-export it with smart_hf."
+            )
+        layout = UnitLayout(
+            info["kind"], tuple(info["shape"]), info["pattern"], tuple(info["block_shape"]), info["n"], info["m"]
+        )
         rows.append(layer_report(name, modules[name].weight, layout, None))
     return rows
 
@@ -94,13 +109,20 @@ def format_report(report: dict, max_rows: int = 200) -> str:
     """A plain-text table of a `sparsity_report`."""
     lines = [f"{'layer':<56} {'pattern':<10} {'units kept':>16} {'sparsity':>9} {'valid':>6}"]
     for row in report["layers"][:max_rows]:
-        pattern = {"block": "x".join(map(str, row["block_shape"])), "channel": "channel",
-                   "nm": f"{row['n']}:{row['m']}"}[row["pattern"]]
+        pattern = {
+            "block": "x".join(map(str, row["block_shape"])),
+            "channel": "channel",
+            "nm": f"{row['n']}:{row['m']}",
+        }[row["pattern"]]
         kept = f"{row['units_kept']}/{row['units']}"
-        lines.append(f"{row['name'][-56:]:<56} {pattern:<10} {kept:>16} {row['sparsity']:>9.4f} {str(row['valid']):>6}")
+        lines.append(
+            f"{row['name'][-56:]:<56} {pattern:<10} {kept:>16} {row['sparsity']:>9.4f} {str(row['valid']):>6}"
+        )
     if len(report["layers"]) > max_rows:
         lines.append(f"... {len(report['layers']) - max_rows} more layers")
     total = report["total"]
-    lines.append(f"{'total (' + report['mode'] + ')':<56} {'':<10} {total['weights'] - total['zeros']:>16} "
-                 f"{total['sparsity']:>9.4f} {str(report['valid']):>6}")
+    lines.append(
+        f"{'total (' + report['mode'] + ')':<56} {'':<10} {total['weights'] - total['zeros']:>16} "
+        f"{total['sparsity']:>9.4f} {str(report['valid']):>6}"
+    )
     return "\n".join(lines)

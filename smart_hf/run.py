@@ -48,8 +48,13 @@ def load_splits(data_args, model_path: str | None):
         raise ValueError(f"dataset={name!r} is text: set model_name_or_path so a tokenizer can be loaded.")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if name == "tweet_sentiment":
-        ds = smart_data.load_tweet_sentiment(tokenizer, max_length=data_args.max_length, train_size=data_args.train_size,
-                                             val_size=data_args.val_size, test_size=data_args.test_size)
+        ds = smart_data.load_tweet_sentiment(
+            tokenizer,
+            max_length=data_args.max_length,
+            train_size=data_args.train_size,
+            val_size=data_args.val_size,
+            test_size=data_args.test_size,
+        )
         return ds, 2, tokenizer
     return _hub_text_splits(data_args, tokenizer)
 
@@ -65,8 +70,9 @@ def _hub_text_splits(data_args, tokenizer):
     splits = {"train": raw["train"], "validation": raw[val_name], "test": test}
 
     def tokenize(batch):
-        enc = tokenizer(batch[data_args.text_column], truncation=True, padding="max_length",
-                        max_length=data_args.max_length)
+        enc = tokenizer(
+            batch[data_args.text_column], truncation=True, padding="max_length", max_length=data_args.max_length
+        )
         enc["labels"] = batch[data_args.label_column]
         return enc
 
@@ -97,8 +103,12 @@ def run_training(model_args, data_args, smart_config, training_args) -> dict:
     model = build_model(model_args, data_args.dataset, num_labels, model_path)
     dense_params = sum(p.numel() for p in model.parameters())
     trainer = SmartTrainer(
-        model=model, args=training_args, smart_config=smart_config, train_dataset=ds["train"],
-        eval_dataset={"validation": ds["validation"], "test": ds["test"]}, processing_class=processing_class,
+        model=model,
+        args=training_args,
+        smart_config=smart_config,
+        train_dataset=ds["train"],
+        eval_dataset={"validation": ds["validation"], "test": ds["test"]},
+        processing_class=processing_class,
         compute_metrics=make_compute_metrics(("accuracy",)),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -116,12 +126,18 @@ def run_training(model_args, data_args, smart_config, training_args) -> dict:
 def _summary(dense: dict, pruned: dict, report: dict, dense_params: int) -> dict:
     zeros = report["total"]["zeros"]
     return {
-        "dense": {"validation_accuracy": dense.get("dense_validation_accuracy"),
-                  "test_accuracy": dense.get("dense_test_accuracy"), "parameters": dense_params,
-                  "nonzero_parameters": dense_params},
-        "pruned": {"validation_accuracy": pruned.get("eval_validation_accuracy"),
-                   "test_accuracy": pruned.get("eval_test_accuracy"), "parameters": dense_params,
-                   "nonzero_parameters": dense_params - zeros},
+        "dense": {
+            "validation_accuracy": dense.get("dense_validation_accuracy"),
+            "test_accuracy": dense.get("dense_test_accuracy"),
+            "parameters": dense_params,
+            "nonzero_parameters": dense_params,
+        },
+        "pruned": {
+            "validation_accuracy": pruned.get("eval_validation_accuracy"),
+            "test_accuracy": pruned.get("eval_test_accuracy"),
+            "parameters": dense_params,
+            "nonzero_parameters": dense_params - zeros,
+        },
         "targeted_sparsity": report["total"]["sparsity"],
         "pattern_valid": report["valid"],
     }
@@ -134,10 +150,12 @@ def format_summary(summary: dict) -> str:
     lines = ["", "SMART summary", f"{'':<10}{'val acc':>10}{'test acc':>10}{'params':>12}{'non-zero':>12}"]
     for name in ("dense", "pruned"):
         row = summary[name]
-        lines.append(f"{name:<10}{pct(row['validation_accuracy']):>10}{pct(row['test_accuracy']):>10}"
-                     f"{row['parameters']:>12,}{row['nonzero_parameters']:>12,}")
-    lines.append(f"sparsity of the targeted weights: {summary['targeted_sparsity']:.4f} "
-                 f"(pattern valid: {summary['pattern_valid']})")
+        lines.append(
+            f"{name:<10}{pct(row['validation_accuracy']):>10}{pct(row['test_accuracy']):>10}"
+            f"{row['parameters']:>12,}{row['nonzero_parameters']:>12,}"
+        )
+    lines.append(
+        f"sparsity of the targeted weights: {summary['targeted_sparsity']:.4f} "
+        f"(pattern valid: {summary['pattern_valid']})"
+    )
     return "\n".join(lines)
-
-

@@ -82,8 +82,10 @@ def collect_activation_stats(model: nn.Module, modules: list[nn.Module], batches
             h.remove()
         model.train(was_training)
     if seen == 0 or any(s is None for s in sums):
-        raise ValueError("calibration_data produced no batches reaching the targeted layers; pass a non-empty "
-                         "iterable of model input dicts.")
+        raise ValueError(
+            "calibration_data produced no batches reaching the targeted layers; pass a non-empty "
+            "iterable of model input dicts."
+        )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         sums = _all_reduce_each(sums)
         counts = _all_reduce_each([counts])[0]

@@ -61,8 +61,10 @@ def _rows(scores: torch.Tensor, k, cost) -> tuple[torch.Tensor, torch.Tensor, to
     kk = torch.broadcast_to(kk, scores.shape[:-1]).reshape(-1, 1)
     total = c.sum(-1, keepdim=True)
     if (kk < 0).any() or (kk > total + 1e-9 * total).any():
-        raise ValueError(f"k must lie in [0, sum(cost)] for every row; got k in [{kk.min().item()}, "
-                         f"{kk.max().item()}] with sum(cost) up to {total.max().item()}.")
+        raise ValueError(
+            f"k must lie in [0, sum(cost)] for every row; got k in [{kk.min().item()}, "
+            f"{kk.max().item()}] with sum(cost) up to {total.max().item()}."
+        )
     return x, c, kk
 
 

@@ -45,15 +45,24 @@ class SmartTrainer(Trainer):
         **kwargs: everything `Trainer` accepts (datasets, collator, ``compute_metrics``, callbacks, ...).
     """
 
-    def __init__(self, model=None, args: SmartTrainingArguments | None = None, smart_config: SmartConfig | None = None,
-                 teacher_model=None, calibration_data=None, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        args: SmartTrainingArguments | None = None,
+        smart_config: SmartConfig | None = None,
+        teacher_model=None,
+        calibration_data=None,
+        **kwargs,
+    ):
         if model is None:
             raise ValueError("SmartTrainer needs a model (model_init is not supported: the masks live on the model).")
         if args is None:
             args = SmartTrainingArguments(output_dir="smart_output")
         if not isinstance(args, SmartTrainingArguments):
-            raise ValueError(f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
-                             "SmartTrainingArguments(output_dir=..., ...).")
+            raise ValueError(
+                f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
+                "SmartTrainingArguments(output_dir=..., ...)."
+            )
         prepared = hasattr(model, "smart_state")
         if not prepared and not isinstance(smart_config, SmartConfig):
             raise ValueError("pass smart_config=SmartConfig(...) (or a model already prepared with prepare_model).")
@@ -66,8 +75,9 @@ class SmartTrainer(Trainer):
                 set_mode(self.model, "dense")
         self.teacher_model = teacher_model
         self.dense_metrics: dict | None = None  # eval metrics of the dense model at the start of the search
-        self.smart_callback = SmartCallback(calibration_data=calibration_data, trainer=self,
-                                            on_search_begin=self._on_search_begin)
+        self.smart_callback = SmartCallback(
+            calibration_data=calibration_data, trainer=self, on_search_begin=self._on_search_begin
+        )
         # first in the list, so the smart metrics it adds to `logs` reach every report_to backend
         self.callback_handler.callbacks.insert(0, self.smart_callback)
 
@@ -105,17 +115,23 @@ class SmartTrainer(Trainer):
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        use_teacher = (self.args.distill_alpha > 0 and self.teacher_model is not None and model.training
-                       and self.smart_callback.stage_at(self.state.global_step) != STAGE_PRETRAIN)
+        use_teacher = (
+            self.args.distill_alpha > 0
+            and self.teacher_model is not None
+            and model.training
+            and self.smart_callback.stage_at(self.state.global_step) != STAGE_PRETRAIN
+        )
         if not use_teacher:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         teacher = self.teacher_model.to(next(model.parameters()).device)
         with torch.no_grad():
             teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         loss = (1 - self.args.distill_alpha) * loss + self.args.distill_alpha * _distill_loss(
-            outputs.logits, teacher_logits, self.args.distill_temperature)
+            outputs.logits, teacher_logits, self.args.distill_temperature
+        )
         return (loss, outputs) if return_outputs else loss
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -125,9 +141,14 @@ class SmartTrainer(Trainer):
             return self._save_checkpoint_weights(output_dir or self.args.output_dir)
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
-            save_pruned(self.model, output_dir, processing_class=self.processing_class,
-                        log_history=self.state.log_history, save_plots=self.args.save_plots,
-                        stages=self.smart_callback.stages)
+            save_pruned(
+                self.model,
+                output_dir,
+                processing_class=self.processing_class,
+                log_history=self.state.log_history,
+                save_plots=self.args.save_plots,
+                stages=self.smart_callback.stages,
+            )
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _save_checkpoint_weights(self, output_dir: str) -> None:

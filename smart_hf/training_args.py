@@ -24,8 +24,10 @@ class SmartTrainingArguments(TrainingArguments):
     )
     search_steps: int | None = field(
         default=None,
-        metadata={"help": "Optimizer steps of structure search (stage 2). Default: search_fraction of the steps "
-                  "left after pretrain_steps."},
+        metadata={
+            "help": "Optimizer steps of structure search (stage 2). Default: search_fraction of the steps "
+            "left after pretrain_steps."
+        },
     )
     search_fraction: float = field(
         default=0.4, metadata={"help": "Share of the post-pretrain steps spent searching when search_steps is unset."}
@@ -37,8 +39,10 @@ class SmartTrainingArguments(TrainingArguments):
     # --- distillation ---
     distill_alpha: float = field(
         default=0.0,
-        metadata={"help": "Weight of the distillation loss from the dense teacher (0 = off). The teacher is the dense "
-                  "model at the start of the search, unless one is passed as SmartTrainer(teacher_model=...)."},
+        metadata={
+            "help": "Weight of the distillation loss from the dense teacher (0 = off). The teacher is the dense "
+            "model at the start of the search, unless one is passed as SmartTrainer(teacher_model=...)."
+        },
     )
     distill_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the distillation."})
     # --- reporting ---
@@ -69,9 +73,13 @@ def stage_lengths(total_steps: int, pretrain_steps: int, search_steps: int | Non
         raise ValueError("the run has no optimizer steps; the training dataset is empty or max_steps is 0.")
     search = search_steps if search_steps is not None else int(round(search_fraction * (total_steps - pretrain_steps)))
     if search < 1:
-        raise ValueError(f"no structure-search steps: {total_steps} steps in total with pretrain_steps="
-                         f"{pretrain_steps}; raise max_steps/num_train_epochs or set search_steps.")
+        raise ValueError(
+            f"no structure-search steps: {total_steps} steps in total with pretrain_steps="
+            f"{pretrain_steps}; raise max_steps/num_train_epochs or set search_steps."
+        )
     if pretrain_steps + search > total_steps:
-        raise ValueError(f"pretrain_steps ({pretrain_steps}) + search_steps ({search}) exceed the {total_steps} "
-                         "optimizer steps of the run; raise max_steps or shorten the stages.")
+        raise ValueError(
+            f"pretrain_steps ({pretrain_steps}) + search_steps ({search}) exceed the {total_steps} "
+            "optimizer steps of the run; raise max_steps or shorten the stages."
+        )
     return pretrain_steps, search, total_steps - pretrain_steps - search

@@ -172,3 +172,19 @@ def test_divisibility_error(layout, fragment):
 def test_channel_and_divisible_layouts_have_no_error():
     assert UnitLayout("linear", (7, 5), "channel").divisibility_error() is None
     assert UnitLayout("conv2d", (8, 12, 3, 3), "nm", n=2, m=4).divisibility_error() is None
+
+
+@pytest.mark.parametrize("kind,shape", [("linear", (8, 12)), ("conv1d", (12, 8)), ("conv2d", (8, 12, 3, 3))])
+@pytest.mark.parametrize(
+    "pattern,block", [("block", (2, 4)), ("block", (4, 2)), ("block", (1, 1)), ("channel", (1, 1)), ("nm", (1, 1))]
+)
+def test_apply_equals_weight_times_expanded_mask(kind, shape, pattern, block):
+    layout = UnitLayout(kind, shape, pattern, block, 2, 4)
+    weight = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    unit_mask = torch.rand(layout.score_shape, dtype=torch.float64, requires_grad=True)
+    fused = layout.apply(weight, unit_mask)
+    reference = weight * layout.expand(unit_mask)
+    assert fused.shape == weight.shape and torch.allclose(fused, reference)
+    grads = torch.autograd.grad(fused.sum(), (weight, unit_mask))
+    ref_grads = torch.autograd.grad(reference.sum(), (weight, unit_mask))
+    assert all(torch.allclose(a, b) for a, b in zip(grads, ref_grads))

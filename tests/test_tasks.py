@@ -17,10 +17,20 @@ from smart_hf.training_args import SmartTrainingArguments
 
 
 def _args(tmp_path):
-    return SmartTrainingArguments(output_dir=str(tmp_path), max_steps=10, pretrain_steps=2, search_steps=4,
-                                  per_device_train_batch_size=4, report_to=[], use_cpu=True, save_strategy="no",
-                                  learning_rate=1e-3, remove_unused_columns=False, save_plots=False,
-                                  log_hardening_jump=False)
+    return SmartTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=10,
+        pretrain_steps=2,
+        search_steps=4,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-3,
+        remove_unused_columns=False,
+        save_plots=False,
+        log_hardening_jump=False,
+    )
 
 
 def _detection_data(n=8):
@@ -28,8 +38,12 @@ def _detection_data(n=8):
     rows = []
     for _ in range(n):
         boxes = torch.rand(2, 4, generator=g) * 0.4 + 0.3  # (cx, cy, w, h) normalised
-        rows.append({"pixel_values": torch.randn(3, 32, 32, generator=g),
-                     "labels": {"class_labels": torch.randint(0, 3, (2,), generator=g), "boxes": boxes}})
+        rows.append(
+            {
+                "pixel_values": torch.randn(3, 32, 32, generator=g),
+                "labels": {"class_labels": torch.randint(0, 3, (2,), generator=g), "boxes": boxes},
+            }
+        )
     return rows
 
 
@@ -51,11 +65,24 @@ def _check_pruned(trainer, tmp_path, auto_class, inputs):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_yolos_detection(tmp_path):
     torch.manual_seed(0)
-    config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         image_size=[32, 32], patch_size=8, num_detection_tokens=5, num_labels=3)
+    config = YolosConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[32, 32],
+        patch_size=8,
+        num_detection_tokens=5,
+        num_labels=3,
+    )
     model = YolosForObjectDetection(config)
-    trainer = SmartTrainer(model=model, args=_args(tmp_path), smart_config=sh.SmartConfig(block_shape=[2, 2]),
-                           train_dataset=_detection_data(), data_collator=_collate_detection)
+    trainer = SmartTrainer(
+        model=model,
+        args=_args(tmp_path),
+        smart_config=sh.SmartConfig(block_shape=[2, 2]),
+        train_dataset=_detection_data(),
+        data_collator=_collate_detection,
+    )
     names = sh.get_smart_state(trainer.model).targeted_module_names
     assert names and not any("class_labels_classifier" in n or "bbox_predictor" in n for n in names)
     trainer.train()
@@ -65,15 +92,27 @@ def test_yolos_detection(tmp_path):
 
 def test_segformer_segmentation(tmp_path):
     torch.manual_seed(0)
-    config = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
-                             num_attention_heads=[1, 2], decoder_hidden_size=32, patch_sizes=[7, 3], strides=[4, 2],
-                             mlp_ratios=[2, 2], num_labels=3)
+    config = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[16, 32],
+        num_attention_heads=[1, 2],
+        decoder_hidden_size=32,
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        mlp_ratios=[2, 2],
+        num_labels=3,
+    )
     model = SegformerForSemanticSegmentation(config)
     g = torch.Generator().manual_seed(0)
-    data = [{"pixel_values": torch.randn(3, 32, 32, generator=g), "labels": torch.randint(0, 3, (32, 32), generator=g)}
-            for _ in range(8)]
-    trainer = SmartTrainer(model=model, args=_args(tmp_path), smart_config=sh.SmartConfig(block_shape=[2, 2]),
-                           train_dataset=data)
+    data = [
+        {"pixel_values": torch.randn(3, 32, 32, generator=g), "labels": torch.randint(0, 3, (32, 32), generator=g)}
+        for _ in range(8)
+    ]
+    trainer = SmartTrainer(
+        model=model, args=_args(tmp_path), smart_config=sh.SmartConfig(block_shape=[2, 2]), train_dataset=data
+    )
     names = sh.get_smart_state(trainer.model).targeted_module_names
     assert names and not any("decode_head" in n for n in names)
     trainer.train()

@@ -14,21 +14,46 @@ from smart_hf.training_args import SmartTrainingArguments
 
 def tiny_vit(seed=0):
     torch.manual_seed(seed)
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16,
-                    patch_size=4, num_labels=3)
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=4,
+        num_labels=3,
+    )
     return ViTForImageClassification(cfg)
 
 
 def tiny_dataset(n=48):
     g = torch.Generator().manual_seed(1)
-    return Dataset.from_dict({"pixel_values": torch.randn(n, 3, 16, 16, generator=g).numpy(),
-                              "labels": torch.randint(0, 3, (n,), generator=g).numpy()}).with_format("torch")
+    return Dataset.from_dict(
+        {
+            "pixel_values": torch.randn(n, 3, 16, 16, generator=g).numpy(),
+            "labels": torch.randint(0, 3, (n,), generator=g).numpy(),
+        }
+    ).with_format("torch")
 
 
 def smart_args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), max_steps=24, per_device_train_batch_size=8, pretrain_steps=4,
-                search_steps=10, logging_steps=4, report_to=[], use_cpu=True, save_strategy="no", learning_rate=1e-3,
-                score_learning_rate=5e-2, seed=0, data_seed=0, log_hardening_jump=False, save_plots=False)
+    base = dict(
+        output_dir=str(tmp_path),
+        max_steps=24,
+        per_device_train_batch_size=8,
+        pretrain_steps=4,
+        search_steps=10,
+        logging_steps=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-3,
+        score_learning_rate=5e-2,
+        seed=0,
+        data_seed=0,
+        log_hardening_jump=False,
+        save_plots=False,
+    )
     base.update(kw)
     return SmartTrainingArguments(**base)
 
@@ -43,15 +68,20 @@ class Recorder(TrainerCallback):
         smart = sh.get_smart_state(model)
         zero_ok = None
         if smart._mode == MODE_HARD:
-            zero_ok = all(bool((layer.weight[layer.smart_layout.expand(layer.smart_mask).expand_as(layer.weight) == 0]
-                                == 0).all()) for layer in smart.layers)
+            zero_ok = all(
+                bool(
+                    (layer.weight[layer.smart_layout.expand(layer.smart_mask).expand_as(layer.weight) == 0] == 0).all()
+                )
+                for layer in smart.layers
+            )
         self.rows.append((state.global_step, smart.mode_name, zero_ok))
 
 
 def test_three_stage_run(tmp_path):
     model = tiny_vit()
-    trainer = SmartTrainer(model=model, args=smart_args(tmp_path), smart_config=sh.SmartConfig(sparsity=0.5),
-                           train_dataset=tiny_dataset())
+    trainer = SmartTrainer(
+        model=model, args=smart_args(tmp_path), smart_config=sh.SmartConfig(sparsity=0.5), train_dataset=tiny_dataset()
+    )
     recorder = Recorder()
     trainer.add_callback(recorder)
     trainer.train()
@@ -67,8 +97,12 @@ def test_three_stage_run(tmp_path):
 
 def test_every_score_changes_during_search(tmp_path):
     model = tiny_vit()
-    trainer = SmartTrainer(model=model, args=smart_args(tmp_path, pretrain_steps=0, max_steps=10, search_steps=10),
-                           smart_config=sh.SmartConfig(sparsity=0.5), train_dataset=tiny_dataset())
+    trainer = SmartTrainer(
+        model=model,
+        args=smart_args(tmp_path, pretrain_steps=0, max_steps=10, search_steps=10),
+        smart_config=sh.SmartConfig(sparsity=0.5),
+        train_dataset=tiny_dataset(),
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n.endswith("smart_scores")}
     trainer.train()
     after = dict(trainer.model.named_parameters())
@@ -83,10 +117,21 @@ def test_schedule_advances_per_optimizer_step(tmp_path):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             temps.append(float(sh.get_smart_state(model).temperature))
 
-    args = smart_args(tmp_path, pretrain_steps=0, max_steps=12, search_steps=12, gradient_accumulation_steps=3,
-                      per_device_train_batch_size=4)
-    trainer = SmartTrainer(model=tiny_vit(), args=args, smart_config=sh.SmartConfig(temperature_schedule="exponential"),
-                           train_dataset=tiny_dataset(), callbacks=[Temp()])
+    args = smart_args(
+        tmp_path,
+        pretrain_steps=0,
+        max_steps=12,
+        search_steps=12,
+        gradient_accumulation_steps=3,
+        per_device_train_batch_size=4,
+    )
+    trainer = SmartTrainer(
+        model=tiny_vit(),
+        args=args,
+        smart_config=sh.SmartConfig(temperature_schedule="exponential"),
+        train_dataset=tiny_dataset(),
+        callbacks=[Temp()],
+    )
     trainer.train()
     expected = [sh.temperature_at(s, 12, 1.0, 1e-4, "exponential") for s in range(12)]
     assert len(temps) == 12 and torch.allclose(torch.tensor(temps), torch.tensor(expected), rtol=1e-6)
@@ -94,17 +139,34 @@ def test_schedule_advances_per_optimizer_step(tmp_path):
 
 def test_callback_in_plain_trainer_matches_smart_trainer(tmp_path):
     config = sh.SmartConfig(sparsity=0.5)
-    smart = SmartTrainer(model=tiny_vit(), args=smart_args(tmp_path / "a", weight_decay=0.0, score_learning_rate=1e-3),
-                         smart_config=config, train_dataset=tiny_dataset())
+    smart = SmartTrainer(
+        model=tiny_vit(),
+        args=smart_args(tmp_path / "a", weight_decay=0.0, score_learning_rate=1e-3),
+        smart_config=config,
+        train_dataset=tiny_dataset(),
+    )
     smart.train()
 
     plain_model = sh.prepare_model(tiny_vit(), config)
     sh.set_mode(plain_model, "dense")
-    plain_args = TrainingArguments(output_dir=str(tmp_path / "b"), max_steps=24, per_device_train_batch_size=8,
-                                   report_to=[], use_cpu=True, save_strategy="no", learning_rate=1e-3, seed=0,
-                                   data_seed=0, weight_decay=0.0)
-    plain = Trainer(model=plain_model, args=plain_args, train_dataset=tiny_dataset(),
-                    callbacks=[SmartCallback(pretrain_steps=4, search_steps=10)])
+    plain_args = TrainingArguments(
+        output_dir=str(tmp_path / "b"),
+        max_steps=24,
+        per_device_train_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-3,
+        seed=0,
+        data_seed=0,
+        weight_decay=0.0,
+    )
+    plain = Trainer(
+        model=plain_model,
+        args=plain_args,
+        train_dataset=tiny_dataset(),
+        callbacks=[SmartCallback(pretrain_steps=4, search_steps=10)],
+    )
     plain.train()
     masks_a = [layer.smart_mask for layer in sh.get_smart_state(smart.model).layers]
     masks_b = [layer.smart_mask for layer in sh.get_smart_state(plain.model).layers]
@@ -112,8 +174,12 @@ def test_callback_in_plain_trainer_matches_smart_trainer(tmp_path):
 
 
 def test_save_model_is_stock_loadable(tmp_path):
-    trainer = SmartTrainer(model=tiny_vit(), args=smart_args(tmp_path, max_steps=16),
-                           smart_config=sh.SmartConfig(sparsity=0.5), train_dataset=tiny_dataset())
+    trainer = SmartTrainer(
+        model=tiny_vit(),
+        args=smart_args(tmp_path, max_steps=16),
+        smart_config=sh.SmartConfig(sparsity=0.5),
+        train_dataset=tiny_dataset(),
+    )
     trainer.train()
     out = tmp_path / "final"
     trainer.save_model(str(out))
@@ -136,11 +202,19 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, resume_step):
     """A run resumed from a checkpoint ends with the same masks and logs the same losses as the uninterrupted one."""
     config = sh.SmartConfig(sparsity=0.5)
     kwargs = dict(save_strategy="steps", save_steps=resume_step, logging_steps=2)
-    full = SmartTrainer(model=tiny_vit(), args=smart_args(tmp_path / "full", **kwargs), smart_config=config,
-                        train_dataset=tiny_dataset())
+    full = SmartTrainer(
+        model=tiny_vit(),
+        args=smart_args(tmp_path / "full", **kwargs),
+        smart_config=config,
+        train_dataset=tiny_dataset(),
+    )
     full.train()
-    resumed = SmartTrainer(model=tiny_vit(seed=123), args=smart_args(tmp_path / "resumed", **kwargs),
-                           smart_config=config, train_dataset=tiny_dataset())
+    resumed = SmartTrainer(
+        model=tiny_vit(seed=123),
+        args=smart_args(tmp_path / "resumed", **kwargs),
+        smart_config=config,
+        train_dataset=tiny_dataset(),
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / f"checkpoint-{resume_step}"))
     masks_full = [layer.smart_mask for layer in sh.get_smart_state(full.model).layers]
     masks_resumed = [layer.smart_mask for layer in sh.get_smart_state(resumed.model).layers]
