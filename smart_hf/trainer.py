@@ -105,8 +105,8 @@ class SmartTrainer(Trainer):
         scores = [p for n, p in model.named_parameters() if n.endswith(SCORES_NAME) and p.requires_grad]
         for p in scores:  # hidden while the Trainer builds its groups, so they are not decayed with the weights
             p.requires_grad_(False)
-        try:
-            optimizer = super().create_optimizer(model)
+        try:  # transformers < 5.x-late takes no `model` argument
+            optimizer = super().create_optimizer(model) if model is not self.model else super().create_optimizer()
         finally:
             for p in scores:
                 p.requires_grad_(True)
