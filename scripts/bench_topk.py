@@ -17,7 +17,7 @@ Measures, on CPU with ``--threads`` intra-op threads (default 2):
 Prints markdown tables and the goals (<= 20 ms forward for 1e6 scores; search-mode step <= 1.15x plain) and
 writes everything, with the environment, to ``--out`` as JSON.
 
-    HF_HUB_OFFLINE=1 python scripts/bench_topk.py             # full run, a few minutes on 2 cores
+    HF_HUB_OFFLINE=1 python scripts/bench_topk.py             # full run, ~2 min on an idle 2-core machine
     HF_HUB_OFFLINE=1 python scripts/bench_topk.py --smoke     # seconds; for CI
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
@@ -45,7 +47,7 @@ import smart_hf  # noqa: E402
 from smart_hf import SmartConfig, apply_hard_masks_, harden, prepare_model, soft_topk  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "docs" / "results" / "bench_topk.json"
-GOAL_TOPK_MS = 20.0  # forward, 1e6 scores in one row, tau = 0.1, on 2 cores
+GOAL_TOPK_MS = 20.0  # forward, 1e6 scores in one row (checked at every tau in TAUS), on 2 cores
 GOAL_TOPK_N = 10**6
 GOAL_OVERHEAD = 1.15  # search-mode (soft, block, global budget) step time / plain step time
 TAUS = (0.1, 1e-3)
@@ -70,14 +72,33 @@ def time_fn(fn, *, min_repeats: int, max_repeats: int, budget_s: float, warmup: 
     return times
 
 
+def log(msg: str) -> None:
+    print(f"[bench_topk] {msg}", file=sys.stderr, flush=True)
+
+
+class _CountSigmoid(TorchFunctionMode):
+    """Counts ``torch.sigmoid`` calls: every Newton/bisection evaluation of the shift solve is one, plus one for the
+    output (two with grad: the no-grad weights and the differentiable output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.sigmoid:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 def _summary_ms(times_s: list[float]) -> dict:
     ms = [t * 1e3 for t in times_s]
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "repeats": len(ms), "all_ms": ms}
 
 
 # -------------------------------------------------------------------------------------------------------- soft_topk
-def bench_soft_topk(shape: tuple[int, ...], k: float, tau: float, *, seed: int, min_repeats: int, max_repeats: int,
-                    budget_s: float) -> dict:
+def bench_soft_topk(
+    shape: tuple[int, ...], k: float, tau: float, *, seed: int, min_repeats: int, max_repeats: int, budget_s: float
+) -> dict:
     gen = torch.Generator().manual_seed(seed)
     scores = torch.randn(shape, generator=gen)
     upstream = torch.randn(shape, generator=gen)
@@ -92,9 +113,9 @@ def bench_soft_topk(shape: tuple[int, ...], k: float, tau: float, *, seed: int, 
 
     fwd = time_fn(forward, min_repeats=min_repeats, max_repeats=max_repeats, budget_s=budget_s)
     fwd_bwd = time_fn(forward_backward, min_repeats=min_repeats, max_repeats=max_repeats, budget_s=budget_s)
-    with torch.no_grad():
+    with torch.no_grad(), _CountSigmoid() as counter:
         f = soft_topk(scores, k, tau)
-        rows = f.reshape(-1, shape[-1]).sum(-1, dtype=torch.float64)
+    rows = f.reshape(-1, shape[-1]).sum(-1, dtype=torch.float64)
     return {
         "shape": list(shape),
         "numel": scores.numel(),
@@ -104,6 +125,7 @@ def bench_soft_topk(shape: tuple[int, ...], k: float, tau: float, *, seed: int, 
         "forward": _summary_ms(fwd),
         "forward_backward": _summary_ms(fwd_bwd),
         "max_budget_error": float((rows - k).abs().max()),  # sanity: every row keeps k in sum
+        "solver_evaluations": counter.count - 1,  # sigmoid passes of the shift solve in one forward
     }
 
 
@@ -112,8 +134,15 @@ def _vit(num_layers: int, image_size: int, seed: int):
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    config = ViTConfig(hidden_size=192, num_hidden_layers=num_layers, num_attention_heads=3, intermediate_size=768,
-                       image_size=image_size, patch_size=16, num_labels=10)
+    config = ViTConfig(
+        hidden_size=192,
+        num_hidden_layers=num_layers,
+        num_attention_heads=3,
+        intermediate_size=768,
+        image_size=image_size,
+        patch_size=16,
+        num_labels=10,
+    )
     return ViTForImageClassification(config)
 
 
@@ -140,7 +169,9 @@ def _make_variant(base, name: str):
 VARIANTS = ("plain", "block_soft_search", "block_hard_finetune", "nm_2of4_soft_search")
 
 
-def bench_overhead(*, num_layers: int, batch: int, image_size: int, steps: int, warmup: int, seed: int) -> dict:
+def bench_overhead(
+    *, num_layers: int, batch: int, image_size: int, steps: int, warmup: int, seed: int, mask_repeats: dict
+) -> dict:
     base = _vit(num_layers, image_size, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     pixel_values = torch.randn(batch, 3, image_size, image_size, generator=gen)
@@ -163,11 +194,16 @@ def bench_overhead(*, num_layers: int, batch: int, image_size: int, steps: int, 
 
     times = {name: [] for name in VARIANTS}
     for i in range(warmup + steps):
-        order = VARIANTS[i % len(VARIANTS):] + VARIANTS[:i % len(VARIANTS)]  # rotate who goes first
+        order = VARIANTS[i % len(VARIANTS) :] + VARIANTS[: i % len(VARIANTS)]  # rotate who goes first
         for name in order:
             elapsed = step(name)
             if i >= warmup:
                 times[name].append(elapsed)
+
+    log("ViT: timing the mask computation alone")
+    mask_cost = {
+        name: _mask_cost(runs[name][0], mask_repeats) for name in ("block_soft_search", "nm_2of4_soft_search")
+    }
 
     plain = times["plain"]
     result = {}
@@ -175,10 +211,20 @@ def bench_overhead(*, num_layers: int, batch: int, image_size: int, steps: int, 
         entry = _summary_ms(times[name])
         entry["ratio_of_medians"] = statistics.median(times[name]) / statistics.median(plain)
         entry["median_paired_ratio"] = statistics.median(t / p for t, p in zip(times[name], plain))
+        entry["ratio_of_mins"] = min(times[name]) / min(plain)
+        if name in mask_cost:
+            entry["mask_only"] = mask_cost[name]
         result[name] = entry
     return {
-        "model": {"hidden_size": 192, "num_hidden_layers": num_layers, "num_attention_heads": 3,
-                  "intermediate_size": 768, "image_size": image_size, "patch_size": 16, "num_labels": 10},
+        "model": {
+            "hidden_size": 192,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": 3,
+            "intermediate_size": 768,
+            "image_size": image_size,
+            "patch_size": 16,
+            "num_labels": 10,
+        },
         "batch": batch,
         "steps": steps,
         "warmup": warmup,
@@ -187,6 +233,37 @@ def bench_overhead(*, num_layers: int, batch: int, image_size: int, steps: int, 
         "targeted_weights": weights,
         "block_units": units,
         "variants": result,
+    }
+
+
+def _mask_cost(model, repeats: dict) -> dict:
+    """Time of computing every soft mask of a prepared model once (what one search-mode forward adds), without and
+    with the backward through the top-k; plus the number of soft_topk calls and solver evaluations per forward."""
+    state = model.smart_state
+    groups = range(len(state.groups))
+    gen = torch.Generator().manual_seed(0)
+    probes = [[torch.randn(layer.smart_layout.score_shape, generator=gen) for layer in g.layers] for g in state.groups]
+
+    def forward():
+        with torch.no_grad():
+            for gi in groups:
+                state.soft_group_masks(gi)
+
+    def forward_backward():
+        loss = sum((m * p).sum() for gi in groups for m, p in zip(state.soft_group_masks(gi), probes[gi]))
+        loss.backward()
+        for layer in state.layers:
+            layer.smart_scores.grad = None
+
+    with _CountSigmoid() as counter:
+        forward()
+    fwd = time_fn(forward, **repeats)
+    fwd_bwd = time_fn(forward_backward, **repeats)
+    return {
+        "soft_topk_calls": len(state.groups),
+        "sigmoid_passes": counter.count,
+        "forward": _summary_ms(fwd),
+        "forward_backward": _summary_ms(fwd_bwd),
     }
 
 
@@ -203,11 +280,31 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _source_state() -> dict:
+    """Which smart_hf code was measured: sha256 of topk.py / masking.py and whether smart_hf/ has local edits."""
+    info = {}
+    for name in ("topk.py", "masking.py"):
+        info[f"sha256_{name}"] = hashlib.sha256((REPO_ROOT / "smart_hf" / name).read_bytes()).hexdigest()[:16]
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "smart_hf"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        info["smart_hf_dirty"] = bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        info["smart_hf_dirty"] = None
+    return info
 
 
 def environment(threads: int) -> dict:
@@ -225,6 +322,7 @@ def environment(threads: int) -> dict:
         "threads": threads,
         "torch_num_threads": torch.get_num_threads(),
         "git_commit": _git_commit(),
+        **_source_state(),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
@@ -236,68 +334,106 @@ def _fmt_n(n: int) -> str:
 
 
 def markdown_topk(rows: list[dict], title: str) -> str:
-    lines = [f"**{title}**", "",
-             "| scores shape | k | tau | forward median ms (min) | fwd+bwd median ms (min) | repeats (fwd/fwd+bwd) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"**{title}**",
+        "",
+        "| scores shape | k | tau | forward median ms (min) | fwd+bwd median ms (min) | repeats (fwd/fwd+bwd) "
+        "| solver evals |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         shape = " x ".join(_fmt_n(s) for s in r["shape"])
         k = _fmt_n(int(r["k"])) if float(r["k"]).is_integer() else r["k"]
         f, fb = r["forward"], r["forward_backward"]
-        lines.append(f"| ({shape}) | {k} | {r['tau']:g} | {f['median_ms']:.2f} ({f['min_ms']:.2f}) | "
-                     f"{fb['median_ms']:.2f} ({fb['min_ms']:.2f}) | {f['repeats']}/{fb['repeats']} |")
+        lines.append(
+            f"| ({shape}) | {k} | {r['tau']:g} | {f['median_ms']:.2f} ({f['min_ms']:.2f}) | "
+            f"{fb['median_ms']:.2f} ({fb['min_ms']:.2f}) | {f['repeats']}/{fb['repeats']} | "
+            f"{r['solver_evaluations']} |"
+        )
     return "\n".join(lines)
 
 
 def markdown_overhead(result: dict) -> str:
-    lines = ["**Training step (forward + backward + AdamW), ViT "
-             f"{result['model']['num_hidden_layers']} layers, batch {result['batch']}, "
-             f"{result['steps']} interleaved steps after {result['warmup']} warm-up**", "",
-             "| variant | median ms (min) | ratio of medians | median per-step ratio |", "|---|---|---|---|"]
+    lines = [
+        "**Training step (forward + backward + AdamW), ViT "
+        f"{result['model']['num_hidden_layers']} layers, batch {result['batch']}, "
+        f"{result['steps']} interleaved steps after {result['warmup']} warm-up**",
+        "",
+        "| variant | median ms (min) | ratio of medians | median per-step ratio | ratio of mins |",
+        "|---|---|---|---|---|",
+    ]
     for name, v in result["variants"].items():
-        lines.append(f"| {name} | {v['median_ms']:.1f} ({v['min_ms']:.1f}) | {v['ratio_of_medians']:.3f}x | "
-                     f"{v['median_paired_ratio']:.3f}x |")
+        lines.append(
+            f"| {name} | {v['median_ms']:.1f} ({v['min_ms']:.1f}) | {v['ratio_of_medians']:.3f}x | "
+            f"{v['median_paired_ratio']:.3f}x | {v['ratio_of_mins']:.3f}x |"
+        )
+    for name, v in result["variants"].items():
+        if "mask_only" in v:
+            mask = v["mask_only"]
+            lines.append(
+                f"\n{name}: computing all masks alone takes {mask['forward']['median_ms']:.1f} ms "
+                f"(min {mask['forward']['min_ms']:.1f}) forward, {mask['forward_backward']['median_ms']:.1f} "
+                f"ms (min {mask['forward_backward']['min_ms']:.1f}) with backward; {mask['soft_topk_calls']} "
+                f"soft_topk call(s), {mask['sigmoid_passes']} sigmoid passes per forward."
+            )
     return "\n".join(lines)
 
 
 def evaluate_goals(topk_rows: list[dict], overhead: dict, smoke: bool) -> dict:
+    """Each goal with the median (the judged value) and the best run (min: the cost without interference from
+    other processes, a lower bound); ``met`` is judged on the median."""
     goals = {}
-    row = next((r for r in topk_rows if r["numel"] == GOAL_TOPK_N and r["tau"] == 0.1), None)
-    if row is not None:
-        measured = row["forward"]["median_ms"]
-        goals["topk_1e6_forward_ms"] = {"goal": f"<= {GOAL_TOPK_MS} ms", "measured": measured,
-                                        "met": measured <= GOAL_TOPK_MS}
-    else:
-        goals["topk_1e6_forward_ms"] = {"goal": f"<= {GOAL_TOPK_MS} ms", "measured": None, "met": None,
-                                        "note": "1e6 not measured in this run (smoke)"}
-    ratio = overhead["variants"]["block_soft_search"]["ratio_of_medians"]
-    goals["search_step_overhead"] = {"goal": f"<= {GOAL_OVERHEAD}x", "measured": ratio, "met": ratio <= GOAL_OVERHEAD}
+    for tau in TAUS:
+        key = f"topk_1e6_forward_ms_tau{tau:g}"
+        row = next((r for r in topk_rows if r["numel"] == GOAL_TOPK_N and r["tau"] == tau), None)
+        goal = {"label": f"soft_topk forward, 1e6 scores, tau={tau:g}", "target": GOAL_TOPK_MS, "unit": "ms"}
+        if row is None:
+            goal.update(measured=None, best=None, met=None, met_by_best=None, note="not measured (smoke)")
+        else:
+            med, best = row["forward"]["median_ms"], row["forward"]["min_ms"]
+            goal.update(measured=med, best=best, met=med <= GOAL_TOPK_MS, met_by_best=best <= GOAL_TOPK_MS)
+        goals[key] = goal
+    search = overhead["variants"]["block_soft_search"]
+    goals["search_step_overhead"] = {
+        "label": "search-mode step / plain step (block 4x4 soft, global)",
+        "target": GOAL_OVERHEAD,
+        "unit": "x",
+        "measured": search["ratio_of_medians"],
+        "best": search["ratio_of_mins"],
+        "met": search["ratio_of_medians"] <= GOAL_OVERHEAD,
+        "met_by_best": search["ratio_of_mins"] <= GOAL_OVERHEAD,
+    }
     if smoke:
-        goals["search_step_overhead"]["note"] = "smoke model (fewer layers, smaller batch): not the goal's setting"
+        goals["search_step_overhead"]["note"] = "smoke model (1 layer, batch 2): not the goal's setting"
     return goals
 
 
 def markdown_goals(goals: dict) -> str:
-    lines = ["| goal | target | measured | met |", "|---|---|---|---|"]
-    labels = {"topk_1e6_forward_ms": "soft_topk forward, 1e6 scores, tau=0.1",
-              "search_step_overhead": "search-mode step / plain step (block 4x4 soft)"}
-    for key, g in goals.items():
-        measured = g["measured"]
-        unit = " ms" if key.endswith("_ms") else "x"
-        shown = "n/a" if measured is None else f"{measured:.3g}{unit}"
+    lines = ["| goal | target | measured (median) | best run (min) | met (median) |", "|---|---|---|---|---|"]
+
+    def shown(value, unit):
+        return "n/a" if value is None else (f"{value:.1f} ms" if unit == "ms" else f"{value:.3f}x")
+
+    for g in goals.values():
         met = "n/a" if g["met"] is None else ("yes" if g["met"] else "**no**")
         note = f" ({g['note']})" if "note" in g else ""
-        lines.append(f"| {labels[key]} | {g['goal']} | {shown} | {met}{note} |")
+        target = f"<= {g['target']:g} ms" if g["unit"] == "ms" else f"<= {g['target']:g}x"
+        lines.append(
+            f"| {g['label']} | {target} | {shown(g['measured'], g['unit'])} | {shown(g['best'], g['unit'])} | "
+            f"{met}{note} |"
+        )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------------ main
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes and a 2-layer ViT: finishes in seconds")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and a 1-layer ViT: finishes in seconds")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--steps", type=int, default=None, help="timed ViT steps per variant (default 12; smoke 3)")
+    parser.add_argument("--steps", type=int, default=None, help="timed ViT steps per variant (default 12; smoke 2)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -313,18 +449,25 @@ def main(argv=None) -> int:
     if args.smoke:
         sizes, nm_groups = [10**4, 10**5], 10**4
         reps = {"min_repeats": 3, "max_repeats": 5, "budget_s": 0.2}
-        vit = {"num_layers": 2, "batch": 2, "image_size": 224, "steps": args.steps or 3, "warmup": 1}
+        vit = {"num_layers": 1, "batch": 2, "image_size": 224, "steps": args.steps or 2, "warmup": 1}
+        vit["mask_repeats"] = {"min_repeats": 1, "max_repeats": 2, "budget_s": 0.2}
     else:
         sizes, nm_groups = [10**4, 10**5, 10**6, 10**7], 10**6
-        reps = {"min_repeats": 5, "max_repeats": 30, "budget_s": 3.0}
+        reps = {"min_repeats": 5, "max_repeats": 30, "budget_s": 2.0}
         vit = {"num_layers": 12, "batch": 8, "image_size": 224, "steps": args.steps or 12, "warmup": 2}
+        vit["mask_repeats"] = {"min_repeats": 3, "max_repeats": 5, "budget_s": 2.0}
 
+    big = {**reps, "min_repeats": 3, "max_repeats": 5}
     topk_rows = []
     for n in sizes:
         for tau in TAUS:
-            r = reps if n < 10**7 else {**reps, "min_repeats": 3, "max_repeats": 5}
-            topk_rows.append(bench_soft_topk((n,), n / 2, tau, seed=args.seed, **r))
-    nm_rows = [bench_soft_topk((nm_groups, 4), 2.0, tau, seed=args.seed, **reps) for tau in TAUS]
+            log(f"soft_topk N={n} tau={tau}")
+            topk_rows.append(bench_soft_topk((n,), n / 2, tau, seed=args.seed, **(reps if n < 10**7 else big)))
+    nm_rows = []
+    for tau in TAUS:
+        log(f"soft_topk N:M groups={nm_groups} tau={tau}")
+        nm_rows.append(bench_soft_topk((nm_groups, 4), 2.0, tau, seed=args.seed, **(reps if args.smoke else big)))
+    log(f"ViT training steps: {vit}")
     overhead = bench_overhead(seed=args.seed, **vit)
     goals = evaluate_goals(topk_rows, overhead, args.smoke)
 
@@ -344,8 +487,10 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
     print(f"# bench_topk ({'smoke' if args.smoke else 'full'}) -- {env['date_utc']}")
-    print(f"torch {env['torch']}, transformers {env['transformers']}, {env['cpu_model']}, "
-          f"{env['cpu_count']} CPUs, {args.threads} threads, load avg at start {env['loadavg_start']}\n")
+    print(
+        f"torch {env['torch']}, transformers {env['transformers']}, {env['cpu_model']}, "
+        f"{env['cpu_count']} CPUs, {args.threads} threads, load avg at start {env['loadavg_start']}\n"
+    )
     print(markdown_topk(topk_rows, "soft_topk, one row of N scores (k = N/2, float32)"), "\n")
     print(markdown_topk(nm_rows, "soft_topk, N:M groups (k = 2 of 4, float32)"), "\n")
     print(markdown_overhead(overhead), "\n")

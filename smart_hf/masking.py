@@ -225,7 +225,7 @@ class SmartState(nn.Module):
 
     @staticmethod
     def _split(group: BudgetGroup, flat_mask: torch.Tensor) -> list[torch.Tensor]:
-        pieces = torch.split(flat_mask, group.unit_counts())
+        pieces = torch.split(flat_mask.reshape(-1), group.unit_counts())
         return [
             p.reshape(layer.smart_layout.score_shape).to(layer.smart_scores.device)
             for p, layer in zip(pieces, group.layers)

@@ -14,11 +14,13 @@ own budget (N:M groups are rows of length M). ``cost`` is ``(N,)`` or broadcasta
 
 Numerics: the shift is solved in float64 by safeguarded Newton inside a bracket that provably contains the root,
 and the output is evaluated in float64 before being cast to ``promote(scores.dtype, float32)``. The gradient is the
-exact implicit one (not "t detached", which is off by ~1e-2), obtained with the re-parameterisation
+exact implicit one (not "t detached", which is off by ~1e-2): with ``s_j = f_j (1 - f_j)`` and ``z = m / tau``, the
+implicit function theorem gives ``dt/dz_j = -c_j s_j / sum_l c_l s_l``, so the vector-Jacobian product is
 
-    t_rep = t* - sum_j c_j s_j (z_j - stopgrad(z_j)) / sum_j c_j s_j,   s_j = f_j (1 - f_j),  z = m / tau,
+    grad_m_j = (s_j u_j - c_j s_j * sum_i s_i u_i / sum_l c_l s_l) / tau      (u = dL/df),
 
-whose value is ``t*`` and whose derivative is ``dt/dz_j = -c_j s_j / sum_l c_l s_l`` (implicit function theorem).
+written out in a custom autograd Function (equivalent to the re-parameterisation
+``t_rep = t* - sum_j c_j s_j (z_j - stopgrad(z_j)) / sum_j c_j s_j`` but without a float64 autograd graph).
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ def _solve_rows(z: torch.Tensor, c: torch.Tensor, k: torch.Tensor, shift_init, w
     else:  # float32 rounding of N terms adds up like a random walk: ~sqrt(N) ulps, not N
         tol = 2e-7 * torch.clamp(total * c.amax(-1, keepdim=True), min=1.0).sqrt()
     eps = 4 * torch.finfo(torch.float64).eps
+    # float32 sums move in steps of ~1e-7 * C: once Newton asks for a step below this, the root is found to the
+    # precision the evaluation has (without it the solver bisects on rounding noise: ~28 evaluations, not 3)
+    min_step = 0.0 if work_dtype == torch.float64 else 1e-6
     unit_cost = c.shape[0] == 1 and bool((c == 1).all())
     for _ in range(_MAX_ITER):
         f = torch.sigmoid((z + t).to(work_dtype))
@@ -140,9 +145,12 @@ def _solve_rows(z: torch.Tensor, c: torch.Tensor, k: torch.Tensor, shift_init, w
         hi = torch.where(g > 0, t, hi)
         lo = torch.where(g < 0, t, lo)
         slope = (cf * (1 - f)).sum(-1, keepdim=True, dtype=torch.float64)
-        newton = t - g / slope
+        step = g / slope
+        newton = t - step
         ok = torch.isfinite(newton) & (newton > lo) & (newton < hi)
         t = torch.where(done, t, torch.where(ok, newton, 0.5 * (lo + hi)))
+        if min_step and bool((done | (ok & (step.abs() <= min_step))).all()):
+            break
     t = torch.where(empty, torch.full_like(t, -math.inf), t)
     return torch.where(full, torch.full_like(t, math.inf), t)
 
@@ -174,23 +182,41 @@ def soft_topk(
     n = scores.shape[-1]
     x, c, kk = _rows(scores, k, cost)
     work = _work_dtype(scores)
+    z = x / tau  # float64, detached: the Function below supplies the gradient
     with torch.no_grad():
-        t = _solve_rows(x / tau, c, kk, shift_init, work)
-    z = scores.reshape(-1, n).to(torch.float64) / tau
-    finite = torch.isfinite(t)
-    t_safe = torch.where(finite, t, torch.zeros_like(t))
-    with torch.no_grad():
-        f0 = torch.sigmoid((z + t_safe).to(work))
-        w = (c * f0 * (1 - f0)).to(torch.float64)
-        w_sum = w.sum(-1, keepdim=True).clamp_min(1e-300)
-    if scores.requires_grad:
-        t_rep = t_safe - (w * (z - z.detach())).sum(-1, keepdim=True) / w_sum
-        f = torch.sigmoid((z + t_rep).to(work))
-    else:
-        f = f0
-    f = torch.where(finite, f, (t > 0).to(f.dtype).expand_as(f))  # k = 0 or k = C rows: exact 0 / 1
+        t = _solve_rows(z, c, kk, shift_init, work)
+    unit_cost = cost is None
+    f = _SoftTopK.apply(scores.reshape(-1, n), z, t, None if unit_cost else c, tau, work)
     f = f.to(torch.promote_types(scores.dtype, torch.float32)).reshape(scores.shape)
     return (f, t.reshape(scores.shape[:-1])) if return_shift else f
+
+
+class _SoftTopK(torch.autograd.Function):
+    """``f = sigmoid(z + t)`` with the exact implicit vector-Jacobian product (module docstring):
+
+        grad_m_j = (s_j u_j - c_j s_j * sum_i s_i u_i / sum_i c_i s_i) / tau,   s = f (1 - f),  u = dL/df.
+
+    Rows with ``k = 0`` / ``k = C`` have ``t = -inf`` / ``+inf``: ``f`` is exactly 0 / 1 and ``s = 0``, so no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, z, t, c, tau, work):
+        f = torch.sigmoid((z + t).to(work))
+        ctx.save_for_backward(f, c)
+        ctx.tau, ctx.in_dtype = tau, scores.dtype
+        return f
+
+    @staticmethod
+    def backward(ctx, grad_f):
+        f, c = ctx.saved_tensors
+        s = f * (1 - f)
+        su = s * grad_f.to(f.dtype)
+        cs = s if c is None else (c * s).to(f.dtype)
+        coupling = su.sum(-1, keepdim=True, dtype=torch.float64) / cs.sum(
+            -1, keepdim=True, dtype=torch.float64
+        ).clamp_min(1e-300)
+        grad = (su - cs * coupling.to(f.dtype)) / ctx.tau
+        return grad.to(ctx.in_dtype), None, None, None, None, None
 
 
 def hard_topk(scores: torch.Tensor, k, cost: torch.Tensor | None = None) -> torch.Tensor:
