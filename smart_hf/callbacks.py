@@ -143,7 +143,9 @@ class SmartCallback(TrainerCallback):
         trainer = self.trainer
         if trainer is None or trainer.eval_dataset is None or not getattr(trainer.args, "log_hardening_jump", False):
             return None
-        return trainer.evaluate().get("eval_loss")
+        metrics = trainer.evaluate()
+        # one eval set logs "eval_loss"; a dict of them logs "eval_<first name>_loss" first
+        return next((v for k, v in metrics.items() if k.startswith("eval_") and k.endswith("_loss")), None)
 
 
 @torch.no_grad()

@@ -113,6 +113,16 @@ class SmartState(nn.Module):
         """Identity: containers that call every child in turn (a root ``nn.Sequential``) pass through it."""
         return x
 
+    def _apply(self, fn, recurse=True):
+        # `model.half()` / `.to(torch.bfloat16)` must move these buffers but not round them: a bf16 temperature
+        # of 1e-4 is 1.0013e-4, and the dynamic rule's reference values would drift the same way
+        before = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            if self._buffers[name].dtype != old.dtype:  # keep the exact value, take only the new device
+                self._buffers[name] = old.to(self._buffers[name].device)
+        return self
+
     # --- python mirrors of the buffers (read once per forward, not once per layer) ---
     def sync_from_buffers(self) -> None:
         tau, mode = torch.stack([self.temperature, self.mode.to(torch.float64)]).tolist()

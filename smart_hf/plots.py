@@ -53,9 +53,9 @@ def _training_curves(plt, log_history: list[dict], stages, path: str) -> str:
     ]
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 7), sharex=True)
     for ax, (key, label, log_scale) in zip(axes, keys):
-        points = [(e["step"], e[key]) for e in log_history if key in e and "eval_loss" not in e]
+        points = [(e["step"], e[key]) for e in log_history if key in e and not _eval_key(e)]
         if key == "loss":
-            evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+            evals = [(e["step"], e[_eval_key(e)]) for e in log_history if _eval_key(e)]
             if evals:
                 ax.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange")
         if points:
@@ -71,6 +71,14 @@ def _training_curves(plt, log_history: list[dict], stages, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _eval_key(entry: dict) -> str | None:
+    """The eval-loss key of a log entry: ``eval_loss``, or ``eval_validation_loss`` for a dict of eval sets."""
+    for key in ("eval_loss", "eval_validation_loss"):
+        if key in entry:
+            return key
+    return None
 
 
 def _shade_stages(ax, stages) -> None:

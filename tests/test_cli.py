@@ -37,3 +37,12 @@ def test_bad_command_line_key_is_named():
 def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_scripts_train_forwards_to_the_cli():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--sparsity" in out.stdout and "--pretrain_steps" in out.stdout

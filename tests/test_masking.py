@@ -73,3 +73,12 @@ def test_fractionality_tracks_the_last_training_forward():
             layer.smart_scores.copy_(torch.randn_like(layer.smart_scores))
     model(**vit_inputs())
     assert state.fractionality() < 1e-3
+
+
+def test_casting_the_model_keeps_the_state_buffers_exact():
+    model = prepare_model(tiny_vit(), SmartConfig())
+    set_temperature(model, 1e-4)
+    model.to(torch.bfloat16)
+    state = get_smart_state(model)
+    assert state.temperature.dtype == torch.float64 and float(state.temperature) == 1e-4
+    assert next(model.parameters()).dtype == torch.bfloat16

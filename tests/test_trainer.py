@@ -93,6 +93,13 @@ def test_three_stage_run(tmp_path):
     assert report["valid"] and abs(report["total"]["sparsity"] - 0.5) < 16 / report["total"]["weights"]
     for layer in smart.layers:
         assert set(layer.smart_mask.unique().tolist()) <= {0.0, 1.0}
+    # the soft mask was already (almost) binary when it was hardened: the search ended where the hard mask starts
+    (at_hardening,) = [
+        e["smart/fractionality_at_hardening"]
+        for e in trainer.state.log_history
+        if "smart/fractionality_at_hardening" in e
+    ]
+    assert at_hardening < 1e-3
 
 
 def test_every_score_changes_during_search(tmp_path):
@@ -227,3 +234,20 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, resume_step):
     assert expected.keys() == got.keys() and expected
     for step in expected:
         assert abs(expected[step] - got[step]) < 1e-4 * max(1.0, abs(expected[step])), step
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["one-eval-set", "dict-of-eval-sets"])
+def test_hardening_logs_the_eval_loss_jump(tmp_path, as_dict):
+    data = tiny_dataset(16)
+    eval_dataset = {"validation": data, "test": data} if as_dict else data
+    trainer = SmartTrainer(
+        model=tiny_vit(),
+        args=smart_args(tmp_path, max_steps=16, log_hardening_jump=True),
+        smart_config=sh.SmartConfig(),
+        train_dataset=tiny_dataset(),
+        eval_dataset=eval_dataset,
+    )
+    trainer.train()
+    (entry,) = [e for e in trainer.state.log_history if "smart/eval_loss_before_hardening" in e]
+    assert entry["smart/eval_loss_before_hardening"] > 0 and entry["smart/eval_loss_after_hardening"] > 0
+    assert trainer.dense_metrics is not None  # evaluated on the dense model at the start of the search
