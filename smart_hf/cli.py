@@ -1,4 +1,10 @@
-"""``smart-hf train --config recipes/NAME.yaml [--key value ...]``: a SMART run from a recipe.
+"""The ``smart-hf`` command line.
+
+* ``smart-hf train --config recipes/NAME.yaml [--key value ...]``: a SMART run from a recipe.
+* ``smart-hf export OUTPUT_DIR --to DIR [--slim [--mode uniform|per_layer]]``: re-export a pruned artifact (model card
+  included), optionally with the pruned FFN channels removed (`smart_hf.slim`).
+* ``smart-hf push DIR --repo-id ID [--private]``: upload an exported folder with its model card (token: ``HF_TOKEN``
+  or ``huggingface-cli login``).
 
 A recipe is a flat YAML mapping whose keys are fields of `ModelArguments`, `DataArguments`, `SmartConfig` and
 `SmartTrainingArguments`; command-line ``--key value`` pairs override it. Unknown keys fail with their names.
@@ -109,14 +115,122 @@ def parse_recipe(recipe: str | None, overrides: list[str] | None = None):
     return tuple(dataclasses_)
 
 
+USAGE = """usage: smart-hf train --config RECIPE.yaml [--key value ...]
+       smart-hf export OUTPUT_DIR --to DIR [--slim [--mode uniform|per_layer]]
+       smart-hf push DIR --repo-id ID [--private] [--commit-message MSG]
+       smart-hf COMMAND --help"""
+
+_PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "image_processor_config.json",
+    "added_tokens.json",
+)
+
+
+def export_artifact(source: str, target: str, slim: bool = False, mode: str = "uniform") -> dict:
+    """Load a pruned artifact, optionally slim it, and write it (with its model card) to ``target`` atomically."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    from .hub import write_artifact_atomically
+    from .slimming import _auto_class, load_slim
+    from .slimming import slim as slim_model
+
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise ValueError(f"{source} has no config.json; point at a folder written by save_model / smart-hf train.")
+    config = AutoConfig.from_pretrained(source)
+    if not getattr(config, "smart_hf", None):
+        raise ValueError(
+            f"{source} is not a pruned smart_hf artifact (config.json has no smart_hf entry); export the folder "
+            "that SmartTrainer.save_model / smart-hf train wrote, not a training checkpoint."
+        )
+    if os.path.abspath(source) == os.path.abspath(target):
+        raise ValueError("--to must be a different folder from OUTPUT_DIR (the source stays untouched).")
+    _auto_class(config, None)  # a clear error before any work
+    model = load_slim(source).eval()
+    summary = slim_model(model, mode=mode) if slim else None
+    write_artifact_atomically(model, target, save_plots=False)
+    for name in _PROCESSOR_FILES:
+        if os.path.isfile(os.path.join(source, name)):
+            shutil.copy(os.path.join(source, name), os.path.join(target, name))
+    return {"target": target, "slim": summary}
+
+
+def _export_main(rest: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="smart-hf export", description="Re-export a pruned artifact.")
+    parser.add_argument("output_dir", help="folder written by SmartTrainer.save_model / smart-hf train")
+    parser.add_argument("--to", required=True, help="folder to write (replaced atomically)")
+    parser.add_argument("--slim", action="store_true", help="remove pruned FFN channels (channel pattern)")
+    parser.add_argument("--mode", choices=["uniform", "per_layer"], default="uniform", help="slimming mode")
+    args = parser.parse_args(rest)
+    try:
+        result = export_artifact(args.output_dir, args.to, slim=args.slim, mode=args.mode)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    slim = result["slim"]
+    if slim:
+        print(
+            f"slimmed {len(slim['pairs'])} FFN(s) ({slim['mode']}): {slim['params_before']:,} -> "
+            f"{slim['params_after']:,} parameters; left masked in place: {len(slim['left_masked'])} layer(s)"
+        )
+        if slim["mode"] == "per_layer":
+            print("load it with smart_hf.load_slim(path) (per-layer FFN sizes)")
+    print(f"wrote {args.to}")
+    return 0
+
+
+def _push_main(rest: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="smart-hf push",
+        description="Upload an exported folder (with its model card) to the Hub. Token: HF_TOKEN or "
+        "`huggingface-cli login`.",
+    )
+    parser.add_argument("folder", help="folder written by save_model / smart-hf export")
+    parser.add_argument("--repo-id", required=True, help="user/model-name on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--commit-message", default="Upload pruned model (smart_hf)")
+    args = parser.parse_args(rest)
+    from .hub import push_pruned_to_hub
+
+    if not os.path.isdir(args.folder):
+        print(f"error: {args.folder} is not a folder; pass the folder written by smart-hf export.", file=sys.stderr)
+        return 2
+    try:
+        push_pruned_to_hub(args.folder, args.repo_id, private=args.private or None, commit_message=args.commit_message)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"pushed {args.folder} to https://huggingface.co/{args.repo_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: smart-hf train --config RECIPE.yaml [--key value ...]\n       smart-hf train --help")
+        print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "export":
+        return _export_main(rest)
+    if command == "push":
+        return _push_main(rest)
     if command != "train":
-        print(f"unknown command {command!r}; available: train", file=sys.stderr)
+        print(f"unknown command {command!r}; available: train, export, push", file=sys.stderr)
         return 2
     if "-h" in rest or "--help" in rest:
         make_parser().print_help()
@@ -125,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     if "--config" in rest:
         i = rest.index("--config")
         recipe, rest = rest[i + 1], rest[:i] + rest[i + 2 :]
+    from .hub import set_command_line
     from .run import run_training
 
+    set_command_line(["train", *(["--config", recipe] if recipe else []), *rest])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         model_args, data_args, smart_config, training_args = parse_recipe(recipe, rest)

@@ -1,6 +1,7 @@
-"""Writing a pruned model that stock transformers loads: squashed weights, ``smart_config.json``, a sparsity report.
+"""Writing a pruned model that stock transformers loads: squashed weights, ``smart_config.json``, a sparsity report,
+a model card.
 
-`save_pruned` works on a prepared model without modifying or copying it: it builds the squashed state dict (hard
+`save_pruned` works on a prepared model (or a squashed / slimmed one) without modifying or copying it: it builds the squashed state dict (hard
 masks baked into the targeted weights, every ``smart_`` tensor dropped), whose keys are exactly those of the original
 model, and lets ``save_pretrained`` write it. ``config.json`` gains a ``smart_hf`` entry (pattern, sparsity, per-layer
 layout) that `sparsity_report` can check after loading.
@@ -58,30 +59,70 @@ def save_pruned(
     log_history=None,
     save_plots: bool = True,
     stages=None,
+    metrics: dict | None = None,
+    base_model: str | None = None,
+    model_card: bool = True,
 ) -> str:
-    """Save a prepared model as a stock-loadable pruned checkpoint plus ``smart_config.json``, the sparsity report
-    (``smart_sparsity.json``) and, with matplotlib installed and ``save_plots``, PNG plots. Returns ``output_dir``."""
+    """Save a prepared (or squashed / slimmed) model as a stock-loadable pruned checkpoint plus ``smart_config.json``,
+    the sparsity report (``smart_sparsity.json``), a model card (``README.md``, see `smart_hf.hub.model_card`) and,
+    with matplotlib installed and ``save_plots``, PNG plots. Returns ``output_dir``. The model is not modified.
+
+    ``metrics`` (``{name: value}``) go into the card; by default the last ``eval_*``/``dense_*`` values of
+    ``log_history``. ``base_model``: the Hub id that was pruned (default: from the config when it is a Hub id).
+    """
     root = _root_of(model)
-    state = get_smart_state(root)
-    os.makedirs(output_dir, exist_ok=True)
-    metadata = pruning_metadata(state)
     config = getattr(root, "config", None)
+    if hasattr(root, "smart_state"):
+        state = get_smart_state(root)
+        metadata = pruning_metadata(state)
+        smart_config = state.smart_config
+    elif getattr(config, "smart_hf", None):
+        from .config import SmartConfig
+        from .report import sparsity_report
+
+        metadata = {**config.smart_hf, "report": sparsity_report(root)}
+        smart_config = SmartConfig.from_dict(config.smart_hf["config"])
+    else:
+        raise ValueError(
+            "save_pruned needs a model prepared with smart_hf.prepare_model, or a squashed SMART model "
+            "(with config.smart_hf); for a plain model use model.save_pretrained."
+        )
+    os.makedirs(output_dir, exist_ok=True)
     previous = getattr(config, "smart_hf", None) if config is not None else None
     if config is not None:
         config.smart_hf = {k: v for k, v in metadata.items() if k != "report"}
     try:
-        root.save_pretrained(output_dir, state_dict=squashed_state_dict(root))
+        if hasattr(root, "smart_state"):
+            root.save_pretrained(output_dir, state_dict=squashed_state_dict(root))
+        elif (metadata.get("slim") or {}).get("mode") == "per_layer":
+            from .slimming import save_slim_weights
+
+            save_slim_weights(root, output_dir)
+        else:
+            root.save_pretrained(output_dir)
     finally:
         if config is not None:
             if previous is None:
                 del config.smart_hf
             else:
                 config.smart_hf = previous
-    state.smart_config.save_pretrained(output_dir)
+    smart_config.save_pretrained(output_dir)
     with open(os.path.join(output_dir, REPORT_NAME), "w", encoding="utf-8") as fh:
         json.dump(metadata["report"], fh, indent=2)
     if processing_class is not None:
         processing_class.save_pretrained(output_dir)
+    if model_card and config is not None:
+        from .hub import metrics_from_log_history, write_model_card
+
+        card_metadata = {k: v for k, v in metadata.items() if k != "report"}
+        write_model_card(
+            output_dir,
+            config,
+            card_metadata,
+            metadata["report"],
+            metrics=metrics if metrics is not None else metrics_from_log_history(log_history),
+            base_model=base_model,
+        )
     if save_plots:
         from .plots import save_plots as _save_plots
 

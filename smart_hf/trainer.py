@@ -3,7 +3,8 @@
 Swap ``Trainer`` for ``SmartTrainer``, pass ``smart_config=SmartConfig(...)`` and `SmartTrainingArguments`; the
 stages, temperature schedule, hardening and mask enforcement run from `SmartCallback`. Only documented Trainer
 methods are overridden: ``create_optimizer`` (an own parameter group for the mask scores), ``compute_loss``
-(optional distillation) and ``save_model`` (the final save writes the squashed, stock-loadable model).
+(optional distillation), ``save_model`` (the final save writes the squashed, stock-loadable model) and
+``push_to_hub`` (pushes that pruned artifact with its model card, not a raw checkpoint).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from .training_args import SmartTrainingArguments
 logger = logging.getLogger(__name__)
 
 __all__ = ["SmartTrainer"]
+
+HUB_ARTIFACT_DIR = "hub_artifact"  # under output_dir: the exact folder `push_to_hub` uploads
 
 
 class SmartTrainer(Trainer):
@@ -80,6 +83,12 @@ class SmartTrainer(Trainer):
         )
         # first in the list, so the smart metrics it adds to `logs` reach every report_to backend
         self.callback_handler.callbacks.insert(0, self.smart_callback)
+        if args.push_to_hub and str(getattr(args.hub_strategy, "value", args.hub_strategy)) != "end":
+            logger.warning(
+                "smart_hf: hub_strategy=%r pushes raw training checkpoints (soft masks, mask scores) while training; "
+                "the pruned artifact is pushed by push_to_hub()/save_model(). Set hub_strategy='end' to push only it.",
+                getattr(args.hub_strategy, "value", args.hub_strategy),
+            )
 
     def _calibration_batches(self, smart_config: SmartConfig) -> list:
         if self.train_dataset is None:
@@ -150,6 +159,56 @@ class SmartTrainer(Trainer):
                 stages=self.smart_callback.stages,
             )
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if self.args.push_to_hub:  # Trainer semantics: a user's save_model also pushes
+            self.push_to_hub(commit_message="Model save")
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """Push the *pruned* artifact (squashed weights, ``smart_config.json``, sparsity report, model card) to
+        ``args.hub_model_id`` (default: the name of ``output_dir``).
+
+        The exact folder that is uploaded is written first, atomically, to ``<output_dir>/hub_artifact`` and kept.
+        ``token`` / ``private`` / ``revision`` default to ``args.hub_token`` / ``hub_private_repo`` /
+        ``hub_revision``. Extra keyword arguments of `Trainer.push_to_hub` (model-card fields) are accepted:
+        ``base_model`` / ``finetuned_from`` set the card's base model, ``metrics`` its metric table; the rest are
+        ignored. Returns the `CommitInfo` (a `Future` of it with ``blocking=False``), ``None`` off process zero.
+        """
+        from .hub import metrics_from_log_history, push_pruned_to_hub
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if not self.is_world_process_zero():
+            return None
+        repo_id = (
+            self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        )
+        base_model = kwargs.pop("base_model", None) or kwargs.pop("finetuned_from", None)
+        metrics = kwargs.pop("metrics", None)
+        if kwargs:
+            logger.info("smart_hf: push_to_hub ignores model-card fields %s", sorted(kwargs))
+        result = push_pruned_to_hub(
+            self.model,
+            repo_id,
+            token=token if token is not None else self.args.hub_token,
+            private=private if private is not None else self.args.hub_private_repo,
+            commit_message=commit_message or "Upload pruned model (smart_hf)",
+            local_dir=os.path.join(self.args.output_dir, HUB_ARTIFACT_DIR),
+            revision=revision if revision is not None else self.args.hub_revision,
+            processing_class=self.processing_class,
+            metrics=metrics if metrics is not None else metrics_from_log_history(self.state.log_history),
+            base_model=base_model,
+            run_as_future=not blocking,
+            save_plots=self.args.save_plots,
+            log_history=self.state.log_history,
+            stages=self.smart_callback.stages,
+        )
+        return result
 
     def _save_checkpoint_weights(self, output_dir: str) -> None:
         """Checkpoint weights under the model's *own* state-dict keys.

@@ -1,0 +1,393 @@
+"""The Hub side of a pruned artifact: its model card and `push_pruned_to_hub`.
+
+`model_card` builds a ``README.md`` with huggingface_hub's `ModelCard` / `ModelCardData` from what the artifact
+records about itself (``config.smart_hf`` and the sparsity report): base model, tags by pattern, metrics, a per-layer
+sparsity table, how to load it with stock transformers, how to get speed from it and, when known, the command that
+reproduces it. `save_pruned` writes it; `push_pruned_to_hub` writes the exact folder it uploads (atomically) and
+uploads it with `HfApi.upload_folder`. Tokens are passed to huggingface_hub only; they are never logged or written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import tempfile
+
+from .constants import REPORT_NAME
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["card_tags", "model_card", "push_pruned_to_hub", "write_model_card"]
+
+CARD_NAME = "README.md"
+# Set by `smart-hf train` so the card can show the command that reproduces the artifact.
+_COMMAND_LINE: list[str] | None = None
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def set_command_line(argv: list[str] | None) -> None:
+    """Record the ``smart-hf`` command line of this process (shown as the reproducing command in model cards).
+    Values of ``--*token*`` options are replaced by ``***``."""
+    global _COMMAND_LINE
+    _COMMAND_LINE = None if argv is None else _redact([str(a) for a in argv])
+
+
+def _redact(argv: list[str]) -> list[str]:
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif arg.startswith("--") and "token" in arg.lower():
+            key, eq, _ = arg.partition("=")
+            out.append(f"{key}=***" if eq else arg)
+            hide_next = not eq
+        else:
+            out.append(arg)
+    return out
+
+
+def card_tags(metadata: dict) -> list[str]:
+    """``pruned``, ``sparse``, ``smart-hf`` plus ``2:4``/``n:m-sparse``, ``block-sparse`` or ``channel-pruned``."""
+    cfg = metadata.get("config", {})
+    patterns = {info.get("pattern") for info in metadata.get("layers", {}).values()} or {cfg.get("pattern")}
+    tags = ["pruned", "sparse", "smart-hf"]
+    if "nm" in patterns:
+        n, m = cfg.get("n", 2), cfg.get("m", 4)
+        tags += [f"{n}:{m}", "n:m-sparse"]
+    if "block" in patterns:
+        tags.append("block-sparse")
+    if "channel" in patterns:
+        tags.append("channel-pruned")
+    return tags
+
+
+def _base_model(config) -> str | None:
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    if not name or os.path.exists(name) or not _HUB_ID.match(name):
+        return None
+    return name
+
+
+def _pattern_text(metadata: dict) -> str:
+    cfg = metadata.get("config", {})
+    pattern = cfg.get("pattern")
+    if pattern == "nm":
+        return f"{cfg.get('n')}:{cfg.get('m')} (N:M along the input dimension)"
+    if pattern == "block":
+        r, c = cfg.get("block_shape", [1, 1])
+        return "unstructured (1x1 blocks)" if (r, c) == (1, 1) else f"{r}x{c} weight blocks"
+    if pattern == "channel":
+        return "output channels"
+    return str(pattern)
+
+
+def _speed_text(metadata: dict) -> str:
+    tags = card_tags(metadata)
+    lines = [
+        "The weights are stored dense with the pruned ones set to zero, so the file and a plain forward cost what the "
+        "dense model costs. To turn the zeros into speed:",
+        "",
+    ]
+    if "channel-pruned" in tags:
+        lines.append(
+            "* **Output channels**: `smart_hf.slim(model)` physically removes the pruned FFN channels (smaller and "
+            "faster everywhere; a uniform slim model still loads with stock `from_pretrained`), or "
+            "`smart-hf export DIR --to SLIM_DIR --slim`."
+        )
+    if "block-sparse" in tags:
+        lines.append(
+            "* **Blocks**: `smart_hf.to_sparse_kernels(model, format='bsr')` swaps the pruned linears for BSR "
+            "block-sparse ones. On CPU this beats dense only from about 85-90% block sparsity; below that it is "
+            "slower."
+        )
+    if "n:m-sparse" in tags:
+        lines.append(
+            "* **2:4**: on an NVIDIA GPU (Ampere or newer), `smart_hf.to_sparse_kernels(model.cuda().half(), "
+            "format='2:4')` uses PyTorch's semi-structured sparse kernels; there is no CPU 2:4 kernel."
+        )
+    return "\n".join(lines)
+
+
+def _layer_table(report: dict, max_rows: int = 300) -> str:
+    rows = ["| layer | shape | pattern | units kept | sparsity |", "|---|---|---|---|---|"]
+    for row in report.get("layers", [])[:max_rows]:
+        pattern = {"block": "x".join(map(str, row["block_shape"])), "channel": "channel"}.get(
+            row["pattern"], f"{row['n']}:{row['m']}"
+        )
+        shape = "x".join(map(str, row["shape"]))
+        rows.append(
+            f"| `{row['name']}` | {shape} | {pattern} | {row['units_kept']}/{row['units']} | {row['sparsity']:.4f} |"
+        )
+    extra = len(report.get("layers", [])) - max_rows
+    if extra > 0:
+        rows.append(f"| ... {extra} more layers (see `{REPORT_NAME}`) | | | | |")
+    total = report.get("total", {})
+    if total:
+        rows.append(
+            f"| **total (targeted weights)** | {total['weights']:,} weights | | "
+            f"{total['weights'] - total['zeros']:,} non-zero | {total['sparsity']:.4f} |"
+        )
+    return "\n".join(rows)
+
+
+def _metrics_table(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    lines = ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {text} |")
+    return "## Metrics\n\n" + "\n".join(lines) + "\n\n"
+
+
+def metrics_from_log_history(log_history) -> dict:
+    """The last logged value of every ``eval_*`` / ``dense_*`` / ``test_*`` metric (runtime counters dropped)."""
+    metrics = {}
+    for entry in log_history or []:
+        for key, value in entry.items():
+            if key.startswith(("eval_", "dense_", "test_")) and isinstance(value, (int, float)):
+                if not key.endswith(("_runtime", "_per_second", "_steps")):
+                    metrics[key] = value
+    return metrics
+
+
+def model_card(
+    config,
+    metadata: dict,
+    report: dict,
+    metrics: dict | None = None,
+    base_model: str | None = None,
+    command: str | list[str] | None = None,
+):
+    """A `huggingface_hub.ModelCard` for a pruned artifact.
+
+    Args:
+        config: the transformers config of the saved model (for the architecture and the base model).
+        metadata: ``config.smart_hf`` (see `smart_hf.lifecycle.pruning_metadata`).
+        report: the `sparsity_report` of the saved weights.
+        metrics: optional ``{name: value}`` shown in a table.
+        base_model: the Hub id of the model that was pruned (default: the config's ``_name_or_path`` when it looks
+            like a Hub id).
+        command: the command that reproduces the artifact (default: the ``smart-hf train`` command of this process).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base_model = base_model or _base_model(config)
+    if command is None and _COMMAND_LINE is not None:
+        command = ["smart-hf", *_COMMAND_LINE]
+    if isinstance(command, (list, tuple)):
+        command = shlex.join(command)
+    archs = list(getattr(config, "architectures", None) or [])
+    cls = archs[0] if archs else "AutoModel"
+    slim = metadata.get("slim")
+    data = ModelCardData(base_model=base_model, library_name="transformers", tags=card_tags(metadata))
+    total = report.get("total", {})
+    intro = (
+        f"This model was pruned with [smart_hf](https://arxiv.org/abs/2403.19969) (SMART: learned masks through a "
+        f"differentiable top-k){f' from [{base_model}](https://huggingface.co/{base_model})' if base_model else ''}. "
+        f"Pattern: **{_pattern_text(metadata)}**; {100 * total.get('sparsity', 0.0):.2f}% of the targeted weights "
+        f"are zero (smart_hf {metadata.get('smart_hf_version', '?')})."
+    )
+    if slim:
+        load = (
+            '```python\nimport smart_hf\n\nmodel = smart_hf.load_slim("REPO_OR_DIR")   # per-layer FFN sizes\n```'
+            if slim.get("mode") == "per_layer"
+            else f'```python\nfrom transformers import {cls}\n\nmodel = {cls}.from_pretrained("REPO_OR_DIR")\n```'
+        )
+        intro += (
+            f" The pruned FFN channels were removed physically ({slim.get('mode')} slimming); "
+            f"{slim.get('params_removed', 0):,} parameters fewer than the dense model."
+        )
+    else:
+        load = f'```python\nfrom transformers import {cls}\n\nmodel = {cls}.from_pretrained("REPO_OR_DIR")\n```'
+    body = [
+        "# Pruned model (smart_hf)",
+        "",
+        intro,
+        "",
+        _metrics_table(metrics).rstrip(),
+        "",
+        "## How to load",
+        "",
+        "Stock transformers, no smart_hf needed" + (" (except for per-layer slim models):" if slim else ":"),
+        "",
+        load,
+        "",
+        "`smart_config.json` holds the SMART configuration and `smart_sparsity.json` the full sparsity report; "
+        "`smart_hf.sparsity_report(model)` re-checks the pattern on the loaded weights.",
+        "",
+        "## How to get speed from it",
+        "",
+        _speed_text(metadata),
+        "",
+        "## Per-layer sparsity",
+        "",
+        _layer_table(report),
+        "",
+        "## How to reproduce",
+        "",
+        (
+            f"```bash\n{command}\n```"
+            if command
+            else "The SMART configuration is in `smart_config.json`; train with `smart-hf train` and that "
+            "configuration."
+        ),
+        "",
+    ]
+    text = "\n".join(line for line in body if line is not None)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
+
+
+def write_model_card(output_dir: str | os.PathLike, config, metadata: dict, report: dict, **kwargs) -> str:
+    """Write ``README.md`` into ``output_dir``; returns its path."""
+    path = os.path.join(output_dir, CARD_NAME)
+    model_card(config, metadata, report, **kwargs).save(path)
+    return path
+
+
+# --- push -------------------------------------------------------------------------------------------------------
+
+
+def _check_hub_access(token: str | None) -> str:
+    """The token to use, or a ValueError that names the fix. Never logs or returns the token in a message."""
+    from huggingface_hub import constants, get_token
+
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    if offline_env or constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "the Hub is in offline mode (HF_HUB_OFFLINE is set), so nothing can be pushed; unset HF_HUB_OFFLINE "
+            "(e.g. `unset HF_HUB_OFFLINE`) and push again."
+        )
+    token = token or get_token()
+    if not token:
+        raise ValueError(
+            "no Hugging Face token found; run `huggingface-cli login` (or `hf auth login`), set the HF_TOKEN "
+            "environment variable, or pass token=... ."
+        )
+    return token
+
+
+def _is_artifact_dir(path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and os.path.isdir(path)
+
+
+def push_pruned_to_hub(
+    output_dir_or_model,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload pruned model (smart_hf)",
+    local_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    processing_class=None,
+    metrics: dict | None = None,
+    base_model: str | None = None,
+    run_as_future: bool = False,
+    **save_kwargs,
+):
+    """Push a pruned artifact (with its model card) to the Hub; returns the `CommitInfo`.
+
+    Args:
+        output_dir_or_model: a folder written by `save_pruned` / `smart-hf export` (uploaded as is; a missing
+            ``README.md`` is generated first), or a prepared / squashed model, which is written to ``local_dir``
+            first (atomically: a temporary sibling folder renamed into place) -- the exact folder that is uploaded.
+        repo_id: ``"user/name"`` on the Hub (created if missing).
+        token: a write token (default: ``HF_TOKEN`` or the ``huggingface-cli login`` token). Never logged.
+        private: create the repository private (no effect if it exists).
+        local_dir: where a model is written (required when a model is passed).
+        run_as_future: return a `Future` instead of waiting for the upload.
+        **save_kwargs: passed to `save_pruned` when a model is written (``log_history``, ``save_plots``, ...).
+    Raises ``ValueError`` naming the fix when the Hub is offline or there is no token; the local folder is kept.
+    """
+    if not isinstance(repo_id, str) or not _HUB_ID.match(repo_id):
+        raise ValueError(f"repo_id must look like 'user/model-name', got {repo_id!r}.")
+    if _is_artifact_dir(output_dir_or_model):
+        folder = os.fspath(output_dir_or_model)
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ValueError(f"{folder} has no config.json; write the artifact with smart_hf.save_pruned first.")
+        if not os.path.isfile(os.path.join(folder, CARD_NAME)):
+            _card_for_folder(folder, metrics=metrics, base_model=base_model)
+    elif isinstance(output_dir_or_model, (str, os.PathLike)):
+        raise ValueError(f"{output_dir_or_model} is not a folder; pass a saved artifact folder or a model.")
+    else:
+        if local_dir is None:
+            raise ValueError("pass local_dir=... : the exact folder that is uploaded is written and kept there.")
+        folder = write_artifact_atomically(
+            output_dir_or_model,
+            local_dir,
+            processing_class=processing_class,
+            metrics=metrics,
+            base_model=base_model,
+            **save_kwargs,
+        )
+    _fill_repo_id(folder, repo_id)
+    token = _check_hub_access(token)
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_id = getattr(repo, "repo_id", repo_id)
+    logger.info("smart_hf: uploading %s to %s", folder, repo_id)
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=commit_message,
+        revision=revision,
+        ignore_patterns=["_*"],
+        run_as_future=run_as_future,
+    )
+
+
+def _fill_repo_id(folder: str, repo_id: str) -> None:
+    """Put the repo id into the card's loading snippet (atomically)."""
+    path = os.path.join(folder, CARD_NAME)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if "REPO_OR_DIR" in text:
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            fh.write(text.replace("REPO_OR_DIR", repo_id))
+        os.replace(path + ".tmp", path)
+
+
+def write_artifact_atomically(model, local_dir, **save_kwargs) -> str:
+    """Write a prepared or squashed model into a temporary sibling of ``local_dir`` and rename it into place."""
+    from .export import save_pruned
+
+    local_dir = os.path.abspath(os.fspath(local_dir))
+    parent = os.path.dirname(local_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(local_dir)}.tmp-", dir=parent)
+    try:
+        save_pruned(model, tmp, **save_kwargs)
+        if os.path.isdir(local_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(local_dir)}.old-", dir=parent)
+            os.rename(local_dir, os.path.join(old, "x"))
+            os.rename(tmp, local_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, local_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return local_dir
+
+
+def _card_for_folder(folder: str, **kwargs) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    metadata = getattr(config, "smart_hf", None) or {}
+    report_path = os.path.join(folder, REPORT_NAME)
+    report = {}
+    if os.path.isfile(report_path):
+        with open(report_path, encoding="utf-8") as fh:
+            report = json.load(fh)
+    return write_model_card(folder, config, metadata, report, **kwargs)
