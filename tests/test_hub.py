@@ -48,6 +48,13 @@ def online(monkeypatch):
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    # older transformers (5.9) create the repo in Trainer.__init__ through a module-level `create_repo`, a method
+    # bound to huggingface_hub's default HfApi at import time, which the class patch above does not reach
+    import transformers.trainer
+
+    monkeypatch.setattr(
+        transformers.trainer, "create_repo", lambda repo_id, **kw: create_repo(HfApi(), repo_id), raising=False
+    )
     return calls
 
 
