@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from .constants import REPORT_NAME, is_smart_name
-from .lifecycle import get_smart_state, pruning_metadata
-from .masking import MODE_HARD
+from .lifecycle import get_smart_state, pruning_metadata, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -32,24 +31,14 @@ def squashed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Uses the hard masks if the model is hardened, otherwise the masks `harden` would pick now.
     """
     state = get_smart_state(model)
-    root = _root_of(model)
+    root = unwrap_model(model)
     out = {k: v for k, v in root.state_dict().items() if not is_smart_name(k)}
-    masks = (
-        [layer.smart_mask for layer in state.layers]
-        if state._mode == MODE_HARD
-        else [m for gi in range(len(state.groups)) for m in state.hard_group_masks(gi)]
-    )
+    masks = [m for gi in range(len(state.groups)) for m in state.binary_group_masks(gi)]
     names = dict(zip(map(id, state.layers), state.targeted_module_names))
     for layer, mask in zip(state.layers, masks):
         key = f"{names[id(layer)]}.weight"
         out[key] = layer.smart_layout.apply(layer.weight.detach(), mask)
     return out
-
-
-def _root_of(model: nn.Module) -> nn.Module:
-    while not hasattr(model, "smart_state") and hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def save_pruned(
@@ -70,7 +59,7 @@ def save_pruned(
     ``metrics`` (``{name: value}``) go into the card; by default the last ``eval_*``/``dense_*`` values of
     ``log_history``. ``base_model``: the Hub id that was pruned (default: from the config when it is a Hub id).
     """
-    root = _root_of(model)
+    root = unwrap_model(model)
     config = getattr(root, "config", None)
     if hasattr(root, "smart_state"):
         state = get_smart_state(root)

@@ -34,11 +34,16 @@ __all__ = [
 _MODES = {"dense": MODE_DENSE, "soft": MODE_SOFT, "hard": MODE_HARD}
 
 
-def get_smart_state(model: nn.Module) -> SmartState:
-    """The `SmartState` of a prepared model (unwraps DDP/accelerate wrappers via ``.module``)."""
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP/accelerate wrappers (followed via ``.module`` until one holds the SMART state)."""
     while not hasattr(model, STATE_MODULE_NAME) and hasattr(model, "module"):
         model = model.module
-    state = getattr(model, STATE_MODULE_NAME, None)
+    return model
+
+
+def get_smart_state(model: nn.Module) -> SmartState:
+    """The `SmartState` of a prepared model (unwraps DDP/accelerate wrappers via ``.module``)."""
+    state = getattr(unwrap_model(model), STATE_MODULE_NAME, None)
     if not isinstance(state, SmartState):
         raise ValueError(
             "model is not prepared for SMART; call smart_hf.prepare_model(model, SmartConfig(...)) first."

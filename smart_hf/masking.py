@@ -187,6 +187,12 @@ class SmartState(nn.Module):
             )
         return masks
 
+    def binary_group_masks(self, gi: int) -> list[torch.Tensor]:
+        """The frozen masks once hardened, else the ones `harden` would pick now (what an export or report uses)."""
+        if self._mode == MODE_HARD:
+            return [layer.smart_mask for layer in self.groups[gi].layers]
+        return self.hard_group_masks(gi)
+
     @torch.no_grad()
     def hard_group_masks(self, gi: int) -> list[torch.Tensor]:
         group = self.groups[gi]

@@ -77,10 +77,7 @@ def _prepared_rows(state: SmartState) -> list[dict]:
     names = dict(zip(map(id, state.layers), state.targeted_module_names))
     rows = []
     for gi, group in enumerate(state.groups):
-        masks = (
-            [layer.smart_mask for layer in group.layers] if state._mode == MODE_HARD else state.hard_group_masks(gi)
-        )
-        for layer, mask in zip(group.layers, masks):
+        for layer, mask in zip(group.layers, state.binary_group_masks(gi)):
             weight = layer.weight.detach()
             if state._mode != MODE_HARD:  # still searching: describe the weights `harden` would leave
                 weight = layer.smart_layout.apply(weight, mask.to(weight.device))
