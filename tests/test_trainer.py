@@ -1,9 +1,10 @@
 """SmartTrainer / SmartCallback: the three stages inside the HF Trainer on a tiny ViT (CPU, seconds)."""
 
 import pytest
+import tiny_models
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments, ViTConfig, ViTForImageClassification
+from transformers import Trainer, TrainerCallback, TrainingArguments, ViTForImageClassification
 
 import smart_hf as sh
 from smart_hf.callbacks import SmartCallback
@@ -13,17 +14,8 @@ from smart_hf.training_args import SmartTrainingArguments
 
 
 def tiny_vit(seed=0):
-    torch.manual_seed(seed)
-    cfg = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=16,
-        patch_size=4,
-        num_labels=3,
-    )
-    return ViTForImageClassification(cfg)
+    torch.manual_seed(seed)  # the same initial weights in runs that are compared
+    return tiny_models.tiny_vit()
 
 
 def tiny_dataset(n=48):
