@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import numbers
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -130,7 +133,7 @@ class SmartConfig:
     score_seed: int = field(default=0, metadata={"help": "Seed for score noise and the dynamic rule's jitter."})
 
     def __post_init__(self):
-        self.block_shape = [int(v) for v in self.block_shape]
+        self._check_types()
         if self.sparsity is None:
             self.sparsity = (1.0 - self.n / self.m if self.m > 0 else None) if self.pattern == "nm" else 0.5
         self.overrides = [_parse_override(o) for o in (self.overrides or [])] or None
@@ -139,24 +142,45 @@ class SmartConfig:
             _validate_unit_settings(self.unit_settings(override))
         self._validate_rest()
 
+    def _check_types(self):
+        """Wrong types fail here with a TypeError naming the expected form, before any arithmetic on them (a str
+        sparsity would otherwise fail deep inside a comparison, and a str block_shape "44" would become [4, 4])."""
+        for name in _INT_FIELDS:
+            _check_number(name, getattr(self, name), integral=True)
+        for name in _REAL_FIELDS:
+            _check_number(name, getattr(self, name), integral=False)
+        self.block_shape = _int_list("block_shape", self.block_shape)
+        self.target_modules = _name_list("target_modules", self.target_modules)
+        self.exclude_modules = _name_list("exclude_modules", self.exclude_modules)
+        if self.target_regex is not None:
+            _check_regex("target_regex", self.target_regex)
+        if self.overrides is not None and not isinstance(self.overrides, (list, tuple)):
+            raise TypeError(
+                f"overrides must be a list of dicts (or JSON strings), got {type(self.overrides).__name__}; "
+                'e.g. overrides=[{"regex": ".*fc1", "sparsity": 0.7}].'
+            )
+
     def _validate_rest(self):
         _choice("budget", self.budget, BUDGETS)
         _choice("score_init", self.score_init, SCORE_INITS)
         _choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
         if not 0.0 <= self.min_layer_density < 1.0:
             raise ValueError(f"min_layer_density must be in [0, 1), got {self.min_layer_density}; e.g. 0.05.")
-        if not (self.tau_start > 0 and self.tau_end > 0):
-            raise ValueError(f"tau_start and tau_end must be > 0, got {self.tau_start} and {self.tau_end}.")
+        if not (0 < self.tau_start < math.inf and 0 < self.tau_end < math.inf):
+            raise ValueError(
+                f"tau_start and tau_end must be > 0 and finite, got {self.tau_start} and {self.tau_end}; "
+                "e.g. tau_start=1.0, tau_end=1e-4."
+            )
         if self.tau_end > self.tau_start:
             raise ValueError(
                 f"tau_end ({self.tau_end}) > tau_start ({self.tau_start}): the temperature must fall; "
                 "swap them or lower tau_end (e.g. tau_start=1.0, tau_end=1e-4)."
             )
-        if self.score_noise < 0:
-            raise ValueError(f"score_noise must be >= 0, got {self.score_noise}.")
+        if not 0 <= self.score_noise < math.inf:
+            raise ValueError(f"score_noise must be >= 0 and finite, got {self.score_noise}; e.g. 0.0 or 0.01.")
         if self.calibration_batches < 1:
-            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}.")
-        if self.dynamic_window < 1 or not 0 < self.dynamic_cut < 1 or self.dynamic_jitter < 0:
+            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}; e.g. 8.")
+        if self.dynamic_window < 1 or not 0 < self.dynamic_cut < 1 or not 0 <= self.dynamic_jitter < math.inf:
             raise ValueError(
                 "dynamic rule needs dynamic_window >= 1, 0 < dynamic_cut < 1 and dynamic_jitter >= 0; "
                 f"got {self.dynamic_window}, {self.dynamic_cut}, {self.dynamic_jitter}."
@@ -175,7 +199,7 @@ class SmartConfig:
         """The unit settings of the top level, or of one override layered over it."""
         o = override or {}
         pattern = o.get("pattern", self.pattern)
-        n, m = int(o.get("n", self.n)), int(o.get("m", self.m))
+        n, m = o.get("n", self.n), o.get("m", self.m)
         if pattern == "nm":  # N:M derives its sparsity; an explicit one must agree (checked in validation)
             sparsity = o.get("sparsity", self.sparsity if o.keys().isdisjoint({"n", "m", "pattern"}) else None)
             sparsity = (1.0 - n / m if m > 0 else None) if sparsity is None else sparsity  # m <= 0: rejected below
@@ -208,17 +232,28 @@ class SmartConfig:
         try:
             with open(file, encoding="utf-8") as fh:
                 payload = json.load(fh)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(
                 f"{file} is not valid JSON ({err}); re-export it with SmartConfig.save_pretrained."
             ) from err
+        if not isinstance(payload, dict):
+            raise ValueError(
+                f"{file} holds a JSON {type(payload).__name__}, not an object of SmartConfig fields; re-export it "
+                "with SmartConfig.save_pretrained."
+            )
         return cls.from_dict(payload)
 
     @classmethod
     def from_dict(cls, payload: dict) -> SmartConfig:
+        """Build from ``to_dict()`` output (plus an optional ``smart_hf_version``); unknown keys warn and are dropped."""
+        if not isinstance(payload, dict):
+            raise TypeError(
+                f"SmartConfig.from_dict needs a dict of SmartConfig fields (as written by to_dict), got "
+                f"{type(payload).__name__}."
+            )
         payload = dict(payload)
-        saved_version = payload.pop("smart_hf_version", None)
-        if saved_version and version.parse(saved_version) > version.parse(_package_version()):
+        saved_version = _parse_version(payload.pop("smart_hf_version", None))
+        if saved_version is not None and saved_version > version.parse(_package_version()):
             logger.warning(
                 "smart_config.json was written by smart_hf %s (this is %s); upgrade smart_hf if loading fails.",
                 saved_version,
@@ -240,6 +275,79 @@ class UnitSettings:
     n: int
     m: int
     sparsity: float
+
+
+_INT_FIELDS = ("n", "m", "calibration_batches", "dynamic_window", "score_seed")
+_REAL_FIELDS = (
+    "sparsity",
+    "min_layer_density",
+    "score_noise",
+    "tau_start",
+    "tau_end",
+    "dynamic_min_decrease",
+    "dynamic_cut",
+    "dynamic_jitter",
+)
+_OVERRIDE_EXAMPLE = 'e.g. {"regex": ".*mlp.fc1", "pattern": "block", "block_shape": [4, 4], "sparsity": 0.7}'
+
+
+def _parse_version(raw):
+    """The saved ``smart_hf_version`` as a Version, or None (with a warning) when it is missing or unreadable."""
+    if raw is None:
+        return None
+    try:
+        return version.parse(str(raw))
+    except version.InvalidVersion:
+        logger.warning("smart_config.json has an unreadable smart_hf_version %r; loading it anyway.", raw)
+        return None
+
+
+def _check_number(name: str, value, integral: bool) -> None:
+    """``value`` must be an int (``integral``) or a real number; ``None`` passes (fields that default from others).
+    bool is refused although it is an int subclass: ``sparsity=True`` is a slip, not 1.0."""
+    kind = numbers.Integral if integral else numbers.Real
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        expected, example = ("an int", 2) if integral else ("a number", 0.5)
+        raise TypeError(
+            f"{name} must be {expected}, got {value!r} ({type(value).__name__}); pass a number without quotes, "
+            f"e.g. {example}."
+        )
+
+
+def _int_list(name: str, value) -> list[int]:
+    """A list/tuple of ints, as a list. A str is refused: "44" would otherwise be read as [4, 4]."""
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    )
+    if not ok:
+        raise TypeError(f"{name} must be a list of two ints [rows, cols], got {value!r}; e.g. {name}=[4, 4].")
+    return [int(v) for v in value]
+
+
+def _name_list(name: str, value) -> list[str] | None:
+    """None or a list/tuple of module-name strings. A bare str is refused: it would be matched letter by letter."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a list of module names, got the string {value!r}; write {name}=[{value!r}] "
+            "(or use target_regex for a regular expression)."
+        )
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name} must be a list of module-name strings such as ['q_proj', 'v_proj'], got {value!r}.")
+    return list(value)
+
+
+def _check_regex(name: str, pattern) -> None:
+    if not isinstance(pattern, str):
+        raise TypeError(f"{name} must be a regular-expression string, got {pattern!r}; e.g. r'.*attention\\..*'.")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(
+            f"{name} {pattern!r} is not a valid regular expression ({err}); fix it (e.g. r'.*mlp\\.fc1') or escape "
+            "literal characters with re.escape."
+        ) from err
 
 
 def _choice(name: str, value, choices) -> None:
@@ -274,11 +382,15 @@ def _parse_override(raw) -> dict:
                 '\'{"regex": ".*attention.*", "pattern": "nm"}\'.'
             ) from err
     if not isinstance(raw, dict) or "regex" not in raw:
-        raise ValueError(f"each override needs a 'regex' key, got {raw!r}.")
+        raise ValueError(f"each override needs a 'regex' key, got {raw!r}; {_OVERRIDE_EXAMPLE}.")
     unknown = set(raw) - _OVERRIDE_KEYS
     if unknown:
         raise ValueError(f"override keys {sorted(unknown)} are not supported; allowed: {sorted(_OVERRIDE_KEYS)}.")
     out = dict(raw)
+    _check_regex("override regex", out["regex"])
+    for name in ("n", "m"):
+        _check_number(f"override {name}", out.get(name), integral=True)
+    _check_number("override sparsity", out.get("sparsity"), integral=False)
     if "block_shape" in out:
-        out["block_shape"] = [int(v) for v in out["block_shape"]]
+        out["block_shape"] = _int_list("override block_shape", out["block_shape"])
     return out
