@@ -35,17 +35,29 @@ _MAX_ITER = 200
 _SHORT_ROW = 64  # rows up to this length get a sorted starting point
 
 
-def _check_inputs(scores: torch.Tensor, tau: float) -> None:
+def _check_scores(scores, name: str) -> None:
+    """Scores must be a floating tensor with at least one dim (the units) and only finite values."""
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(
+            f"{name} needs scores as a torch.Tensor, got {type(scores).__name__}; wrap them with torch.tensor."
+        )
     if not torch.is_floating_point(scores):
-        raise ValueError(f"soft_topk needs floating-point scores, got {scores.dtype}; cast them with `.float()`.")
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}; use e.g. tau=1.0 early and 1e-4 at the end.")
-    if scores.shape[-1] == 0:
-        raise ValueError("soft_topk got rows of length 0; every row needs at least one score.")
+        raise ValueError(f"{name} needs floating-point scores, got {scores.dtype}; cast them with `.float()`.")
+    if scores.dim() == 0 or scores.shape[-1] == 0:
+        raise ValueError(
+            f"{name} got scores of shape {tuple(scores.shape)}; the last dim holds the units and needs at least "
+            "one (reshape a scalar with .reshape(1))."
+        )
     if not torch.isfinite(scores).all():
         raise ValueError(
             "mask scores contain NaN or Inf; lower the score learning rate or check the weights they were built from."
         )
+
+
+def _check_inputs(scores: torch.Tensor, tau: float) -> None:
+    if isinstance(tau, bool) or not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}; use e.g. tau=1.0 early and 1e-4 at the end.")
+    _check_scores(scores, "soft_topk")
 
 
 def _rows(scores: torch.Tensor, k, cost) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,19 +67,33 @@ def _rows(scores: torch.Tensor, k, cost) -> tuple[torch.Tensor, torch.Tensor, to
     if cost is None:
         c = torch.ones(1, n, dtype=torch.float64, device=x.device)
     else:
-        c = torch.as_tensor(cost, dtype=torch.float64, device=x.device)
-        c = c.reshape(1, n) if c.dim() == 1 else torch.broadcast_to(c, scores.shape).reshape(-1, n)
-        if not (c > 0).all():
-            raise ValueError("unit costs must be > 0 (a cost is the number of weights a unit holds).")
-    kk = torch.as_tensor(k, dtype=torch.float64, device=x.device)
-    kk = torch.broadcast_to(kk, scores.shape[:-1]).reshape(-1, 1)
+        per_unit = torch.as_tensor(cost).dim() <= 1  # one cost per unit, shared by every row: keep a single row
+        c = _broadcast(cost, (1, n) if per_unit else tuple(scores.shape), "cost", x.device).reshape(-1, n)
+        if not ((c > 0) & torch.isfinite(c)).all():
+            raise ValueError("unit costs must be finite and > 0 (a cost is the number of weights a unit holds).")
+    kk = _broadcast(k, tuple(scores.shape[:-1]), "k", x.device).reshape(-1, 1)
     total = c.sum(-1, keepdim=True)
-    if (kk < 0).any() or (kk > total + 1e-9 * total).any():
+    if (~torch.isfinite(kk) | (kk < 0) | (kk > total + 1e-9 * total)).any():  # one host sync, not three
         raise ValueError(
             f"k must lie in [0, sum(cost)] for every row; got k in [{kk.min().item()}, "
-            f"{kk.max().item()}] with sum(cost) up to {total.max().item()}."
+            f"{kk.max().item()}] with sum(cost) up to {total.max().item()}; pass e.g. k = round((1 - sparsity) * N)."
         )
     return x, c, kk
+
+
+def _broadcast(value, shape: tuple, name: str, device) -> torch.Tensor:
+    """``value`` as float64 broadcast to ``shape``, or a ValueError that says which shapes are accepted (a scalar,
+    a ``(N,)`` vector of costs, or one entry per row)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a number or a tensor, got {value!r}; pass e.g. {name}=2.")
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=device)
+        return torch.broadcast_to(tensor, shape)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{name} of shape {tuple(torch.as_tensor(value).shape)} does not broadcast to {tuple(shape)}; pass a "
+            f"scalar or a tensor broadcastable to the scores' shape ({err})."
+        ) from err
 
 
 def solve_shift(
@@ -229,10 +255,7 @@ def hard_topk(scores: torch.Tensor, k, cost: torch.Tensor | None = None) -> torc
 
     Returns a `{0, 1}` tensor of `scores.shape` and `scores.dtype` (at least float32).
     """
-    if not torch.is_floating_point(scores):
-        raise ValueError(f"hard_topk needs floating-point scores, got {scores.dtype}.")
-    if not torch.isfinite(scores).all():
-        raise ValueError("mask scores contain NaN or Inf; cannot rank them. Check the score learning rate.")
+    _check_scores(scores, "hard_topk")
     n = scores.shape[-1]
     x, c, kk = _rows(scores, k, cost)
     order = torch.sort(x, dim=-1, descending=True, stable=True).indices
