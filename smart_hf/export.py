@@ -16,6 +16,7 @@ import os
 import torch
 from torch import nn
 
+from .atomic import staged_directory
 from .constants import REPORT_NAME, is_smart_name
 from .lifecycle import get_smart_state, pruning_metadata, unwrap_model
 
@@ -76,44 +77,49 @@ def save_pruned(
             "save_pruned needs a model prepared with smart_hf.prepare_model, or a squashed SMART model "
             "(with config.smart_hf); for a plain model use model.save_pretrained."
         )
-    os.makedirs(output_dir, exist_ok=True)
+    with staged_directory(output_dir) as folder:  # a kill mid-save leaves the previous artifact intact
+        _write_weights(root, config, metadata, folder)
+        smart_config.save_pretrained(folder)
+        with open(os.path.join(folder, REPORT_NAME), "w", encoding="utf-8") as fh:
+            json.dump(metadata["report"], fh, indent=2)
+        if processing_class is not None:
+            processing_class.save_pretrained(folder)
+        if model_card and config is not None:
+            from .hub import metrics_from_log_history, write_model_card
+
+            card_metadata = {k: v for k, v in metadata.items() if k != "report"}
+            write_model_card(
+                folder,
+                config,
+                card_metadata,
+                metadata["report"],
+                metrics=metrics if metrics is not None else metrics_from_log_history(log_history),
+                base_model=base_model,
+            )
+        if save_plots:
+            from .plots import save_plots as _save_plots
+
+            _save_plots(metadata["report"], log_history or [], folder, stages)
+    return str(output_dir)
+
+
+def _write_weights(root: nn.Module, config, metadata: dict, folder: str) -> None:
+    """``config.json`` (with the ``smart_hf`` entry, set only for the write) and the squashed / slim weights."""
     previous = getattr(config, "smart_hf", None) if config is not None else None
     if config is not None:
         config.smart_hf = {k: v for k, v in metadata.items() if k != "report"}
     try:
         if hasattr(root, "smart_state"):
-            root.save_pretrained(output_dir, state_dict=squashed_state_dict(root))
+            root.save_pretrained(folder, state_dict=squashed_state_dict(root))
         elif (metadata.get("slim") or {}).get("mode") == "per_layer":
             from .slimming import save_slim_weights
 
-            save_slim_weights(root, output_dir)
+            save_slim_weights(root, folder)
         else:
-            root.save_pretrained(output_dir)
+            root.save_pretrained(folder)
     finally:
         if config is not None:
             if previous is None:
                 del config.smart_hf
             else:
                 config.smart_hf = previous
-    smart_config.save_pretrained(output_dir)
-    with open(os.path.join(output_dir, REPORT_NAME), "w", encoding="utf-8") as fh:
-        json.dump(metadata["report"], fh, indent=2)
-    if processing_class is not None:
-        processing_class.save_pretrained(output_dir)
-    if model_card and config is not None:
-        from .hub import metrics_from_log_history, write_model_card
-
-        card_metadata = {k: v for k, v in metadata.items() if k != "report"}
-        write_model_card(
-            output_dir,
-            config,
-            card_metadata,
-            metadata["report"],
-            metrics=metrics if metrics is not None else metrics_from_log_history(log_history),
-            base_model=base_model,
-        )
-    if save_plots:
-        from .plots import save_plots as _save_plots
-
-        _save_plots(metadata["report"], log_history or [], output_dir, stages)
-    return str(output_dir)

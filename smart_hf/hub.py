@@ -14,8 +14,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
-import tempfile
 
 from .constants import REPORT_NAME
 
@@ -358,25 +356,14 @@ def _fill_repo_id(folder: str, repo_id: str) -> None:
 
 
 def write_artifact_atomically(model, local_dir, **save_kwargs) -> str:
-    """Write a prepared or squashed model into a temporary sibling of ``local_dir`` and rename it into place."""
+    """Write a prepared or squashed model as the *whole* content of ``local_dir``: staged in a temporary sibling and
+    swapped in as one unit (see `smart_hf.atomic.staged_directory`), so files of an older artifact never linger."""
+    from .atomic import staged_directory
     from .export import save_pruned
 
     local_dir = os.path.abspath(os.fspath(local_dir))
-    parent = os.path.dirname(local_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(local_dir)}.tmp-", dir=parent)
-    try:
-        save_pruned(model, tmp, **save_kwargs)
-        if os.path.isdir(local_dir):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(local_dir)}.old-", dir=parent)
-            os.rename(local_dir, os.path.join(old, "x"))
-            os.rename(tmp, local_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, local_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_directory(local_dir, replace=True) as folder:
+        save_pruned(model, folder, **save_kwargs)
     return local_dir
 
 

@@ -13,11 +13,13 @@ import copy
 import itertools
 import logging
 import os
+import re
 
 import safetensors.torch
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .callbacks import STAGE_PRETRAIN, SmartCallback
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SmartTrainer"]
 
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # the stock Trainer's checkpoint folder names
 HUB_ARTIFACT_DIR = "hub_artifact"  # under output_dir: the exact folder `push_to_hub` uploads
 
 
@@ -143,6 +146,27 @@ class SmartTrainer(Trainer):
         )
         return (loss, outputs) if return_outputs else loss
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, except that ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint.
+
+        A process killed while saving leaves ``checkpoint-N`` without ``trainer_state.json`` (the stock Trainer
+        writes it last); the stock ``get_last_checkpoint`` would pick that folder and fail or resume from partial
+        state. Here it is skipped with a warning, and naming it explicitly is a clear error.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)) and not _is_complete(resume_from_checkpoint):
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete checkpoint (no {TRAINER_STATE_NAME}; the process was "
+                "probably killed while saving it); pass resume_from_checkpoint=True to use the last complete one."
+            )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Checkpoints (internal calls) keep the full SMART state for resuming; a user's call writes the pruned,
         stock-loadable model with ``smart_config.json``, the sparsity report and plots."""
@@ -235,6 +259,30 @@ class SmartTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+
+def _is_complete(checkpoint: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME))
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str:
+    """The highest-step ``checkpoint-N`` under ``output_dir`` that holds ``trainer_state.json`` (written last)."""
+    found = []
+    if os.path.isdir(output_dir):
+        for entry in os.listdir(output_dir):
+            match = _CHECKPOINT_DIR.match(entry)
+            if match and os.path.isdir(os.path.join(output_dir, entry)):
+                found.append((int(match.group(1)), os.path.join(output_dir, entry)))
+    for _step, path in sorted(found, reverse=True):
+        if _is_complete(path):
+            return path
+        logger.warning(
+            "smart_hf: skipping %s: incomplete (no %s), probably killed while saving", path, TRAINER_STATE_NAME
+        )
+    raise ValueError(
+        f"resume_from_checkpoint=True found no complete checkpoint-N folder in {output_dir}; train without "
+        "resume_from_checkpoint, or pass the path of a checkpoint folder."
+    )
 
 
 def _distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

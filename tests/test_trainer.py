@@ -243,3 +243,49 @@ def test_hardening_logs_the_eval_loss_jump(tmp_path, as_dict):
     (entry,) = [e for e in trainer.state.log_history if "smart/eval_loss_before_hardening" in e]
     assert entry["smart/eval_loss_before_hardening"] > 0 and entry["smart/eval_loss_after_hardening"] > 0
     assert trainer.dense_metrics is not None  # evaluated on the dense model at the start of the search
+
+
+def test_resume_true_skips_a_checkpoint_killed_mid_save(tmp_path, caplog):
+    """``checkpoint-16`` without ``trainer_state.json`` (what a kill during the save leaves) is skipped by
+    ``resume_from_checkpoint=True``; the run resumes from ``checkpoint-8`` and ends with the uninterrupted masks."""
+    import shutil
+
+    config = sh.SmartConfig(sparsity=0.5)
+    kwargs = dict(save_strategy="steps", save_steps=8, logging_steps=2)
+    full = SmartTrainer(
+        model=tiny_vit(),
+        args=smart_args(tmp_path / "full", **kwargs),
+        smart_config=config,
+        train_dataset=tiny_dataset(),
+    )
+    full.train()
+    out = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / "checkpoint-8", out / "checkpoint-8")
+    shutil.copytree(tmp_path / "full" / "checkpoint-16", out / "checkpoint-16")
+    (out / "checkpoint-16" / "trainer_state.json").unlink()
+    steps_run = Recorder()
+    resumed = SmartTrainer(
+        model=tiny_vit(seed=123),
+        args=smart_args(out, **kwargs),
+        smart_config=config,
+        train_dataset=tiny_dataset(),
+        callbacks=[steps_run],
+    )
+    with pytest.raises(ValueError, match="resume_from_checkpoint=True"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-16"))
+    with caplog.at_level("WARNING", logger="smart_hf.trainer"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "checkpoint-16: incomplete" in caplog.text
+    assert steps_run.rows[0][0] == 9  # the first optimizer step after checkpoint-8, not after checkpoint-16
+    masks_full = [layer.smart_mask for layer in sh.get_smart_state(full.model).layers]
+    masks_resumed = [layer.smart_mask for layer in sh.get_smart_state(resumed.model).layers]
+    assert all(torch.equal(a, b) for a, b in zip(masks_full, masks_resumed))
+
+
+def test_resume_true_without_a_complete_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()
+    trainer = SmartTrainer(
+        model=tiny_vit(), args=smart_args(tmp_path), smart_config=sh.SmartConfig(), train_dataset=tiny_dataset()
+    )
+    with pytest.raises(ValueError, match="found no complete checkpoint"):
+        trainer.train(resume_from_checkpoint=True)
