@@ -21,13 +21,13 @@ from torch import nn
 from .config import SmartConfig, UnitSettings
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
 from .granularity import UnitLayout, layer_kind
-from .layers import smart_class_for
+from .layers import is_smart_layer, smart_class_for
 from .masking import SmartState, build_groups
 from .scores import collect_activation_stats, init_scores_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["find_targets", "prepare_model"]
+__all__ = ["check_smart_shapes", "find_targets", "prepare_model"]
 
 HEAD_NAME_PARTS = frozenset(
     {
@@ -137,8 +137,16 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
     are initialised from ``config.score_init``; ``"activation"`` needs ``calibration_data``, an iterable of model
     input batches (dicts), read before the model is changed.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"prepare_model needs a torch.nn.Module (e.g. a transformers model), got {type(model).__name__}; load "
+            "it first, e.g. AutoModelForImageClassification.from_pretrained(...)."
+        )
     if not isinstance(config, SmartConfig):
-        raise ValueError(f"prepare_model needs a SmartConfig, got {type(config).__name__}.")
+        raise ValueError(
+            f"prepare_model needs a SmartConfig, got {type(config).__name__}; build one with SmartConfig(...) "
+            "(from a dict: SmartConfig(**d))."
+        )
     if hasattr(model, STATE_MODULE_NAME):
         raise ValueError("model is already prepared for SMART; call squash(model) first or start from a fresh model.")
     targets = find_targets(model, config)
@@ -156,6 +164,16 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
             model, [m for _, m, _, _ in targets], calibration_data, config.calibration_batches
         )
     layers = [_attach(module, layout) for _, module, layout, _ in targets]
+    try:  # a budget the guard cannot honour raises here: leave the model exactly as it came
+        _install_state(model, config, targets, layers, act_stats)
+    except Exception:
+        _undo_prepare(model, layers)
+        raise
+    return model
+
+
+def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers: list, act_stats) -> None:
+    """Build the budget groups and the `SmartState`, register the hooks and initialise the scores."""
     state = SmartState(config, build_groups(layers, [t[3] for t in targets], config.budget, config.min_layer_density))
     # state.layers is in budget-group order, which differs from model order once N:M/per-layer groups mix with a
     # global one: keep the names (and the activation statistics) aligned with state.layers, not with `targets`
@@ -169,9 +187,44 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
     state.hook_handles = [
         model.register_forward_pre_hook(state.begin_forward),
         model.register_forward_hook(state.end_forward),
+        model.register_load_state_dict_pre_hook(check_smart_shapes),  # removed by squash with the others
     ]
     init_scores_(state, config, act_stats)
-    return model
+
+
+def check_smart_shapes(model: nn.Module, state_dict, prefix: str, *_args) -> None:
+    """Load pre-hook of a prepared model: refuse a checkpoint whose ``smart_scores`` / ``smart_mask`` tensors have
+    other shapes than this model's (prepared with another pattern, block or N:M) *before* any tensor is copied, so
+    a failed load leaves the model unchanged. torch would only report the mismatch after loading the rest."""
+    wrong = []
+    for name, layer in model.named_modules():
+        if not is_smart_layer(layer):
+            continue
+        for attr in (SCORES_NAME, MASK_NAME):
+            tensor = state_dict.get(f"{prefix}{name}.{attr}")
+            own = getattr(layer, attr, None)
+            if tensor is not None and own is not None and tuple(tensor.shape) != tuple(own.shape):
+                wrong.append(f"{name}.{attr}: checkpoint {tuple(tensor.shape)}, model {tuple(own.shape)}")
+    if wrong:
+        shown = "; ".join(wrong[:3]) + (f"; ... {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise ValueError(
+            f"the checkpoint's SMART masks do not match this model ({shown}): it was prepared with another "
+            "SmartConfig (pattern, block_shape or n:m). Prepare the model with the checkpoint's own config, "
+            "SmartConfig.from_pretrained(checkpoint_dir), before loading it."
+        )
+
+
+def _undo_prepare(model: nn.Module, layers: list) -> None:
+    """Revert `_attach` (and a half-installed state): original classes, no ``smart_`` tensors, no hooks."""
+    state = model._modules.pop(STATE_MODULE_NAME, None)
+    for handle in getattr(state, "hook_handles", []):
+        handle.remove()
+    for layer in layers:
+        layer._parameters.pop(SCORES_NAME, None)
+        layer._buffers.pop(MASK_NAME, None)
+        layer.__class__ = layer.smart_base_class
+        for attr in ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot"):
+            layer.__dict__.pop(attr, None)
 
 
 def _attach(module: nn.Module, layout: UnitLayout) -> nn.Module:
