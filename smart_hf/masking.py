@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .budget import global_weight_budget, layer_keep_units, reserved_units
+from .distributed import full_tensor
 from .topk import hard_topk, soft_topk
 
 MODE_DENSE, MODE_SOFT, MODE_HARD = 0, 1, 2
@@ -170,7 +171,7 @@ class SmartState(nn.Module):
     def soft_group_masks(self, gi: int) -> list[torch.Tensor]:
         group, tau = self.groups[gi], self._tau
         if group.kind == "nm":
-            masks = [soft_topk(group.layers[0].smart_scores, group.k, tau)]
+            masks = [soft_topk(full_tensor(group.layers[0].smart_scores), group.k, tau)]
         else:
             flat, cost, reserved = self._flat_scores(group)
             init = None if group.shift_x is None else -group.shift_x / tau
@@ -197,7 +198,7 @@ class SmartState(nn.Module):
     def hard_group_masks(self, gi: int) -> list[torch.Tensor]:
         group = self.groups[gi]
         if group.kind == "nm":
-            return [hard_topk(group.layers[0].smart_scores, group.k)]
+            return [hard_topk(full_tensor(group.layers[0].smart_scores), group.k)]
         flat, cost, reserved = self._flat_scores(group)
         if group.kind == "layer":
             return self._split(group, hard_topk(flat, group.k))
@@ -210,7 +211,7 @@ class SmartState(nn.Module):
 
     def _flat_scores(self, group: BudgetGroup):
         device = group.layers[0].smart_scores.device
-        flat = torch.cat([layer.smart_scores.reshape(-1).to(device) for layer in group.layers])
+        flat = torch.cat([full_tensor(layer.smart_scores).reshape(-1).to(device) for layer in group.layers])
         if group.kind == "layer":
             return flat, None, None
         if group.cost is None or group.cost.device != device:  # fixed per group: build once
@@ -223,7 +224,7 @@ class SmartState(nn.Module):
         with torch.no_grad():  # each layer's best `reserved` units are kept outside the shared ranking
             reserved = torch.cat(
                 [
-                    _top_units(layer.smart_scores.detach().reshape(-1).to(device), q)
+                    _top_units(full_tensor(layer.smart_scores).detach().reshape(-1).to(device), q)
                     for layer, q in zip(group.layers, group.reserved)
                 ]
             )
