@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -9,7 +11,7 @@ from transformers import TrainingArguments
 __all__ = ["SmartTrainingArguments", "stage_lengths"]
 
 
-@dataclass
+@dataclass(repr=False)  # keep TrainingArguments.__repr__, which hides hub_token; a generated one would print it
 class SmartTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the SMART stages, the mask-score optimizer group and optional distillation.
 
@@ -53,18 +55,31 @@ class SmartTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("pretrain_steps", "search_steps"):
+            _check_number(name, getattr(self, name), integral=True)
+        for name in ("search_fraction", "score_learning_rate", "distill_alpha", "distill_temperature"):
+            _check_number(name, getattr(self, name), integral=False)
         if self.pretrain_steps < 0:
-            raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}.")
+            raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}; 0 starts pruning at once.")
         if self.search_steps is not None and self.search_steps < 1:
             raise ValueError(f"search_steps must be >= 1, got {self.search_steps}; the structure search needs steps.")
+        # `not a < x <= b` (rather than `x <= a or x > b`) also rejects NaN
         if not 0.0 < self.search_fraction <= 1.0:
             raise ValueError(f"search_fraction must be in (0, 1], got {self.search_fraction}; e.g. 0.4.")
-        if self.score_learning_rate <= 0:
-            raise ValueError(f"score_learning_rate must be > 0, got {self.score_learning_rate}; e.g. 1e-2.")
+        if not 0.0 < self.score_learning_rate < math.inf:
+            raise ValueError(f"score_learning_rate must be > 0 and finite, got {self.score_learning_rate}; e.g. 1e-2.")
         if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}.")
-        if self.distill_temperature <= 0:
-            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}.")
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}; 0 turns distillation off.")
+        if not 0.0 < self.distill_temperature < math.inf:
+            raise ValueError(f"distill_temperature must be > 0 and finite, got {self.distill_temperature}; e.g. 2.0.")
+
+
+def _check_number(name: str, value, integral: bool) -> None:
+    """An int (step counts) or a real number; ``None`` passes (unset optional fields). bool is refused."""
+    kind = numbers.Integral if integral else numbers.Real
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        expected, example = ("an int (optimizer steps)", 100) if integral else ("a number", 0.01)
+        raise TypeError(f"{name} must be {expected}, got {value!r}; pass a number without quotes, e.g. {example}.")
 
 
 def stage_lengths(total_steps: int, pretrain_steps: int, search_steps: int | None, search_fraction: float):
