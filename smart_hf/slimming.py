@@ -1,21 +1,29 @@
-"""`slim`: physically remove pruned FFN channels, so an output-channel-pruned model is smaller and faster.
+"""`slim`: physically remove pruned units, so a pruned model is smaller and faster -- with outputs equal to the
+masked model's (eval mode).
 
-A transformer FFN is ``fc2(act(fc1(x)))`` (ViT/DeiT ``mlp.fc1``/``mlp.fc2``; BERT ``intermediate.dense`` /
-``output.dense``). Removing channel ``j`` -- row ``j`` of fc1 and column ``j`` of fc2 -- is exact when the row or the
-column is all zero, provided fc2's bias absorbs the constant the channel still contributed:
-``fc2.bias += fc2.weight[:, j] * act(fc1.bias[j])`` (a channel-pruned fc1 keeps its bias, so the channel outputs the
-constant ``act(b_j)``). The slim model's outputs therefore equal the masked model's.
+Three kinds of units are removed (the exactness argument of each is in its module):
+
+* FFN channels (`smart_hf.slim_ffn`): rows of fc1 and columns of fc2; the constant a pruned channel still emits,
+  ``act(b_j)``, is folded into fc2's bias.
+* Attention heads (`smart_hf.slim_heads`): heads whose value rows (or output-projection columns) are all pruned; the
+  constant ``W_o[:, h] @ b_v[h]`` is folded into o's bias. `head_pruning_overrides` makes heads the pruning units.
+* CNN channels (`smart_hf.slim_cnn`): output channels of conv -> BN -> act -> conv chains (ResNet bottleneck and
+  basic blocks); the constant map a pruned channel leaves is folded into the next conv's bias / BN mean where that is
+  exact, channels whose constant would differ at zero-padded borders are kept and reported.
 
 Two modes:
 
-* ``"uniform"`` (default): every FFN keeps the same number of channels (the largest kept count; layers that kept fewer
-  keep some pruned channels, which stays exact) and ``config.intermediate_size`` is rewritten, so stock
-  ``from_pretrained`` loads the slim model.
-* ``"per_layer"``: every FFN keeps exactly its own channels. The sizes are recorded in ``config.smart_hf["slim"]``;
-  load with `load_slim` (stock ``from_pretrained`` refuses the shapes).
+* ``"uniform"`` (default): one size per kind for the whole model, written into the config so stock
+  ``from_pretrained`` loads the slim model: ``intermediate_size`` (every FFN keeps the largest kept count; layers that
+  kept fewer keep some pruned channels, which stays exact) and, for attention that reads ``config.head_dim`` (ViT,
+  DeiT), ``num_attention_heads`` with ``head_dim`` pinned (same padding rule). BERT heads (head size derived from
+  ``hidden_size / num_attention_heads``) and CNN chains (``ResNetConfig`` has per-stage widths only) cannot be
+  expressed this way: uniform mode leaves them masked (reported) and raises when nothing else is slimmable.
+* ``"per_layer"``: every layer keeps exactly its own units. The sizes are recorded in ``config.smart_hf["slim"]``
+  (``pairs``, ``heads``, ``convs``); load with `load_slim` (stock ``from_pretrained`` refuses the shapes).
 
-Only FFN pairs are slimmed. Channel masks on attention projections (q/k/v need head alignment), on fc2 / output
-projections (their outputs feed the residual stream) and on heads stay as zeros in place; `slim` returns them under
+Pruned units that are not removed stay zeros in place (fc2 / output projections and the last conv of a residual block
+feed the residual stream; q/k channels of kept heads; border-inexact conv channels); `slim` returns them under
 ``"left_masked"``.
 """
 
@@ -27,63 +35,25 @@ import os
 import torch
 from torch import nn
 
+from .slim_cnn import chain_candidates, resize_chain_for_load, slim_conv_chain
+from .slim_ffn import apply_ffn, find_ffn_pairs, plan_ffn, resize_ffn_for_load, uniform_ffn_size
+from .slim_heads import apply_heads, head_pruning_overrides, plan_heads, resize_heads_for_load, uniform_heads_error
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["find_ffn_pairs", "load_slim", "save_slim_weights", "slim"]
+__all__ = ["find_ffn_pairs", "head_pruning_overrides", "load_slim", "save_slim_weights", "slim"]
 
 MODES = ("uniform", "per_layer")
-_ACT_NAMES = ("activation_fn", "act_fn", "act", "activation", "intermediate_act_fn")
+_DEFAULT_REASON = "its outputs feed a residual addition or a consumer slim does not handle"
 
 
-def find_ffn_pairs(model: nn.Module) -> list[dict]:
-    """FFN pairs by module structure: ``{"name", "fc1", "fc2", "act"}`` (fc1/fc2 are module names).
-
-    Recognised: a module with ``fc1``/``fc2`` linears and an activation attribute (ViT, DeiT, CLIP, ...), and a module
-    with ``intermediate.dense`` (+ ``intermediate_act_fn``) and ``output.dense`` linears (BERT, RoBERTa, ...).
-    """
-    pairs = []
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        fc1, fc2 = getattr(module, "fc1", None), getattr(module, "fc2", None)
-        act = next((getattr(module, a) for a in _ACT_NAMES if callable(getattr(module, a, None))), None)
-        if type(fc1) is nn.Linear and type(fc2) is nn.Linear and act is not None:
-            if fc1.out_features == fc2.in_features:
-                pairs.append({"name": name, "fc1": f"{prefix}fc1", "fc2": f"{prefix}fc2", "act": act})
-            continue
-        inter, out = getattr(module, "intermediate", None), getattr(module, "output", None)
-        dense1, dense2 = getattr(inter, "dense", None), getattr(out, "dense", None)
-        act = getattr(inter, "intermediate_act_fn", None)
-        if type(dense1) is nn.Linear and type(dense2) is nn.Linear and callable(act):
-            if dense1.out_features == dense2.in_features:
-                pairs.append(
-                    {"name": name, "fc1": f"{prefix}intermediate.dense", "fc2": f"{prefix}output.dense", "act": act}
-                )
-    return pairs
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
-def _linear(in_features: int, out_features: int, bias: bool, like: torch.Tensor) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=bias, device=like.device, dtype=like.dtype)
-
-
-@torch.no_grad()
-def slim(model: nn.Module, mode: str = "uniform") -> dict:
-    """Remove the pruned channels of every FFN in place (a prepared model is squashed first); returns a summary:
-    ``{"mode", "pairs": [{"fc1", "fc2", "before", "after"}], "left_masked": [{"name", "reason"}],
-    "params_before", "params_after"}``. The summary (without ``left_masked``) is also recorded in
-    ``model.config.smart_hf["slim"]``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+def _slim_metadata(model: nn.Module) -> dict:
+    """``config.smart_hf`` of a squashed, not yet slimmed SMART model (a prepared model is squashed first)."""
     if hasattr(model, "smart_state"):
         from .lifecycle import squash
 
         squash(model)
-    config = getattr(model, "config", None)
-    meta = getattr(config, "smart_hf", None)
+    meta = getattr(getattr(model, "config", None), "smart_hf", None)
     if not meta:
         raise ValueError(
             "slim needs a SMART model: prepared + hardened, or squashed/loaded with config.smart_hf. "
@@ -91,90 +61,96 @@ def slim(model: nn.Module, mode: str = "uniform") -> dict:
         )
     if meta.get("slim"):
         raise ValueError("this model is already slim; slim the squashed (unslimmed) model instead.")
-    layers = meta["layers"]
-    params_before = sum(p.numel() for p in model.parameters())
-    plans, left = [], []
-    pair_of = {}
-    for pair in find_ffn_pairs(model):
-        info1, info2 = layers.get(pair["fc1"]), layers.get(pair["fc2"])
-        pair_of[pair["fc1"]] = pair_of[pair["fc2"]] = pair
-        if info1 is None or info1["pattern"] != "channel":
-            continue
-        if info2 is not None and info2["pattern"] != "channel":
-            left.append({"name": pair["fc1"], "reason": f"its consumer {pair['fc2']} has a {info2['pattern']} mask"})
-            continue
-        fc1, fc2 = model.get_submodule(pair["fc1"]), model.get_submodule(pair["fc2"])
-        if fc2.bias is None and fc1.bias is not None:
-            left.append({"name": pair["fc1"], "reason": f"{pair['fc2']} has no bias to absorb the pruned channels"})
-            continue
-        alive = (fc1.weight != 0).any(dim=1) & (fc2.weight != 0).any(dim=0)
-        plans.append({**pair, "alive": alive, "before": fc1.out_features})
-    for name, info in layers.items():
-        if info["pattern"] != "channel" or any(p["fc1"] == name for p in plans):
-            continue
-        if any(e["name"] == name for e in left):
-            continue
-        why = (
-            "FFN output projection: its outputs feed the residual stream"
-            if name in pair_of
-            else "not an FFN input projection (attention projections need head alignment)"
+    return meta
+
+
+def _uniform_scope(model, ffn_plans, head_plans, chains, notes) -> tuple[int | None, int | None]:
+    """Uniform mode: the kept FFN size and head count (``None``: that kind is not slimmed). Heads and chains that a
+    config rewrite cannot describe are moved to ``notes``; raises when nothing would be slimmed."""
+    ffn_target = uniform_ffn_size(ffn_plans, model.config) if ffn_plans else None
+    head_target, heads_error = None, uniform_heads_error(model, head_plans) if head_plans else None
+    if head_plans and heads_error is None:
+        head_target = max(max(int((~p["removable"]).sum()) for p in head_plans), 1)
+    for plan in head_plans if heads_error else []:
+        notes[plan["v"]] = f"uniform slimming cannot rewrite the head count ({heads_error}); use mode='per_layer'"
+    for chain in chains:
+        notes[chain["conv"]] = (
+            "uniform slimming cannot rewrite per-conv widths (per-stage config); use mode='per_layer'"
         )
-        left.append({"name": name, "reason": why})
-    if not plans:
+    if ffn_target is None and head_target is None and (head_plans or chains):
         raise ValueError(
-            "nothing to slim: no FFN (fc1/fc2 or intermediate/output) input projection is channel-pruned. Prune "
-            "with SmartConfig(pattern='channel') so that the FFN's first linear is targeted."
+            "uniform slimming rewrites config sizes, which cannot describe these slim layers ("
+            + (heads_error or "CNN conv chains: ResNetConfig has per-stage widths only")
+            + "); use slim(model, mode='per_layer') and load with smart_hf.load_slim."
         )
+    return ffn_target, head_target
+
+
+@torch.no_grad()
+def slim(model: nn.Module, mode: str = "uniform") -> dict:
+    """Remove the pruned FFN channels, attention heads and CNN chain channels in place (a prepared model is squashed
+    first); returns ``{"mode", "pairs": [{"fc1", "fc2", "before", "after"}], "heads": [{"attention", "q", "k", "v",
+    "o", "head_dim", "before", "after"}], "convs": [{"conv", "norm", "consumer", "before", "after", "folded",
+    "kept_masked"}], "left_masked": [{"name", "reason"(, "channels")}], "params_before", "params_after",
+    "params_removed"}``. The summary without ``left_masked`` is also recorded in ``model.config.smart_hf["slim"]``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    meta = _slim_metadata(model)
+    config, layers = model.config, meta["layers"]
+    params_before = sum(p.numel() for p in model.parameters())
+    ffn_plans, notes = plan_ffn(model, layers)
+    head_plans, head_notes = plan_heads(model, layers)
+    chains, chain_notes = chain_candidates(model, layers)
+    notes.update(head_notes)
+    notes.update(chain_notes)
+    if not (ffn_plans or head_plans or chains):
+        raise ValueError(
+            "nothing to slim: no FFN input projection is channel-pruned, no attention head has all value rows "
+            "pruned and no conv -> BN -> conv chain has pruned channels. Prune with SmartConfig(pattern='channel') "
+            "(and head_pruning_overrides(model) for heads) so that these layers are targeted."
+        )
+    ffn_target = head_target = None
     if mode == "uniform":
-        size = getattr(config, "intermediate_size", None)
-        if not isinstance(size, int) or any(p["before"] != size for p in plans):
-            raise ValueError(
-                "uniform slimming rewrites config.intermediate_size, which this model does not use for every FFN; "
-                "use slim(model, mode='per_layer') and smart_hf.load_slim to load."
-            )
-        target = max(int(p["alive"].sum()) for p in plans)
-    records = []
-    for plan in plans:
-        fc1, fc2 = model.get_submodule(plan["fc1"]), model.get_submodule(plan["fc2"])
-        keep = plan["alive"].clone()
-        if mode == "uniform":  # pad with pruned channels (kept as they are: still exact)
-            extra = target - int(keep.sum())
-            keep[(~keep).nonzero().flatten()[:extra]] = True
-        if not keep.any():  # a fully pruned FFN still needs one channel to stay a valid Linear
-            keep[0] = True
-        idx, gone = keep.nonzero().flatten(), (~keep).nonzero().flatten()
-        new1 = _linear(fc1.in_features, len(idx), fc1.bias is not None, fc1.weight)
-        new2 = _linear(len(idx), fc2.out_features, fc2.bias is not None, fc2.weight)
-        new1.weight.copy_(fc1.weight[idx])
-        new2.weight.copy_(fc2.weight[:, idx])
-        if fc1.bias is not None:
-            new1.bias.copy_(fc1.bias[idx])
-        if fc2.bias is not None:
-            new2.bias.copy_(fc2.bias)
-            if fc1.bias is not None and len(gone):
-                constant = plan["act"](fc1.bias[gone].float().unsqueeze(0)).squeeze(0)
-                new2.bias.add_((fc2.weight[:, gone].float() @ constant).to(new2.bias.dtype))
-        _set_module(model, plan["fc1"], new1)
-        _set_module(model, plan["fc2"], new2)
-        layers[plan["fc1"]]["shape"] = list(new1.weight.shape)
-        if plan["fc2"] in layers:
-            layers[plan["fc2"]]["shape"] = list(new2.weight.shape)
-        records.append({"fc1": plan["fc1"], "fc2": plan["fc2"], "before": plan["before"], "after": len(idx)})
-    if mode == "uniform":
-        config.intermediate_size = target
+        ffn_target, head_target = _uniform_scope(model, ffn_plans, head_plans, chains, notes)
+        head_plans, chains = (head_plans if head_target else []), []
+    handled = {p["fc1"] for p in ffn_plans} | {p["v"] for p in head_plans}
+    pairs = [apply_ffn(model, plan, layers, ffn_target) for plan in ffn_plans]
+    heads = [apply_heads(model, plan, layers, head_target) for plan in head_plans]
+    convs = [slim_conv_chain(model, chain, layers) for chain in chains]
+    left = _left_masked(layers, notes, handled, convs)
+    if ffn_target is not None:
+        config.intermediate_size = ffn_target
+    if head_target is not None:
+        config.num_attention_heads, config.head_dim = head_target, head_plans[0]["head_dim"]
     params_after = sum(p.numel() for p in model.parameters())
-    summary = {
-        "mode": mode,
-        "pairs": records,
-        "params_before": params_before,
-        "params_after": params_after,
-        "params_removed": params_before - params_after,
-    }
+    summary = {"mode": mode, "pairs": pairs, "heads": heads, "convs": convs}
+    summary.update(params_before=params_before, params_after=params_after, params_removed=params_before - params_after)
     meta["slim"] = summary
     config.smart_hf = meta
     for entry in left:
         logger.info("smart_hf: slim left %s masked in place (%s)", entry["name"], entry["reason"])
     return {**summary, "left_masked": left}
+
+
+def _left_masked(layers: dict, notes: dict, handled: set, convs: list[dict]) -> list[dict]:
+    """Pruned layers whose pruned units (some or all) stay zeros in place, with the reason (and, for conv chains,
+    how many channels)."""
+    partial = {c["conv"]: c for c in convs if c["kept_masked"]}
+    done = {c["conv"] for c in convs if not c["kept_masked"]}
+    left = []
+    for name, info in layers.items():
+        if name in partial:
+            record = partial[name]
+            reason = (
+                f"{record['kept_masked']} pruned channel(s) output a non-zero constant act(BN(b)) and "
+                f"{record['consumer']} is zero-padded: the constant is not exact at the borders"
+            )
+            left.append({"name": name, "reason": reason, "channels": record["kept_masked"]})
+        elif name in notes and name not in done:
+            left.append({"name": name, "reason": notes[name]})
+        elif info["pattern"] == "channel" and name not in handled | done:
+            left.append({"name": name, "reason": _DEFAULT_REASON})
+    return left
 
 
 def save_slim_weights(model: nn.Module, output_dir: str | os.PathLike) -> None:
@@ -209,7 +185,8 @@ def load_slim(path: str | os.PathLike, auto_class=None, **kwargs) -> nn.Module:
     """Load a slim model written by ``save_pruned`` / ``smart-hf export --slim``.
 
     Uniform slim models (and unslimmed ones) go through stock ``from_pretrained(path, **kwargs)``; per-layer slim
-    models are built from the config, their FFNs resized to the recorded sizes, and the weights loaded strictly.
+    models are built from the config, their FFNs, attention heads and conv chains resized to the recorded sizes
+    (``config.smart_hf["slim"]``), and the weights loaded strictly.
     ``auto_class`` defaults to the class named in ``config.architectures``.
     """
     import safetensors.torch
@@ -223,9 +200,11 @@ def load_slim(path: str | os.PathLike, auto_class=None, **kwargs) -> nn.Module:
         return cls.from_pretrained(path, **kwargs)
     model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
     for record in slim_meta["pairs"]:
-        fc1, fc2 = model.get_submodule(record["fc1"]), model.get_submodule(record["fc2"])
-        _set_module(model, record["fc1"], _linear(fc1.in_features, record["after"], fc1.bias is not None, fc1.weight))
-        _set_module(model, record["fc2"], _linear(record["after"], fc2.out_features, fc2.bias is not None, fc2.weight))
+        resize_ffn_for_load(model, record)
+    for record in slim_meta.get("heads", []):
+        resize_heads_for_load(model, record)
+    for record in slim_meta.get("convs", []):
+        resize_chain_for_load(model, record)
     state = safetensors.torch.load_file(os.path.join(path, SAFE_WEIGHTS_NAME))
     model.load_state_dict(state, strict=True)
     if hasattr(model, "tie_weights"):
