@@ -17,8 +17,17 @@ import math
 __all__ = ["layer_keep_units", "reserved_units", "global_weight_budget"]
 
 
+def _check_sparsity(sparsity: float) -> None:
+    # budgets are pure arithmetic: an out-of-range sparsity would silently clamp to "keep one unit" or "keep all"
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}; e.g. 0.5 keeps half the weights.")
+
+
 def layer_keep_units(num_units: int, sparsity: float) -> int:
     """Units a layer keeps under a per-layer budget: ``round((1 - sparsity) * num_units)``, clamped to [1, U]."""
+    _check_sparsity(sparsity)
+    if num_units < 1:
+        raise ValueError(f"a layer needs at least one unit, got num_units={num_units}.")
     return int(min(num_units, max(1, round((1.0 - sparsity) * num_units))))
 
 
@@ -29,4 +38,5 @@ def reserved_units(num_units: int, min_layer_density: float) -> int:
 
 def global_weight_budget(total_weights: int, sparsity: float) -> float:
     """Weights the whole group keeps: ``round((1 - sparsity) * total_weights)``."""
+    _check_sparsity(sparsity)
     return float(round((1.0 - sparsity) * total_weights))

@@ -140,6 +140,7 @@ def export_artifact(source: str, target: str, slim: bool = False, mode: str = "u
     """Load a pruned artifact, optionally slim it, and write it (with its model card) to ``target`` atomically."""
     import shutil
 
+    from safetensors import SafetensorError
     from transformers import AutoConfig
 
     from .hub import write_artifact_atomically
@@ -157,7 +158,13 @@ def export_artifact(source: str, target: str, slim: bool = False, mode: str = "u
     if os.path.abspath(source) == os.path.abspath(target):
         raise ValueError("--to must be a different folder from OUTPUT_DIR (the source stays untouched).")
     _auto_class(config, None)  # a clear error before any work
-    model = load_slim(source).eval()
+    try:
+        model = load_slim(source).eval()
+    except (OSError, SafetensorError) as err:  # missing or truncated weights: name the fix, not the parser's error
+        raise ValueError(
+            f"could not load the weights in {source} ({type(err).__name__}: {err}); the weight file is missing or "
+            "corrupt: re-run save_model / smart-hf export to write it again."
+        ) from err
     summary = slim_model(model, mode=mode) if slim else None
     write_artifact_atomically(model, target, save_plots=False)
     for name in _PROCESSOR_FILES:

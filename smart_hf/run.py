@@ -83,6 +83,17 @@ def _hub_text_splits(data_args, tokenizer):
     return ds.with_format("torch"), num_labels, tokenizer
 
 
+def check_splits_not_empty(ds, dataset_name: str) -> None:
+    """Fail before any model is built when a split has no examples (the Trainer's sampler would fail later with
+    ``num_samples=0``, which does not say which split or why)."""
+    for split in ("train", "validation", "test"):
+        if len(ds[split]) == 0:
+            raise ValueError(
+                f"the {split} split of dataset {dataset_name!r} is empty; check data_dir (one sub-folder of images per "
+                "class), the dataset name, or raise train_size / val_size / test_size."
+            )
+
+
 def build_model(model_args, dataset: str, num_labels: int, model_path: str | None):
     auto = AutoModelForImageClassification if dataset in IMAGE_DATASETS else AutoModelForSequenceClassification
     overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
@@ -100,6 +111,7 @@ def run_training(model_args, data_args, smart_config, training_args) -> dict:
     """Train, evaluate dense (at the start of the search) and pruned, save the pruned model; returns the summary."""
     model_path = _model_path(model_args)
     ds, num_labels, processing_class = load_splits(data_args, model_path)
+    check_splits_not_empty(ds, data_args.dataset)
     model = build_model(model_args, data_args.dataset, num_labels, model_path)
     dense_params = sum(p.numel() for p in model.parameters())
     trainer = SmartTrainer(

@@ -37,7 +37,9 @@ def temperature_at(step: int, total_steps: int, tau_start: float, tau_end: float
         return tau_start + (tau_end - tau_start) * p
     if schedule == "constant":
         return tau_start
-    raise ValueError(f"unknown temperature schedule {schedule!r}")
+    raise ValueError(
+        f"unknown temperature schedule {schedule!r}; choose one of dynamic, exponential, cosine, linear, constant."
+    )
 
 
 @dataclass(frozen=True)
