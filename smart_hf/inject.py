@@ -88,7 +88,7 @@ def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Mo
     A selected module whose dims do not divide the block (or ``m``) is skipped with a warning naming it, or raises if
     the user named it explicitly; an explicitly named module of an unsupported type raises too.
     """
-    targets = []
+    targets, skipped = [], []
     for name, module in model.named_modules():
         if name == "" or name.split(".")[-1] == STATE_MODULE_NAME:
             continue
@@ -112,15 +112,32 @@ def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Mo
             if explicit:
                 raise ValueError(f"cannot prune {name!r}: {problem}; choose a block/m that divides it or exclude it.")
             logger.warning("smart_hf: skipping %s: %s", name, problem)
+            skipped.append(f"{name}: {problem}")
             continue
         targets.append((name, module, layout, settings.sparsity))
     _check_overrides_used(config, [t[0] for t in targets])
     if not targets:
-        raise ValueError(
-            "no module matched the SmartConfig targets (target_modules / target_regex / defaults); "
-            "print([n for n, _ in model.named_modules()]) to see the names and adjust the targets."
-        )
+        raise ValueError(_no_target_message(model, skipped))
     return targets
+
+
+def _no_target_message(model: nn.Module, skipped: list[str]) -> str:
+    """Why nothing is left to prune, with the fix: no supported layer at all, every selected layer indivisible by
+    the unit, or targets that match no name."""
+    if not any(layer_kind(m) for m in model.modules()):
+        return (
+            f"{type(model).__name__} has no layer smart_hf can prune (nn.Linear, nn.Conv2d or transformers' Conv1D); "
+            "pass a model that has some, or prune its linear sub-model."
+        )
+    if skipped:
+        return (
+            f"every selected module was skipped because the unit does not divide it ({'; '.join(skipped[:3])}"
+            f"{'; ...' if len(skipped) > 3 else ''}); choose a block_shape (or m) that divides the layer dims."
+        )
+    return (
+        "no module matched the SmartConfig targets (target_modules / target_regex / defaults); "
+        "print([n for n, _ in model.named_modules()]) to see the names and adjust the targets."
+    )
 
 
 def _check_overrides_used(config: SmartConfig, names: list[str]) -> None:
@@ -192,19 +209,26 @@ def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers:
     init_scores_(state, config, act_stats)
 
 
-def check_smart_shapes(model: nn.Module, state_dict, prefix: str, *_args) -> None:
+def check_smart_shapes(model: nn.Module, state_dict, prefix: str, _metadata, strict: bool, *_args) -> None:
     """Load pre-hook of a prepared model: refuse a checkpoint whose ``smart_scores`` / ``smart_mask`` tensors have
-    other shapes than this model's (prepared with another pattern, block or N:M) *before* any tensor is copied, so
-    a failed load leaves the model unchanged. torch would only report the mismatch after loading the rest."""
-    wrong = []
+    other shapes than this model's (prepared with another pattern, block or N:M), or (``strict``) none at all,
+    *before* any tensor is copied, so a failed load leaves the model unchanged; torch would report a mismatch only
+    after loading everything else, and without the fix."""
+    wrong, smart_keys = [], []
     for name, layer in model.named_modules():
         if not is_smart_layer(layer):
             continue
         for attr in (SCORES_NAME, MASK_NAME):
-            tensor = state_dict.get(f"{prefix}{name}.{attr}")
+            smart_keys.append(f"{prefix}{name}.{attr}")
+            tensor = state_dict.get(smart_keys[-1])
             own = getattr(layer, attr, None)
             if tensor is not None and own is not None and tuple(tensor.shape) != tuple(own.shape):
                 wrong.append(f"{name}.{attr}: checkpoint {tuple(tensor.shape)}, model {tuple(own.shape)}")
+    if strict and smart_keys and not any(k in state_dict for k in smart_keys):
+        raise ValueError(
+            "this checkpoint has no SMART masks (smart_scores / smart_mask): it is a dense or squashed model. Load "
+            "it into the model before prepare_model (or pass strict=False to keep this model's masks)."
+        )
     if wrong:
         shown = "; ".join(wrong[:3]) + (f"; ... {len(wrong) - 3} more" if len(wrong) > 3 else "")
         raise ValueError(
