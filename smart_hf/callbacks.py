@@ -8,6 +8,12 @@ Per optimizer step (``on_step_begin``), for the step about to run:
 3. afterwards: harden once (binary masks, frozen scores, pruned weights and their optimizer state zeroed), and after
    every optimizer step (``on_step_end``) re-apply the hard mask so pruned weights stay exactly zero.
 
+At the end of training (``on_train_end``) the model is hardened if it is not yet, and `check_sparsity` verifies it
+(exact kept counts per budget, valid pattern, pruned weights exactly zero; a few milliseconds on the report the
+callback already logs). Success logs ``smart_hf: sparsity verified ...`` at INFO; a violation is logged at ERROR and
+raises ValueError (``verify_sparsity="raise"``, the default: ``train()`` then fails before a broken artifact can be
+saved), or is only logged (``"warn"``); ``"off"`` skips the check. The result is kept in ``self.verification``.
+
 The model must be prepared (`prepare_model`) before the Trainer creates its optimizer. `SmartTrainer` adds this
 callback itself, first in the list, so the smart metrics it adds to ``logs`` reach every ``report_to`` backend.
 """
@@ -19,6 +25,7 @@ import logging
 import torch
 from transformers import TrainerCallback
 
+from .invariants import check_sparsity
 from .lifecycle import apply_hard_masks_, get_smart_state, harden, reinit_scores, update_temperature
 from .masking import MODE_DENSE, MODE_HARD, MODE_SOFT
 from .report import sparsity_report
@@ -29,6 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["SmartCallback"]
 
 STAGE_PRETRAIN, STAGE_SEARCH, STAGE_FINETUNE = 1, 2, 3
+VERIFY_CHOICES = ("raise", "warn", "off")
 
 
 class SmartCallback(TrainerCallback):
@@ -39,6 +47,8 @@ class SmartCallback(TrainerCallback):
             are not `SmartTrainingArguments` (whose fields then win).
         calibration_data: input batches for ``score_init="activation"`` at the start of the search.
         trainer: optional Trainer, to log the eval-loss jump at hardening.
+        verify_sparsity: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a failed end-of-training
+            `check_sparsity` does (see the module docstring).
     """
 
     def __init__(
@@ -49,7 +59,12 @@ class SmartCallback(TrainerCallback):
         calibration_data=None,
         trainer=None,
         on_search_begin=None,
+        verify_sparsity: str = "raise",
     ):
+        if verify_sparsity not in VERIFY_CHOICES:
+            raise ValueError(f"verify_sparsity must be one of {VERIFY_CHOICES}, got {verify_sparsity!r}.")
+        self.verify_sparsity = verify_sparsity
+        self.verification: dict | None = None  # the last end-of-training check_sparsity result
         self.pretrain_steps, self.search_steps, self.search_fraction = pretrain_steps, search_steps, search_fraction
         self.calibration_data = calibration_data
         self.trainer = trainer
@@ -88,6 +103,27 @@ class SmartCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if get_smart_state(model)._mode != MODE_HARD:
             self._harden(model, optimizer)
+        if self.verify_sparsity != "off":
+            self._verify(model)
+
+    def _verify(self, model) -> None:
+        try:
+            result = check_sparsity(get_smart_state(model))
+        except ValueError as err:
+            self.verification = {"verified": False, "error": str(err)}
+            logger.error("smart_hf: SPARSITY CHECK FAILED at the end of training: %s", err)
+            if self.verify_sparsity == "raise":
+                raise
+            return
+        self.verification = result
+        total = result["total"]
+        logger.info(
+            "smart_hf: sparsity verified: %d layers, %d of %d targeted weights zero (%.4f), pattern valid, budget exact",
+            len(result["layers"]),
+            total["zeros"],
+            total["weights"],
+            total["sparsity"],
+        )
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs is None or model is None or self.stages is None:

@@ -1,8 +1,10 @@
 """`sparsity_report`: what was pruned, per layer and in total, and whether the pattern is valid.
 
 Works on a prepared model (hard masks, or the masks `harden` would pick while still searching) and on a squashed
-model (from the layout recorded in ``model.config.smart_hf``). Validity means: every N:M group has at most ``n``
-non-zeros, every pruned block/channel is all zero in the stored weight.
+model (from the layout recorded in ``model.config.smart_hf``; also after `to_sparse_kernels`). Validity means: every
+N:M group has at most ``n`` non-zeros (and its mask keeps exactly ``n``), every pruned block/channel is all zero in the
+stored weight, every mask is binary. Each row says why it is invalid (``problems``); `smart_hf.invariants` adds the
+budget (exact kept counts) on top of this report.
 """
 
 from __future__ import annotations
@@ -13,22 +15,34 @@ from torch import nn
 from .granularity import UnitLayout, canonical_weight
 from .masking import MODE_HARD, SmartState
 
-__all__ = ["format_report", "layer_report", "sparsity_report"]
+__all__ = ["dense_weight", "format_report", "layer_report", "sparsity_report"]
 
 
 @torch.no_grad()
 def layer_report(name: str, weight: torch.Tensor, layout: UnitLayout, unit_mask: torch.Tensor | None) -> dict:
     """One row of the report for the stored ``weight``. ``unit_mask`` (``score_shape``), if known, is the mask the
-    weight must obey: a non-zero weight in a pruned unit makes the row invalid (it is checked, not masked away)."""
+    weight must obey: a non-zero weight in a pruned unit makes the row invalid (it is checked, not masked away).
+
+    ``problems`` lists, in words, every way the row breaks the pattern (``valid`` is ``not problems``):
+    a mask value other than 0/1; non-zero (or NaN) weights inside pruned units; for N:M, a group of ``m`` with more
+    than ``n`` non-zeros in the weight, or a mask group that does not keep exactly ``n``.
+    ``units_kept``: block/channel -- kept units of the mask (without a mask: units with any non-zero weight);
+    N:M -- non-zero weights. ``unit_cost``: weights per unit (1 for N:M).
+    """
     nonzero = layout.unit_sum(canonical_weight(weight != 0, layout.kind).float())  # per unit; N:M: per weight
     zeros = layout.num_weights - int(nonzero.sum())
-    pruned_clean = True if unit_mask is None else bool((nonzero[unit_mask.to(nonzero.device) == 0] == 0).all())
+    problems = [] if unit_mask is None else _mask_problems(nonzero, layout, unit_mask.to(nonzero.device))
     if layout.pattern == "nm":  # rows of `nonzero` are the groups of m
-        units_kept, valid = int(nonzero.sum()), bool((nonzero.sum(-1) <= layout.n).all()) and pruned_clean
+        units_kept = int(nonzero.sum())
+        crowded = int((nonzero.sum(-1) > layout.n).sum())
+        if crowded:
+            problems.append(
+                f"{crowded} of {nonzero.shape[0]} groups of {layout.m} hold more than {layout.n} non-zero weights"
+            )
     elif unit_mask is not None:
-        units_kept, valid = int(unit_mask.sum()), pruned_clean
+        units_kept = int(unit_mask.sum())
     else:
-        units_kept, valid = int((nonzero > 0).sum()), True
+        units_kept = int((nonzero > 0).sum())
     return {
         "name": name,
         "kind": layout.kind,
@@ -39,11 +53,30 @@ def layer_report(name: str, weight: torch.Tensor, layout: UnitLayout, unit_mask:
         "m": layout.m,
         "units": layout.num_units if layout.pattern != "nm" else layout.num_weights,
         "units_kept": units_kept,
+        "unit_cost": layout.unit_cost,
         "weights": layout.num_weights,
         "zeros": zeros,
         "sparsity": zeros / layout.num_weights,
-        "valid": valid,
+        "valid": not problems,
+        "problems": problems,
     }
+
+
+def _mask_problems(nonzero: torch.Tensor, layout: UnitLayout, unit_mask: torch.Tensor) -> list[str]:
+    """What is wrong between a unit mask and the per-unit non-zero counts of the weight it should govern."""
+    problems = []
+    fractional = int(((unit_mask != 0) & (unit_mask != 1)).sum())
+    if fractional:
+        problems.append(f"mask is not binary: {fractional} units are neither 0 nor 1")
+    dirty = int((nonzero[unit_mask == 0] > 0).sum())
+    if dirty:
+        what = "pruned weights are" if layout.pattern == "nm" else "pruned units hold"
+        problems.append(f"{dirty} {what} non-zero (expected exact zeros)")
+    if layout.pattern == "nm":
+        wrong = int((unit_mask.sum(-1) != layout.n).sum())
+        if wrong:
+            problems.append(f"{wrong} mask groups do not keep exactly n={layout.n} of m={layout.m}")
+    return problems
 
 
 def sparsity_report(model: nn.Module | SmartState) -> dict:
@@ -98,8 +131,17 @@ def _squashed_rows(model: nn.Module, meta: dict) -> list[dict]:
         layout = UnitLayout(
             info["kind"], tuple(info["shape"]), info["pattern"], tuple(info["block_shape"]), info["n"], info["m"]
         )
-        rows.append(layer_report(name, modules[name].weight, layout, None))
+        rows.append(layer_report(name, dense_weight(modules[name]), layout, None))
     return rows
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` as a strided tensor: `to_sparse_kernels` stores BSR / semi-structured 2:4 weights, whose
+    zeros the report must still count."""
+    weight = module.weight.detach()
+    if weight.layout != torch.strided or type(weight).__name__.startswith("SparseSemiStructured"):
+        weight = weight.to_dense()
+    return weight
 
 
 def format_report(report: dict, max_rows: int = 200) -> str:
