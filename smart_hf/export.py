@@ -18,6 +18,7 @@ from torch import nn
 
 from .atomic import staged_directory
 from .constants import REPORT_NAME, is_smart_name
+from .distributed import has_sharded_parameters, unsharded_copy
 from .lifecycle import get_smart_state, pruning_metadata, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,13 @@ def save_pruned(
 
     ``metrics`` (``{name: value}``) go into the card; by default the last ``eval_*``/``dense_*`` values of
     ``log_history``. ``base_model``: the Hub id that was pruned (default: from the config when it is a Hub id).
+    An FSDP2-sharded model is gathered first: call it on every rank; rank 0 writes.
     """
     root = unwrap_model(model)
+    if has_sharded_parameters(root):
+        root = unsharded_copy(root)
+        if root is None:  # not rank 0: it took part in the gather, rank 0 writes
+            return str(output_dir)
     config = getattr(root, "config", None)
     if hasattr(root, "smart_state"):
         state = get_smart_state(root)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
+from .distributed import is_sharded, mul_own_rows_, whole_parameters
 from .masking import MODE_DENSE, MODE_HARD, MODE_SOFT, SmartState
 from .schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
 from .scores import collect_activation_stats, init_scores_
@@ -37,6 +38,12 @@ _MODES = {"dense": MODE_DENSE, "soft": MODE_SOFT, "hard": MODE_HARD}
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DDP/accelerate wrappers (followed via ``.module`` until one holds the SMART state)."""
     while not hasattr(model, STATE_MODULE_NAME) and hasattr(model, "module"):
+        if type(model).__name__ == "FullyShardedDataParallel":
+            raise ValueError(
+                "smart_hf does not support FSDP1 (FullyShardedDataParallel): its flat parameters hide the per-layer "
+                "weights and scores that masks are applied to. Use FSDP2: fsdp_version: 2 in the accelerate config "
+                "(recipes/accelerate/fsdp.yaml) or torch.distributed.fsdp.fully_shard."
+            )
         model = model.module
     return model
 
@@ -106,10 +113,11 @@ def _dynamic_step(state: SmartState, cfg, step: int) -> float:
 
 @torch.no_grad()
 def _jitter_scores_(state: SmartState, amplitude: float, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for layer in state.layers:
-        noise = torch.randn(layer.smart_scores.shape, generator=generator)
-        layer.smart_scores.add_(amplitude * noise.to(layer.smart_scores.device))
+    generator = torch.Generator().manual_seed(seed)  # the same seed on every rank: the same jitter everywhere
+    with whole_parameters(state.layers, (SCORES_NAME,), write_back=(SCORES_NAME,)):
+        for layer in state.layers:
+            noise = torch.randn(layer.smart_scores.shape, generator=generator)
+            layer.smart_scores.add_(amplitude * noise.to(layer.smart_scores.device))
 
 
 def reinit_scores(model: nn.Module, calibration_data=None) -> None:
@@ -126,7 +134,9 @@ def reinit_scores(model: nn.Module, calibration_data=None) -> None:
             act_stats = collect_activation_stats(model, state.layers, calibration_data, cfg.calibration_batches)
         finally:
             state.set_mode(previous)
-    init_scores_(state, cfg, act_stats)
+    # After the calibration forwards: FSDP2 re-registers its own parameters around every forward.
+    with whole_parameters(state.layers, ("weight", SCORES_NAME), write_back=(SCORES_NAME,)):
+        init_scores_(state, cfg, act_stats)
     for group in state.groups:
         group.shift_x = None
 
@@ -153,7 +163,20 @@ def apply_hard_masks_(model: nn.Module) -> None:
     if state._mode != MODE_HARD:
         raise ValueError("apply_hard_masks_ needs hardened masks; call smart_hf.harden(model) first.")
     for layer in state.layers:
-        layer.smart_apply_hard_mask_()
+        if is_sharded(layer.weight):  # FSDP2: each rank zeroes the pruned entries of its own rows
+            mul_own_rows_(layer.weight, _hard_factor(layer))
+        else:
+            layer.smart_apply_hard_mask_()
+
+
+def _hard_factor(layer: nn.Module) -> torch.Tensor:
+    """The frozen 0/1 mask expanded to the weight's (whole) shape, built once per hardening."""
+    cached = layer.__dict__.get("_smart_hard_factor")
+    if cached is None or not torch.equal(cached[0], layer.smart_mask):
+        ones = torch.ones(layer.weight.shape, dtype=torch.float32, device=layer.smart_mask.device)
+        cached = (layer.smart_mask.clone(), layer.smart_layout.apply(ones, layer.smart_mask))
+        layer.__dict__["_smart_hard_factor"] = cached
+    return cached[1]
 
 
 @torch.no_grad()
@@ -165,6 +188,11 @@ def squash(model: nn.Module) -> nn.Module:
     the pattern and per-layer layout so `sparsity_report` can still check it.
     """
     state = get_smart_state(model)
+    if any(is_sharded(layer.weight) for layer in state.layers):
+        raise ValueError(
+            "squash needs whole parameters, but this model is sharded by FSDP; save with SmartTrainer.save_model "
+            "(it gathers a full state dict first) or squash an unsharded copy."
+        )
     harden(model)
     apply_hard_masks_(model)
     metadata = {k: v for k, v in pruning_metadata(state).items() if k != "report"}
@@ -172,7 +200,7 @@ def squash(model: nn.Module) -> nn.Module:
         del layer._parameters[SCORES_NAME]
         del layer._buffers[MASK_NAME]
         layer.__class__ = layer.smart_base_class
-        for attr in ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot"):
+        for attr in ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot", "_smart_hard_factor"):
             layer.__dict__.pop(attr, None)
     for handle in state.hook_handles:
         handle.remove()

@@ -25,6 +25,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from .callbacks import STAGE_PRETRAIN, SmartCallback
 from .config import SmartConfig
 from .constants import SCORES_NAME
+from .distributed import has_sharded_parameters, unsharded_copy
 from .export import save_pruned
 from .inject import prepare_model
 from .lifecycle import get_smart_state, set_mode
@@ -173,7 +174,7 @@ class SmartTrainer(Trainer):
         if _internal_call:
             return self._save_checkpoint_weights(output_dir or self.args.output_dir)
         output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
+        if self.args.should_save or has_sharded_parameters(self.model):  # FSDP2: every rank joins the gather
             save_pruned(
                 self.model,
                 output_dir,
@@ -182,6 +183,7 @@ class SmartTrainer(Trainer):
                 save_plots=self.args.save_plots,
                 stages=self.smart_callback.stages,
             )
+        if self.args.should_save:
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub:  # Trainer semantics: a user's save_model also pushes
             self.push_to_hub(commit_message="Model save")
@@ -207,6 +209,7 @@ class SmartTrainer(Trainer):
         from .hub import metrics_from_log_history, push_pruned_to_hub
 
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        model = unsharded_copy(self.model) if has_sharded_parameters(self.model) else self.model  # FSDP2: all ranks
         if not self.is_world_process_zero():
             return None
         repo_id = (
@@ -217,7 +220,7 @@ class SmartTrainer(Trainer):
         if kwargs:
             logger.info("smart_hf: push_to_hub ignores model-card fields %s", sorted(kwargs))
         result = push_pruned_to_hub(
-            self.model,
+            model,
             repo_id,
             token=token if token is not None else self.args.hub_token,
             private=private if private is not None else self.args.hub_private_repo,

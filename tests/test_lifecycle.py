@@ -267,3 +267,13 @@ def test_activation_init_with_calibration_batches_runs_the_lifecycle():
     assert all(layer.smart_scores.grad is not None for layer in state.layers)
     harden(model)
     assert sparsity_report(model)["total"]["sparsity"] == pytest.approx(0.5, abs=16 / 30000)
+
+
+def test_fsdp1_wrapper_is_a_clear_error():
+    """FSDP1's flat parameters hide the per-layer weights and scores: refuse it and name FSDP2."""
+    model = prepare_model(tiny_vit(), SmartConfig())
+    FullyShardedDataParallel = type("FullyShardedDataParallel", (torch.nn.Module,), {})
+    wrapper = FullyShardedDataParallel()
+    wrapper.module = model
+    with pytest.raises(ValueError, match="fsdp_version: 2"):
+        get_smart_state(wrapper)
