@@ -10,14 +10,25 @@ For a DeiT-tiny-shaped ViT (192 hidden, 12 layers, 224px, 197 tokens) and a Mini
 * ``bsr``: the same squashed model after ``smart_hf.to_sparse_kernels(model, "bsr")``.
 * ``slim``: SMART ``channel`` masks at ``--sparsity``, squashed and ``smart_hf.slim(model)`` (uniform): pruned FFN
   channels removed; channel masks on attention / output projections stay as zeros in place.
+* ``slim-heads``: ``channel`` masks at ``--sparsity`` with a per-layer budget plus value-projection head blocks
+  (``smart_hf.head_pruning_overrides(model, --head-sparsity)``), ``slim(model, mode="per_layer")``: pruned FFN
+  channels *and* whole attention heads removed (DeiT-tiny has 3 heads: ``--head-sparsity 0.5`` keeps
+  ``round(1.5) = 2``; MiniLM keeps 6 of 12).
 
-For every batch size it reports the median latency (``--repeats`` warm runs), the measured speed-up over dense, the
+``--models resnet-50`` (not in the default list: seconds per forward on a small CPU) benchmarks a ResNet-50 (224px)
+with variants ``dense`` and ``slim`` (``channel`` masks, ``slim(model, mode="per_layer")``: conv -> BN -> conv chains).
+Its BatchNorm statistics are randomised so that pruned channels emit constants of both signs, as in a trained net:
+the ones feeding a zero-padded 3x3 conv with a non-zero constant stay masked (`slim` reports them).
+
+For every batch size it reports the median latency (``--repeats`` warm runs, taken round-robin over the variants so
+that a shared machine's load hits all of them alike), the measured speed-up over dense, the
 *ideal* speed-up (dense FLOPs / FLOPs if every zero weight were skipped; linears, convs and the attention matmuls
-counted), the parameter/weight memory and the peak memory allocated during one forward (torch profiler with
+of the heads each model really has counted), the parameter/weight memory and the peak memory allocated during one forward (torch profiler with
 ``profile_memory``, op granularity). Prints a markdown table and writes JSON to ``--out``.
 
     HF_HUB_OFFLINE=1 python scripts/bench_inference.py              # full run
-    HF_HUB_OFFLINE=1 python scripts/bench_inference.py --smoke      # seconds; for CI
+    HF_HUB_OFFLINE=1 python scripts/bench_inference.py --smoke      # seconds; for CI (the four original variants)
+    HF_HUB_OFFLINE=1 python scripts/bench_inference.py --models resnet-50 --batches 1 8
 """
 
 from __future__ import annotations
@@ -39,14 +50,23 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import smart_hf as sh  # noqa: E402
+from smart_hf.slim_heads import find_attention_blocks, head_pruning_overrides  # noqa: E402
+from smart_hf.slim_macs import attention_macs  # noqa: E402
 from smart_hf.sparse import BSRLinear  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*Sparse BSR tensor support is in beta.*")
 
 
+VARIANTS = ("dense", "squashed", "bsr", "slim", "slim-heads")
+SMOKE_VARIANTS = ("dense", "squashed", "bsr", "slim")
+CNN_VARIANTS = ("dense", "slim")
+
+
 def build(name: str, smoke: bool):
     from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
 
+    if name == "resnet-50":
+        return build_resnet(smoke)
     if name == "deit-tiny":
         kw = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768)
         kw.update(image_size=224, patch_size=16, num_labels=1000)
@@ -67,6 +87,21 @@ def build(name: str, smoke: bool):
         "input_ids": torch.randint(0, cfg.vocab_size, (b, seq)),
         "attention_mask": torch.ones(b, seq, dtype=torch.long),
     }
+
+
+def build_resnet(smoke: bool):
+    """ResNet-50 (transformers' default ResNetConfig, 224px) with randomised BatchNorm statistics (see docstring)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    cfg = ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1]) if smoke else ResNetConfig()
+    size = 32 if smoke else 224
+    model = ResNetForImageClassification(cfg).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.bias.normal_(0.0, 0.1)
+    return model, lambda b: {"pixel_values": torch.randn(b, 3, size, size)}
 
 
 def flops(model: nn.Module, inputs: dict) -> tuple[float, float]:
@@ -99,13 +134,24 @@ def flops(model: nn.Module, inputs: dict) -> tuple[float, float]:
         model(**inputs)
     for h in handles:
         h.remove()
+    attention = 2 * attention_flops_macs(model, inputs)  # QK^T and AV, 2 FLOPs per MAC
+    return totals[0] + attention, totals[1] + attention
+
+
+def attention_flops_macs(model: nn.Module, inputs: dict) -> int:
+    """MACs of the attention matmuls with the heads each block really has (slim-heads removes some)."""
+    blocks = find_attention_blocks(model)
+    if not blocks:
+        return 0
     cfg = model.config
     if "pixel_values" in inputs:
         b, seq = inputs["pixel_values"].shape[0], (cfg.image_size // cfg.patch_size) ** 2 + 1
     else:
         b, seq = inputs["input_ids"].shape
-    attention = cfg.num_hidden_layers * 4 * b * seq * seq * cfg.hidden_size  # QK^T and AV
-    return totals[0] + attention, totals[1] + attention
+    widths = [model.get_submodule(block["v"]).out_features for block in blocks]
+    return sum(
+        attention_macs(seq, width // block["head_dim"], block["head_dim"], b) for width, block in zip(widths, blocks)
+    )
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -131,18 +177,24 @@ def peak_forward_bytes(model: nn.Module, inputs: dict) -> int:
     return int(peak)
 
 
-def latency_ms(model: nn.Module, inputs: dict, repeats: int) -> list[float]:
+def latency_ms(models: dict[str, nn.Module], inputs: dict, repeats: int) -> dict[str, list[float]]:
+    """Per variant, ``repeats`` forward times in ms, measured round-robin (one forward of every variant per round,
+    after one warm-up each): on a shared machine every variant sees the same background load, so the ratios between
+    variants stay meaningful even when the absolute times are not."""
+    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        model(**inputs)  # warm-up
-        times = []
+        for model in models.values():
+            model(**inputs)  # warm-up
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(**inputs)
-            times.append(1e3 * (time.perf_counter() - t0))
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model(**inputs)
+                times[name].append(1e3 * (time.perf_counter() - t0))
     return times
 
 
-def variants(name: str, smoke: bool, sparsity: float, block: int):
+def variants(name: str, smoke: bool, sparsity: float, block: int, wanted: tuple[str, ...], head_sparsity: float):
+    """The pruned variants of one model at one sparsity (same random weights), plus facts about them."""
     torch.manual_seed(0)
     dense, make_inputs = build(name, smoke)
     state = {k: v.clone() for k, v in dense.state_dict().items()}
@@ -152,26 +204,38 @@ def variants(name: str, smoke: bool, sparsity: float, block: int):
         model.load_state_dict(state)
         return model.eval()
 
-    squashed = fresh()
-    sh.prepare_model(squashed, sh.SmartConfig(pattern="block", block_shape=[block, block], sparsity=sparsity))
-    sh.squash(squashed)
-    bsr = fresh()
-    bsr.load_state_dict(squashed.state_dict())
-    bsr.config.smart_hf = squashed.config.smart_hf
-    converted = sh.to_sparse_kernels(bsr, format="bsr")["converted"]
-    slim = fresh()
-    sh.prepare_model(slim, sh.SmartConfig(pattern="channel", sparsity=sparsity))
-    slim_summary = sh.slim(slim)
-    # the slim model's "ideal" counts the remaining in-place zeros of the channel masks as skippable too
-    return (
-        make_inputs,
-        {"dense": dense, "squashed": squashed, "bsr": bsr, "slim": slim},
-        {
-            "bsr_layers": len(converted),
-            "slim_intermediate_size": slim.config.intermediate_size,
-            "slim_params_removed": slim_summary["params_removed"],
-        },
-    )
+    models, info = {"dense": dense}, {}
+    if "squashed" in wanted or "bsr" in wanted:
+        squashed = fresh()
+        sh.prepare_model(squashed, sh.SmartConfig(pattern="block", block_shape=[block, block], sparsity=sparsity))
+        sh.squash(squashed)
+        models["squashed"] = squashed
+    if "bsr" in wanted:
+        bsr = fresh()
+        bsr.load_state_dict(squashed.state_dict())
+        bsr.config.smart_hf = squashed.config.smart_hf
+        info["bsr_layers"] = len(sh.to_sparse_kernels(bsr, format="bsr")["converted"])
+        models["bsr"] = bsr
+    if "slim" in wanted:
+        slim = fresh()
+        sh.prepare_model(slim, sh.SmartConfig(pattern="channel", sparsity=sparsity))
+        summary = sh.slim(slim, mode="per_layer" if name == "resnet-50" else "uniform")
+        info["slim_params_removed"] = summary["params_removed"]
+        info["slim_heads_kept_per_layer"] = [h["after"] for h in summary["heads"]]  # whole heads a channel mask hit
+        info["slim_conv_channels_left_masked"] = sum(c["kept_masked"] for c in summary["convs"])
+        models["slim"] = slim
+    if "slim-heads" in wanted:
+        heads = fresh()
+        overrides = head_pruning_overrides(heads, sparsity=head_sparsity)
+        sh.prepare_model(
+            heads, sh.SmartConfig(pattern="channel", sparsity=sparsity, budget="layer", overrides=overrides)
+        )
+        summary = sh.slim(heads, mode="per_layer")
+        info["heads_kept_per_layer"] = [h["after"] for h in summary["heads"]]
+        info["heads_params_removed"] = summary["params_removed"]
+        models["slim-heads"] = heads
+    models = {k: v for k, v in models.items() if k in wanted}
+    return make_inputs, models, info
 
 
 def main() -> int:
@@ -182,21 +246,27 @@ def main() -> int:
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.9])
     parser.add_argument("--block", type=int, default=32, help="block side for the block/BSR variant")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--models", nargs="+", default=["deit-tiny", "minilm-l6"])
+    parser.add_argument("--models", nargs="+", default=["deit-tiny", "minilm-l6"], help="also: resnet-50")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=None, help="default: all (--smoke: the four original ones)"
+    )
+    parser.add_argument("--head-sparsity", type=float, default=0.5, help="fraction of heads pruned (slim-heads)")
     parser.add_argument("--out", default="docs/results/bench_inference.json")
     args = parser.parse_args()
     if args.smoke:
         args.repeats, args.batches, args.block, args.sparsity = 1, [1, 2], 8, [0.5]
+    wanted = tuple(dict.fromkeys(("dense", *(args.variants or (SMOKE_VARIANTS if args.smoke else VARIANTS)))))
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
         for sparsity in args.sparsity:
-            make_inputs, models, info = variants(name, args.smoke, sparsity, args.block)
+            kinds = tuple(v for v in wanted if v in CNN_VARIANTS) if name == "resnet-50" else wanted
+            make_inputs, models, info = variants(name, args.smoke, sparsity, args.block, kinds, args.head_sparsity)
             for batch in args.batches:
                 inputs = make_inputs(batch)
-                base = None
+                base, all_times = None, latency_ms(models, inputs, args.repeats)
                 for variant, model in models.items():
-                    times = latency_ms(model, inputs, args.repeats)
+                    times = all_times[variant]
                     dense_flops, nnz_flops = flops(model, inputs)
                     median = statistics.median(times)
                     base = median if variant == "dense" else base
@@ -246,7 +316,14 @@ def main() -> int:
             "loadavg_1m_at_end": os.getloadavg()[0],
             "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
-        "settings": {"repeats": args.repeats, "block": args.block, "sparsity": args.sparsity, "batches": args.batches},
+        "settings": {
+            "repeats": args.repeats,
+            "block": args.block,
+            "sparsity": args.sparsity,
+            "head_sparsity": args.head_sparsity,
+            "batches": args.batches,
+            "variants": list(wanted),
+        },
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,9 @@
 """`slim`: pruned FFN channels, attention heads and CNN chain channels removed physically; outputs unchanged,
 parameters and MACs fall as predicted, loadable."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import resnet_inputs, text_inputs, tiny_bert, tiny_resnet, tiny_vit, vit_inputs
@@ -11,7 +14,7 @@ import smart_hf as sh
 from smart_hf.export import save_pruned
 from smart_hf.slim_cnn import find_conv_chains, pruned_channel_outputs
 from smart_hf.slim_heads import find_attention_blocks
-from smart_hf.slim_macs import conv_macs, transformer_layer_macs
+from smart_hf.slim_macs import attention_macs, conv_macs, transformer_layer_macs
 from smart_hf.slimming import find_ffn_pairs, head_pruning_overrides, load_slim, slim
 
 ARCHS = {
@@ -469,3 +472,30 @@ def test_head_and_cnn_errors_name_the_fix():
         resnet = tiny_resnet()
         sh.prepare_model(resnet, sh.SmartConfig(pattern="block", block_shape=[1, 4]))
         slim(resnet, mode="per_layer")
+
+
+def _bench_inference_module():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_inference_builds_the_head_and_resnet_slim_variants():
+    """test_sparse.py smoke-runs the four original variants; this covers slim-heads and the ResNet row in-process."""
+    bench = _bench_inference_module()
+    for name, variant in (("deit-tiny", "slim-heads"), ("resnet-50", "slim")):
+        make_inputs, models, info = bench.variants(name, True, 0.5, 8, ("dense", variant), 0.5)
+        assert set(models) == {"dense", variant}
+        inputs = make_inputs(1)
+        dense_flops, _ = bench.flops(models["dense"], inputs)
+        slim_flops, _ = bench.flops(models[variant], inputs)
+        assert slim_flops < dense_flops
+        assert bench.weight_bytes(models[variant]) < bench.weight_bytes(models["dense"])
+        if variant == "slim-heads":  # smoke DeiT: 2 heads, half removed; the attention term counts 1 head
+            assert info["heads_kept_per_layer"] == [1]
+            block = find_attention_blocks(models[variant])[0]
+            tokens = (models[variant].config.image_size // models[variant].config.patch_size) ** 2 + 1
+            expected = attention_macs(tokens, 1, block["head_dim"])
+            assert bench.attention_flops_macs(models[variant], inputs) == expected
