@@ -38,6 +38,7 @@ from .config import SmartConfig
 from .constants import REPORT_NAME
 from .granularity import UnitLayout
 from .inject import _settings_for
+from .lifecycle import unwrap_model
 from .masking import SmartState
 from .report import layer_report, sparsity_report
 
@@ -83,6 +84,8 @@ def _report_and_config(obj, target) -> tuple[dict, SmartConfig, list[str]]:
         return _folder_report(obj, target)
     if isinstance(obj, Mapping):
         return _state_dict_report(obj, target)
+    if isinstance(obj, nn.Module) and not isinstance(obj, SmartState):
+        obj = unwrap_model(obj)  # DDP / accelerate wrappers hold the prepared model under .module
     state = obj if isinstance(obj, SmartState) else getattr(obj, "smart_state", None)
     if isinstance(state, SmartState):
         return sparsity_report(state), _target_config(target, state.smart_config), []
