@@ -41,7 +41,7 @@ from .slim_heads import apply_heads, head_pruning_overrides, plan_heads, resize_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["find_ffn_pairs", "head_pruning_overrides", "load_slim", "save_slim_weights", "slim"]
+__all__ = ["find_ffn_pairs", "head_pruning_overrides", "load_slim", "save_slim_weights", "slim", "slimmed_widths"]
 
 MODES = ("uniform", "per_layer")
 _DEFAULT_REASON = "its outputs feed a residual addition or a consumer slim does not handle"
@@ -151,6 +151,26 @@ def _left_masked(layers: dict, notes: dict, handled: set, convs: list[dict]) -> 
         elif info["pattern"] == "channel" and name not in handled | done:
             left.append({"name": name, "reason": _DEFAULT_REASON})
     return left
+
+
+def slimmed_widths(slim_meta: dict) -> dict[str, dict[str, tuple[int, int]]]:
+    """Which layers `slim` resized and how: ``{layer name: {"out": (before, after), "in": (before, after)}}`` with
+    only the changed axes, counted in rows / input columns (for convs: channels). Built from the summary recorded in
+    ``config.smart_hf["slim"]``: fc1 rows and fc2 columns; q/k/v rows and o columns (``heads * head_dim``); conv
+    rows and the consumer conv's input channels. For bookkeeping that needs the pre-slim geometry (budgets)."""
+    widths: dict[str, dict[str, tuple[int, int]]] = {}
+    for pair in slim_meta.get("pairs", []):
+        widths.setdefault(pair["fc1"], {})["out"] = (pair["before"], pair["after"])
+        widths.setdefault(pair["fc2"], {})["in"] = (pair["before"], pair["after"])
+    for block in slim_meta.get("heads", []):
+        change = (block["before"] * block["head_dim"], block["after"] * block["head_dim"])
+        for key in ("q", "k", "v"):
+            widths.setdefault(block[key], {})["out"] = change
+        widths.setdefault(block["o"], {})["in"] = change
+    for chain in slim_meta.get("convs", []):
+        widths.setdefault(chain["conv"], {})["out"] = (chain["before"], chain["after"])
+        widths.setdefault(chain["consumer"], {})["in"] = (chain["before"], chain["after"])
+    return widths
 
 
 def save_slim_weights(model: nn.Module, output_dir: str | os.PathLike) -> None:

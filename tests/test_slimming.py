@@ -15,7 +15,7 @@ from smart_hf.export import save_pruned
 from smart_hf.slim_cnn import find_conv_chains, pruned_channel_outputs
 from smart_hf.slim_heads import find_attention_blocks
 from smart_hf.slim_macs import attention_macs, conv_macs, transformer_layer_macs
-from smart_hf.slimming import find_ffn_pairs, head_pruning_overrides, load_slim, slim
+from smart_hf.slimming import find_ffn_pairs, head_pruning_overrides, load_slim, slim, slimmed_widths
 
 ARCHS = {
     "vit": (tiny_vit, vit_inputs, AutoModelForImageClassification, "mlp.fc1", "mlp.fc2"),
@@ -463,6 +463,23 @@ def test_conv_macs_prediction_matches_the_slim_module_shapes():
         for name, shape in _conv_output_shapes(model, inputs).items()
     )
     assert predicted == counted < dense
+
+
+@pytest.mark.parametrize("arch", ["vit", "bert", "resnet"])
+def test_slimmed_widths_describe_every_changed_shape(arch):
+    factory = {"vit": tiny_vit, "bert": tiny_bert, "resnet": tiny_resnet}[arch]
+    model = _pruned_resnet() if arch == "resnet" else _head_pruned(factory)
+    dense_shapes = {n: m.weight.shape for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    summary = slim(model, mode="per_layer")
+    widths = slimmed_widths(model.config.smart_hf["slim"])
+    assert widths and summary["params_removed"] > 0
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            change = widths.get(name, {})
+            expected_out = change.get("out", (dense_shapes[name][0],) * 2)
+            expected_in = change.get("in", (dense_shapes[name][1],) * 2)
+            assert (dense_shapes[name][0], dense_shapes[name][1]) == (expected_out[0], expected_in[0])
+            assert tuple(module.weight.shape[:2]) == (expected_out[1], expected_in[1])
 
 
 def test_head_and_cnn_errors_name_the_fix():
