@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .distributed import full_tensor
 from .granularity import UnitLayout, canonical_weight
 from .masking import MODE_HARD, SmartState
 
@@ -83,7 +84,8 @@ def sparsity_report(model: nn.Module | SmartState) -> dict:
     """Per-layer and total sparsity of a prepared or squashed model, with a validity check.
 
     Returns ``{"mode", "layers": [row, ...], "total": {"weights", "zeros", "sparsity"}, "valid"}``; in ``"soft"``
-    mode (still searching) the rows describe the masks `harden` would choose now.
+    mode (still searching) the rows describe the masks `harden` would choose now. Under FSDP2 the sharded weights
+    are all-gathered, so every rank must call it (as `SmartCallback` does, on every rank).
     """
     if isinstance(model, SmartState):
         state = model
@@ -111,7 +113,7 @@ def _prepared_rows(state: SmartState) -> list[dict]:
     rows = []
     for gi, group in enumerate(state.groups):
         for layer, mask in zip(group.layers, state.binary_group_masks(gi)):
-            weight = layer.weight.detach()
+            weight = full_tensor(layer.weight.detach())  # FSDP2 shard -> whole weight (a collective)
             if state._mode != MODE_HARD:  # still searching: describe the weights `harden` would leave
                 weight = layer.smart_layout.apply(weight, mask.to(weight.device))
             rows.append(layer_report(names[id(layer)], weight, layer.smart_layout, mask))

@@ -94,3 +94,58 @@ def test_report_errors_and_format():
         sparsity_report(model)
     text = format_report(sparsity_report(prepare_model(tiny_vit(), SmartConfig(pattern="nm"))), max_rows=3)
     assert "2:4" in text and "... 9 more layers" in text and text.splitlines()[-1].startswith("total (soft)")
+
+
+FSDP2_SCRIPT = r"""
+import json, os, sys
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+sys.path.insert(0, "tests")
+import tiny_models
+import smart_hf as sh
+from smart_hf.invariants import check_sparsity
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = sh.prepare_model(tiny_models.tiny_vit(), sh.SmartConfig(pattern=sys.argv[1]))
+for block in model.vit.layers:
+    fully_shard(block)
+fully_shard(model)
+out = {"sharded": type(sh.get_smart_state(model).layers[0].weight).__name__, "soft": sh.sparsity_report(model)["total"]}
+sh.harden(model)
+out["hard"] = check_sparsity(model)["total"]
+dist.destroy_process_group()
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("pattern", ["block", "nm"])
+def test_report_and_check_of_an_fsdp2_sharded_model(pattern, tmp_path):
+    """Under FSDP2 the weights are DTensor shards: the report gathers them (every rank calls it, as SmartCallback's
+    on_log / on_train_end do) and counts exactly what the unsharded model holds."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from smart_hf.invariants import check_sparsity
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
+    env["LOCAL_RANK"], env["OMP_NUM_THREADS"] = "0", "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", FSDP2_SCRIPT, pattern], env=env, cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    torch.manual_seed(0)
+    model = prepare_model(tiny_vit(), SmartConfig(pattern=pattern))
+    assert out["sharded"] == "DTensor"
+    assert out["soft"] == sparsity_report(model)["total"]
+    harden(model)
+    assert out["hard"] == check_sparsity(model)["total"]
