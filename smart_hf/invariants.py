@@ -21,7 +21,9 @@ cannot tell a pruned unit from a kept unit whose weights are all exactly zero: s
 makes a squashed model fail the exact count) -- in practice that only happens to layers initialised to zero.
 A squashed model also fails when a layer holds fewer zeros than ``config.smart_hf`` recorded at export (its zeros
 were refilled). For a slimmed model (`smart_hf.slim`) the removed FFN channels count as pruned units of their original
-layer, and the totals count removed weights as zeros.
+layer, and the totals count removed weights as zeros; this holds for FFN channels, attention heads and conv chains
+(`smart_hf.slimming.slimmed_widths`). The q/k rows of a removed head may have been kept units: for those layers the
+check is that the budget lies between what the slim weight keeps and that plus the removed units.
 """
 
 from __future__ import annotations
@@ -165,9 +167,11 @@ def _state_dict_report(state_dict: Mapping, target) -> tuple[dict, SmartConfig, 
 def refilled_layers(rows: list[dict], meta: Mapping) -> list[str]:
     """Problems for layers holding fewer zero weights than ``config.smart_hf`` recorded when the model was exported
     (``round(recorded_sparsity * weights)``): their zeros were refilled since, e.g. by a stock fine-tune. More zeros
-    than recorded is not flagged (a kept weight may become exactly zero). Slimmed FFN layers changed shape on purpose
-    and are skipped."""
-    slimmed = {pair[key] for pair in (meta.get("slim") or {}).get("pairs", []) for key in ("fc1", "fc2")}
+    than recorded is not flagged (a kept weight may become exactly zero). Slimmed layers changed shape on purpose and
+    are skipped."""
+    from .slimming import slimmed_widths
+
+    slimmed = slimmed_widths(meta.get("slim") or {})
     problems = []
     for row in rows:
         recorded = meta["layers"].get(row["name"], {}).get("sparsity")
@@ -183,29 +187,41 @@ def refilled_layers(rows: list[dict], meta: Mapping) -> list[str]:
 
 
 def _unslimmed(report: dict, slim_meta: dict | None) -> dict:
-    """Count the channels `slim` removed as pruned units of their original layers (fc1 rows, fc2 input width), so the
-    budget is checked against the pre-slim geometry: ``units += before - after`` for fc1, ``unit_cost = before``
-    (times the kernel size, 1 for linears) for fc2."""
+    """Rows of a slimmed model (`smart_hf.slim`: FFN channels, attention heads, conv chains) rewritten to the
+    geometry before slimming, so the budget is checked against what was pruned: each resized layer gets its
+    pre-slim `UnitLayout` (from `slimmed_widths`), removed units count as pruned and removed weights as zeros;
+    ``units_kept`` stays what the slim weight keeps."""
     if not slim_meta:
         return report
-    rows = {row["name"]: row for row in report["layers"]}
-    for pair in slim_meta["pairs"]:
-        removed = pair["before"] - pair["after"]
-        fc1, fc2 = rows.get(pair["fc1"]), rows.get(pair["fc2"])
-        if fc1 is not None and fc1["pattern"] == "channel":
-            fc1["units"] += removed
-            fc1["zeros"] += removed * fc1["unit_cost"]
-            fc1["weights"] = fc1["units"] * fc1["unit_cost"]
-        if fc2 is not None and fc2["pattern"] == "channel":
-            fc2["unit_cost"] = fc2["unit_cost"] // pair["after"] * pair["before"]
-            fc2["zeros"] += fc2["units"] * removed * (fc2["unit_cost"] // pair["before"])
-            fc2["weights"] = fc2["units"] * fc2["unit_cost"]
+    from .slimming import slimmed_widths
+
+    widths = slimmed_widths(slim_meta)
+    # q/k rows go with their head once its values are pruned, whether or not their own channel was kept
+    dependent = {block[key] for block in slim_meta.get("heads", []) for key in ("q", "k")}
     for row in report["layers"]:
+        if row["name"] in widths:
+            _restore_pre_slim_geometry(row, widths[row["name"]], row["name"] in dependent)
         row["sparsity"] = row["zeros"] / row["weights"]
     weights = sum(r["weights"] for r in report["layers"])
     zeros = sum(r["zeros"] for r in report["layers"])
     report["total"] = {"weights": weights, "zeros": zeros, "sparsity": zeros / max(weights, 1)}
     return report
+
+
+def _restore_pre_slim_geometry(row: dict, change: dict[str, tuple[int, int]], dependent: bool) -> None:
+    """``change``: ``{"out"|"in": (before, after)}`` rows / input columns (Conv1D stores ``(in, out)``). For a
+    ``dependent`` layer the removed units may have been kept ones: they are recorded as ``units_unknown``."""
+    shape = list(row["shape"])
+    out_axis, in_axis = (1, 0) if row["kind"] == "conv1d" else (0, 1)
+    for axis, key in ((out_axis, "out"), (in_axis, "in")):
+        if key in change:
+            shape[axis] = change[key][0]
+    before = UnitLayout(row["kind"], tuple(shape), row["pattern"], tuple(row["block_shape"]), row["n"], row["m"])
+    row["zeros"] += before.num_weights - row["weights"]
+    if dependent and row["pattern"] != "nm":
+        row["units_unknown"] = before.num_units - row["units"]
+    row["units"] = before.num_weights if row["pattern"] == "nm" else before.num_units
+    row["unit_cost"], row["weights"] = before.unit_cost, before.num_weights
 
 
 def budget_problems(rows: list[dict], config: SmartConfig) -> tuple[list[dict], list[str]]:
@@ -230,8 +246,9 @@ def budget_problems(rows: list[dict], config: SmartConfig) -> tuple[list[dict], 
             continue
         if config.budget == "layer":
             expected = layer_keep_units(row["units"], settings.sparsity)
-            found = row["units_kept"]
-            entries.append(_entry("layer", settings.sparsity, [row], expected, found, "units", expected == found))
+            found, unknown = row["units_kept"], row.get("units_unknown", 0)
+            ok = found <= expected <= found + unknown
+            entries.append(_entry("layer", settings.sparsity, [row], expected, _found(found, unknown), "units", ok))
         else:
             shared.setdefault(settings.sparsity, []).append(row)
     for sparsity, members in shared.items():
@@ -274,11 +291,18 @@ def _global_entry(sparsity: float, rows: list[dict]) -> dict:
         cost = costs.pop()
         total_units = sum(r["units"] for r in rows)
         expected = min(total_units, max(0, math.ceil(budget / cost - 0.5)))
-        found = sum(r["units_kept"] for r in rows)
-        return _entry("global", sparsity, rows, expected, found, f"units of {cost} weights", expected == found)
+        found, unknown = sum(r["units_kept"] for r in rows), sum(r.get("units_unknown", 0) for r in rows)
+        ok = found <= expected <= found + unknown
+        return _entry("global", sparsity, rows, expected, _found(found, unknown), f"units of {cost} weights", ok)
     kept = sum(r["units_kept"] * r["unit_cost"] for r in rows)
+    unknown = sum(r.get("units_unknown", 0) * r["unit_cost"] for r in rows)
     last = max((r["unit_cost"] for r in rows if r["units_kept"] > 0), default=0)
     nxt = max((r["unit_cost"] for r in rows if r["units_kept"] < r["units"]), default=0)
-    ok = (kept == 0 or kept - last / 2 < budget) and (nxt == 0 or budget <= kept + nxt / 2)
+    ok = (kept == 0 or kept - last / 2 < budget) and (nxt == 0 or budget <= kept + unknown + nxt / 2)
     expected = f"{budget:.0f} (within half a unit: {budget - nxt / 2:g} <= kept < {budget + last / 2:g})"
-    return _entry("global", sparsity, rows, expected, kept, "weights", ok)
+    return _entry("global", sparsity, rows, expected, _found(kept, unknown), "weights", ok)
+
+
+def _found(kept: int, unknown: int) -> int | str:
+    """What a budget entry found: a count, or a range when slimming removed units of unknown status."""
+    return kept if not unknown else f"{kept} to {kept + unknown} (slimming removed {unknown} of unknown status)"

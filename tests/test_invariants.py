@@ -255,6 +255,53 @@ def test_slim_channel_ffns_keeps_exact_sparsity_and_outputs(runs, mode, tmp_path
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "mode"),
+    [("vit", "uniform"), ("bert", "per_layer"), ("resnet", "per_layer")],
+    ids=["vit", "bert", "resnet"],
+)
+def test_slim_heads_and_conv_chains_keep_the_budget(key, mode, tmp_path):
+    """Whole heads (value-row head blocks, `head_pruning_overrides`) + channel FFNs on ViT / BERT, channel-pruned
+    ResNet conv chains: after slimming, every budget still finds exactly what the prepared model kept (q/k of a
+    removed head: a range around it, as their rows go with the head whether kept or not)."""
+    from smart_hf.slim_heads import head_pruning_overrides
+
+    factory, make_inputs, _ = tiny_models.MODELS[key]
+    torch.manual_seed(0)
+    model = factory().eval()
+    if key == "resnet":
+        config = sh.SmartConfig(pattern="channel", sparsity=0.5)
+    else:
+        config = sh.SmartConfig(pattern="channel", budget="layer", overrides=head_pruning_overrides(model, 0.5))
+    sh.harden(sh.prepare_model(model, config))
+    reference = check_sparsity(model)
+    slim = copy.deepcopy(model)
+    summary = sh.slim(slim, mode=mode)
+    assert summary["params_removed"] > 0 and (summary["heads"] or summary["convs"])
+    result = check_sparsity(slim)
+    heads = {b[key] for b in summary["heads"] for key in ("q", "k")}  # may lose kept rows with their head
+    assert len(result["budget"]) == len(reference["budget"])
+    for entry, ref in zip(result["budget"], reference["budget"]):
+        assert entry["layers"] == ref["layers"] and entry["ok"]
+        if heads.isdisjoint(entry["layers"]):
+            assert entry["found"] == ref["found"]
+        else:  # a range that holds what the prepared model kept
+            low, high = map(int, entry["found"].split(" (")[0].split(" to "))
+            assert low <= ref["found"] <= high and low < high
+    assert result["total"]["weights"] == reference["total"]["weights"]
+    torch.manual_seed(1)
+    batch = make_inputs(batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(slim(**batch).logits, model(**batch).logits, atol=1e-4, rtol=0)
+    sh.save_pruned(slim, str(tmp_path), save_plots=False)
+    reloaded = check_sparsity(str(tmp_path))  # config.json stores the layers sorted by name
+
+    def by_layers(budget):
+        return sorted((sorted(b["layers"]), str(b["found"])) for b in budget)
+
+    assert by_layers(reloaded["budget"]) == by_layers(result["budget"])
+
+
 def test_bsr_kernels_keep_exact_sparsity_and_outputs(runs):
     case = "block4x4-vit"
     prepared = runs[case]["trainer"].model
