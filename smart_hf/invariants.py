@@ -238,7 +238,11 @@ def budget_problems(rows: list[dict], config: SmartConfig) -> tuple[list[dict], 
             problems.append(f"{row['name']}: {mismatch}")
             continue
         guard = reserved_units(row["units"], config.min_layer_density)
-        if row["pattern"] != "nm" and config.budget == "global" and row["units_kept"] < guard:
+        if (
+            row["pattern"] != "nm"
+            and config.budget == "global"
+            and row["units_kept"] + row.get("units_unknown", 0) < guard
+        ):
             problems.append(
                 f"{row['name']}: keeps {row['units_kept']} units, the min_layer_density guard keeps >= {guard}"
             )

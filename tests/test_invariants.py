@@ -341,6 +341,20 @@ def test_a_search_too_short_to_binarise_still_hardens_exactly(tmp_path):
     assert low <= result["total"]["zeros"] <= high
 
 
+@pytest.mark.parametrize(
+    ("optim", "optim_args"), [("sgd", "momentum=0.9,nesterov=true,weight_decay=0.1"), ("rmsprop", "momentum=0.9")]
+)
+def test_momentum_optimizers_cannot_revive_pruned_weights(optim, optim_args, tmp_path):
+    """Search-stage momentum on every weight, then hardening: the raw optimizer step (seen before SmartCallback
+    re-masks) already leaves pruned weights at exactly zero, because hardening zeroed their optimizer state."""
+    case = "block4x4-vit"
+    trainer, before, _ = train_case(case, tmp_path, optim=optim, optim_args=optim_args, weight_decay=0.0)
+    hard = [r for r in before.rows if r["mode"] == "hard"]
+    assert len(hard) == MAX_STEPS - SEARCH_STEPS and all(r["pruned_nonzero"] == 0 for r in hard)
+    moments = trainer.optimizer.state[sh.get_smart_state(trainer.model).layers[0].weight]
+    assert "momentum_buffer" in moments  # the state that would have pushed the pruned weights was really there
+
+
 def test_momentum_without_the_callback_is_flagged_and_remasking_fixes_it():
     """A plain loop whose optimizer carries search-stage momentum into the fine-tune pushes pruned weights off zero:
     `check_sparsity` names the layers, `apply_hard_masks_` (the documented per-step call) restores exact zeros."""
