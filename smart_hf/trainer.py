@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .callbacks import STAGE_PRETRAIN, SmartCallback
@@ -69,6 +69,11 @@ class SmartTrainer(Trainer):
             raise ValueError(
                 f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
                 "SmartTrainingArguments(output_dir=..., ...)."
+            )
+        train_dataset = kwargs.get("train_dataset")
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+            raise ValueError(
+                "train_dataset is empty; pass a dataset with at least one example (check the split and any filtering)."
             )
         prepared = hasattr(model, "smart_state")
         if not prepared and not isinstance(smart_config, SmartConfig):
@@ -184,7 +189,7 @@ class SmartTrainer(Trainer):
                 stages=self.smart_callback.stages,
             )
         if self.args.should_save:
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            self._save_training_args(output_dir)
         if self.args.push_to_hub:  # Trainer semantics: a user's save_model also pushes
             self.push_to_hub(commit_message="Model save")
 
@@ -237,6 +242,13 @@ class SmartTrainer(Trainer):
         )
         return result
 
+    def _save_training_args(self, output_dir: str) -> None:
+        """``training_args.bin`` as the stock Trainer writes it, minus ``hub_token``: the file is a pickle that
+        lands in artifacts people push, and a token must never travel with a model."""
+        safe_args = copy.copy(self.args)
+        safe_args.hub_token = None
+        torch.save(safe_args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
     def _save_checkpoint_weights(self, output_dir: str) -> None:
         """Checkpoint weights under the model's *own* state-dict keys.
 
@@ -261,7 +273,7 @@ class SmartTrainer(Trainer):
             model.config.save_pretrained(output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        self._save_training_args(output_dir)
 
 
 def _is_complete(checkpoint: str | os.PathLike) -> bool:

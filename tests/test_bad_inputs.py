@@ -342,14 +342,6 @@ def test_run_training_with_an_empty_train_split_fails_before_building_the_model(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smart_hf/trainer.py: an empty train_dataset fails deep in torch's sampler ('num_samples should be a "
-    "positive integer value') after the model was prepared. Fix: at the top of SmartTrainer.__init__, "
-    "`train = kwargs.get('train_dataset'); if train is not None and hasattr(train, '__len__') and len(train) == 0: "
-    "raise ValueError('train_dataset is empty; pass a dataset with at least one example (check the split and any "
-    "filtering)')`.",
-)
 def test_smart_trainer_with_an_empty_train_set(tmp_path):
     from smart_hf.trainer import SmartTrainer
 
@@ -686,12 +678,6 @@ def test_cli_never_logs_or_writes_the_token(tmp_path, monkeypatch, caplog, argv)
     assert "--hub_token" in str(card) and "***" in str(card) and SECRET not in str(card)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smart_hf/trainer.py: save_model and _save_checkpoint_weights torch.save(self.args) into "
-    "training_args.bin, a pickle that carries hub_token in clear (and `smart-hf push OUTPUT_DIR` would upload it). "
-    "Fix: save a copy without it, e.g. `safe = copy.copy(self.args); safe.hub_token = None; torch.save(safe, ...)`.",
-)
 def test_saved_trainer_output_holds_no_token(tmp_path):
     from smart_hf.trainer import SmartTrainer
 
