@@ -100,6 +100,17 @@ class SmartCallback(TrainerCallback):
         if get_smart_state(model)._mode == MODE_HARD:
             apply_hard_masks_(model)
 
+    def on_save(self, args, state, control, model=None, **kwargs):
+        """Only pruned (hardened) checkpoints may be "best": a dense or mid-search checkpoint that won
+        ``metric_for_best_model`` would make ``load_best_model_at_end`` end the run on an unpruned model. The Trainer
+        has just picked the best of this evaluation; forget it while the masks are not final, so the first hardened
+        evaluation starts the competition afresh."""
+        if model is not None and get_smart_state(model)._mode != MODE_HARD:
+            state.best_metric = None
+            state.best_model_checkpoint = None
+            if hasattr(state, "best_global_step"):  # transformers >= 5.x keeps the step too
+                state.best_global_step = None
+
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if get_smart_state(model)._mode != MODE_HARD:
             self._harden(model, optimizer)

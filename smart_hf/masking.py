@@ -212,6 +212,12 @@ class SmartState(nn.Module):
     def _flat_scores(self, group: BudgetGroup):
         device = group.layers[0].smart_scores.device
         flat = torch.cat([full_tensor(layer.smart_scores).reshape(-1).to(device) for layer in group.layers])
+        if not torch.isfinite(flat).all():  # the reserved-unit ranking below would silently pick a NaN as "best"
+            raise ValueError(
+                "mask scores contain NaN or Inf (a diverged search); lower the score learning rate "
+                "(score_learning_rate), enable gradient clipping (max_grad_norm) and restart from the last good "
+                "checkpoint."
+            )
         if group.kind == "layer":
             return flat, None, None
         if group.cost is None or group.cost.device != device:  # fixed per group: build once

@@ -278,13 +278,6 @@ def test_nan_scores_during_search_raise_in_the_forward(pattern):
     _raises_naming_fix(ValueError, "lower the score learning rate", lambda: model(**vit_inputs()))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smart_hf/masking.py: SmartState._flat_scores ranks the reserved units with topk/argmax, which picks a "
-    "NaN as the best unit and keeps it out of soft_topk, so one NaN score per layer passes silently (forward and "
-    "harden). Fix: in _flat_scores, after building `flat`, `if not torch.isfinite(flat).all(): raise ValueError("
-    "'mask scores contain NaN or Inf; lower the score learning rate ...')`.",
-)
 def test_single_nan_score_in_a_global_budget_raises():
     model = sh.prepare_model(tiny_vit(), SmartConfig(budget="global"))
     with torch.no_grad():

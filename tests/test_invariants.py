@@ -568,12 +568,6 @@ def test_a_plain_save_pretrained_of_a_searching_model_is_flagged(tmp_path):
         check_sparsity(str(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer.py: with load_best_model_at_end a dense/mid-search checkpoint can win; the run then ends on it, "
-    "hardened one-shot without search or fine-tune (fix: SmartTrainer._determine_best_metric ignores unhardened "
-    "evaluations; see the issue-7 report)",
-)
 def test_load_best_model_at_end_only_picks_a_hardened_checkpoint(tmp_path):
     case = "block4x4-vit"
     evaluations = iter(range(100))
