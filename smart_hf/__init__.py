@@ -6,6 +6,7 @@ from .config import SmartConfig  # noqa: E402
 from .export import save_pruned  # noqa: E402
 from .hub import push_pruned_to_hub  # noqa: E402
 from .inject import find_targets, prepare_model  # noqa: E402
+from .invariants import check_sparsity  # noqa: E402
 from .lifecycle import (  # noqa: E402
     apply_hard_masks_,
     get_smart_state,
@@ -26,6 +27,7 @@ __all__ = [
     "SmartConfig",
     "__version__",
     "apply_hard_masks_",
+    "check_sparsity",
     "find_targets",
     "format_report",
     "get_smart_state",

@@ -88,6 +88,7 @@ def trainer_worker(out_dir: str, per_device_batch: int) -> None:
     import smart_hf as sh
     import smart_hf.trainer as smart_trainer
     from smart_hf.export import squashed_state_dict
+    from smart_hf.invariants import check_sparsity
     from smart_hf.masking import MODE_HARD, MODE_SOFT
     from smart_hf.trainer import SmartTrainer
     from smart_hf.training_args import SmartTrainingArguments
@@ -182,6 +183,8 @@ def trainer_worker(out_dir: str, per_device_batch: int) -> None:
             "names": smart.targeted_module_names,
             "save_calls": save_calls,
             "sparsity": sh.sparsity_report(smart)["total"]["sparsity"],
+            "verified": check_sparsity(trainer.model)["budget"],
+            "verified_at_train_end": trainer.smart_callback.verification["verified"],
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
@@ -222,6 +225,9 @@ def test_trainer_masks_identical_on_every_rank(trainer_runs):
     assert r0["sparsity"] == r1["sparsity"] == 0.5
     _assert_exact_block_sparsity(loaded, r0["names"], 0.5)
     assert sh.sparsity_report(saved)["total"]["sparsity"] == 0.5
+    # the invariant checker passed on every rank at the end of training, and agrees on the saved folder
+    assert r0["verified_at_train_end"] and r1["verified_at_train_end"] and r0["verified"] == r1["verified"]
+    assert sh.check_sparsity(out / "pruned")["total"] == sh.check_sparsity(saved)["total"]
 
 
 def test_two_processes_match_one_process_with_same_global_batch(trainer_runs):
