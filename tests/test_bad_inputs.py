@@ -684,3 +684,17 @@ def test_saved_trainer_output_holds_no_token(tmp_path):
     leaks = [name for folder in ("out", "ckpt") for name, data in _files(tmp_path / folder).items()
              if SECRET.encode() in data]  # fmt: skip
     assert not leaks, leaks
+
+
+def test_push_with_a_token_never_logs_or_writes_it(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    uploads = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"hf.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append((self.token, kw["folder_path"])))
+    local = tmp_path / "hub"
+    with caplog.at_level(logging.DEBUG):
+        sh.push_pruned_to_hub(_hardened(), "me/x", token=SECRET, local_dir=local, save_plots=False)
+    assert uploads == [(SECRET, str(local))]  # the token did reach huggingface_hub
+    assert SECRET not in caplog.text
+    assert not [name for name, data in _files(local).items() if SECRET.encode() in data]
