@@ -146,6 +146,24 @@ class UnitLayout:
             view = weight.reshape(rows, r, cols, c * self.spatial) * unit_mask.reshape(rows, 1, cols, 1)
         return view.view(weight.shape)
 
+    def zero_pruned_(self, weight: torch.Tensor, unit_mask: torch.Tensor) -> torch.Tensor:
+        """Set the weights of pruned units (``unit_mask == 0``) to exactly 0, in place; returns ``weight``.
+
+        A fill, not a multiply: ``NaN * 0`` and ``Inf * 0`` are NaN, so a non-finite value that an overflowing step
+        left in a pruned weight would survive ``weight * mask``. Blocks use the broadcast views of `apply` (no
+        weight-sized mask); the other patterns broadcast `expand` of the boolean mask.
+        """
+        pruned = unit_mask.to(weight.device) == 0
+        if self.pattern == "block" and self.block_shape != (1, 1) and weight.is_contiguous():
+            r, c = self.block_shape
+            rows, cols = self.out_features // r, self.in_features // c
+            if self.kind == "conv1d":  # stored (in, out): blocks are (c, r) tiles of the transposed plane
+                weight.view(cols, c, rows, r).masked_fill_(pruned.t().reshape(cols, 1, rows, 1), 0)
+            else:
+                weight.view(rows, r, cols, c * self.spatial).masked_fill_(pruned.reshape(rows, 1, cols, 1), 0)
+            return weight
+        return weight.masked_fill_(self.expand(pruned), 0)
+
     def _expand_canonical(self, unit_mask: torch.Tensor) -> torch.Tensor:
         if self.pattern == "block":
             r, c = self.block_shape

@@ -45,8 +45,9 @@ class SmartLayerMixin:
 
     @torch.no_grad()
     def smart_apply_hard_mask_(self) -> None:
-        """Zero the pruned weights in place (keeps them exactly zero through fine-tuning)."""
-        self.weight.copy_(self.smart_layout.apply(self.weight, self.smart_mask))
+        """Set the pruned weights to exactly zero in place (keeps them zero through fine-tuning, including a NaN or
+        Inf that an overflowing optimizer step wrote into one)."""
+        self.smart_layout.zero_pruned_(self.weight, self.smart_mask)
 
     def extra_repr(self) -> str:
         layout = self.smart_layout

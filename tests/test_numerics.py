@@ -181,3 +181,29 @@ def test_gradient_stays_finite_and_budget_neutral_at_the_minimum_temperature():
     assert torch.isfinite(scores.grad).all()
     row_sums = scores.grad.double().sum(-1)
     assert (row_sums.abs() <= 1e-5 * scores.grad.double().abs().sum(-1).clamp_min(1.0)).all()
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("name", ["vit", "gpt2", "resnet"])
+def test_remasking_clears_non_finite_pruned_weights(name, pattern):
+    """An overflowing step can write NaN/Inf into a pruned weight; NaN * 0 is NaN, so re-masking must fill zeros
+    rather than multiply. Kept weights are left exactly as they were."""
+    model, _ = _prepared(name, pattern)
+    sh.harden(model)
+    kept_before, poisoned = {}, 0
+    for i, layer in enumerate(sh.get_smart_state(model).layers):
+        pruned = (layer.smart_layout.expand(layer.smart_mask).expand_as(layer.weight) == 0).nonzero()
+        kept_before[i] = layer.weight.detach().clone()
+        if len(pruned) < 3:  # the global ranking may keep a whole layer
+            continue
+        with torch.no_grad():
+            for j, value in enumerate((float("nan"), float("inf"), float("-inf"))):
+                layer.weight[tuple(pruned[j * len(pruned) // 3])] = value
+        poisoned += 1
+    assert poisoned >= 1
+    sh.apply_hard_masks_(model)
+    for i, layer in enumerate(sh.get_smart_state(model).layers):
+        keep = (layer.smart_layout.expand(layer.smart_mask).expand_as(layer.weight) != 0).bool()
+        assert torch.isfinite(layer.weight).all()
+        assert (layer.weight[~keep] == 0).all()
+        assert torch.equal(layer.weight[keep], kept_before[i][keep])
