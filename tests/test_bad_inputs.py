@@ -219,6 +219,20 @@ def test_prepare_model_refuses_and_leaves_the_model_unchanged(factory, kwargs, e
     _assert_unchanged(model, snap)
 
 
+@pytest.mark.parametrize(
+    ("batches", "phrase"),
+    [([], "pass a non-empty iterable of model input dicts"), ([torch.randn(2, 3, 16, 16)], "must be dicts")],
+    ids=["calibration_data_empty", "calibration_batches_not_dicts"],
+)
+def test_bad_calibration_data_leaves_the_model_unchanged(batches, phrase):
+    model = tiny_vit().train()
+    snap = _snapshot(model)
+    config = SmartConfig(score_init="activation")
+    _raises_naming_fix(ValueError, phrase, lambda: sh.prepare_model(model, config, calibration_data=batches))
+    _assert_unchanged(model, snap)
+    assert model.training  # the calibration pass puts the model back in the mode it found
+
+
 def test_failed_prepare_can_be_retried_with_a_fixed_config():
     """The guard fails after the layers were swapped: they must be swapped back, so a second try works."""
     model = tiny_vit()
