@@ -95,7 +95,7 @@ def _dead_heads(weight: torch.Tensor, heads: int, head_dim: int, axis: str) -> t
     return (weight.reshape(weight.shape[0], heads, head_dim) == 0).all(dim=2).all(dim=0)
 
 
-def _block_notes(model: nn.Module, block: dict, layers: dict) -> str | None:
+def _block_notes(block: dict, layers: dict) -> str | None:
     """Why the heads of this block cannot be sliced without breaking a recorded layout (``None``: they can)."""
     for key, axis in (("q", "out"), ("k", "out"), ("v", "out"), ("o", "in")):
         error = layout_error_after_removal(layers.get(block[key]), axis, block["head_dim"])
@@ -119,7 +119,7 @@ def plan_heads(model: nn.Module, layers: dict) -> tuple[list[dict], dict[str, st
         if o.bias is None and v.bias is not None:  # no bias to hold the constant W_o[:, h] b_v[h]
             dead_v = dead_v & (v.bias.reshape(heads, head_dim) == 0).all(dim=1).cpu()
         removable = dead_v | dead_o
-        error = _block_notes(model, block, layers) if removable.any() else None
+        error = _block_notes(block, layers) if removable.any() else None
         if error:
             notes[block["v"]] = f"heads not removed: {error}"
             continue
