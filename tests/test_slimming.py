@@ -259,6 +259,35 @@ def test_uniform_slim_leaves_bert_heads_masked_and_names_per_layer():
         slim(heads_only)
 
 
+def test_uniform_head_slim_pads_layers_that_lost_fewer_heads(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4
+    )
+    model = ViTForImageClassification(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.bias.normal_()
+    sh.prepare_model(model, sh.SmartConfig(pattern="channel", sparsity=0.25, budget="layer"))
+    sh.squash(model)
+    with torch.no_grad():  # heads {0, 1} of layer 0 and head {2} of layer 1 lose every value row
+        for layer, heads in ((0, (0, 1)), (1, (2,))):
+            for head in heads:
+                model.vit.layers[layer].attention.v_proj.weight[head * 8 : (head + 1) * 8] = 0
+    inputs = vit_inputs()
+    masked = _logits(model, inputs)
+    summary = slim(model)
+    assert [h["after"] for h in summary["heads"]] == [3, 3]  # layer 0 keeps one removable head: exact padding
+    assert (model.config.num_attention_heads, model.config.head_dim) == (3, 8)
+    torch.testing.assert_close(_logits(model, inputs), masked, atol=1e-4, rtol=0)
+    save_pruned(model, tmp_path, save_plots=False)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(loaded, inputs), masked, atol=1e-4, rtol=0)
+
+
 def test_head_slim_with_a_partly_pruned_head_keeps_it():
     model = _head_pruned(tiny_vit)
     sh.squash(model)
