@@ -413,6 +413,31 @@ def _predicted_conv_params_removed(model, widths):
     return removed
 
 
+def test_basic_block_resnet_removes_only_zero_constant_channels(tmp_path):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(1)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3)
+    model = ResNetForImageClassification(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.bias.normal_()
+    sh.prepare_model(model, sh.SmartConfig(pattern="channel", sparsity=0.5, budget="layer"))
+    sh.harden(model)
+    inputs = resnet_inputs()
+    masked = _logits(model, inputs)
+    summary = slim(model, mode="per_layer")
+    assert len(summary["convs"]) == 2  # one 3x3 -> 3x3 chain per basic block: zero padding, no fold possible
+    assert all(c["folded"] == 0 for c in summary["convs"])
+    assert sum(c["before"] - c["after"] for c in summary["convs"]) > 0
+    assert sum(c["kept_masked"] for c in summary["convs"]) > 0
+    torch.testing.assert_close(_logits(model, inputs), masked, atol=1e-4, rtol=0)
+    save_pruned(model, tmp_path, save_plots=False)
+    torch.testing.assert_close(_logits(load_slim(tmp_path), inputs), masked, atol=1e-4, rtol=0)
+
+
 def test_conv_chains_are_found_by_structure():
     model = tiny_resnet()
     found = [(c["conv"], c["consumer"]) for c in find_conv_chains(model)]
