@@ -19,7 +19,7 @@ from .lifecycle import (  # noqa: E402
 )
 from .report import format_report, sparsity_report  # noqa: E402
 from .schedule import temperature_at  # noqa: E402
-from .slimming import load_slim, slim  # noqa: E402
+from .slimming import head_pruning_overrides, load_slim, slim  # noqa: E402
 from .sparse import to_sparse_kernels  # noqa: E402
 from .topk import hard_topk, mask_fractionality, soft_topk  # noqa: E402
 
@@ -33,6 +33,7 @@ __all__ = [
     "get_smart_state",
     "hard_topk",
     "harden",
+    "head_pruning_overrides",
     "load_slim",
     "mask_fractionality",
     "prepare_model",

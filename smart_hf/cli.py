@@ -2,7 +2,7 @@
 
 * ``smart-hf train --config recipes/NAME.yaml [--key value ...]``: a SMART run from a recipe.
 * ``smart-hf export OUTPUT_DIR --to DIR [--slim [--mode uniform|per_layer]]``: re-export a pruned artifact (model card
-  included), optionally with the pruned FFN channels removed (`smart_hf.slim`).
+  included), optionally slimmed (`smart_hf.slim`: pruned FFN channels, attention heads, conv-chain channels removed).
 * ``smart-hf push DIR --repo-id ID [--private]``: upload an exported folder with its model card (token: ``HF_TOKEN``
   or ``huggingface-cli login``).
 
@@ -179,7 +179,11 @@ def _export_main(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="smart-hf export", description="Re-export a pruned artifact.")
     parser.add_argument("output_dir", help="folder written by SmartTrainer.save_model / smart-hf train")
     parser.add_argument("--to", required=True, help="folder to write (replaced atomically)")
-    parser.add_argument("--slim", action="store_true", help="remove pruned FFN channels (channel pattern)")
+    parser.add_argument(
+        "--slim",
+        action="store_true",
+        help="remove pruned FFN channels, whole attention heads and ResNet conv-chain channels (channel pattern)",
+    )
     parser.add_argument("--mode", choices=["uniform", "per_layer"], default="uniform", help="slimming mode")
     args = parser.parse_args(rest)
     try:
@@ -190,11 +194,12 @@ def _export_main(rest: list[str]) -> int:
     slim = result["slim"]
     if slim:
         print(
-            f"slimmed {len(slim['pairs'])} FFN(s) ({slim['mode']}): {slim['params_before']:,} -> "
+            f"slimmed {len(slim['pairs'])} FFN(s), {len(slim.get('heads', []))} attention block(s), "
+            f"{len(slim.get('convs', []))} conv chain(s) ({slim['mode']}): {slim['params_before']:,} -> "
             f"{slim['params_after']:,} parameters; left masked in place: {len(slim['left_masked'])} layer(s)"
         )
         if slim["mode"] == "per_layer":
-            print("load it with smart_hf.load_slim(path) (per-layer FFN sizes)")
+            print("load it with smart_hf.load_slim(path) (per-layer sizes)")
     print(f"wrote {args.to}")
     return 0
 

@@ -93,8 +93,9 @@ def _speed_text(metadata: dict) -> str:
     ]
     if "channel-pruned" in tags:
         lines.append(
-            "* **Output channels**: `smart_hf.slim(model)` physically removes the pruned FFN channels (smaller and "
-            "faster everywhere; a uniform slim model still loads with stock `from_pretrained`), or "
+            "* **Output channels**: `smart_hf.slim(model)` physically removes pruned FFN channels, whole attention "
+            "heads and ResNet conv-chain channels (smaller and faster everywhere; a uniform slim model still loads "
+            "with stock `from_pretrained`), or "
             "`smart-hf export DIR --to SLIM_DIR --slim`."
         )
     if "block-sparse" in tags:
@@ -109,6 +110,15 @@ def _speed_text(metadata: dict) -> str:
             "format='2:4')` uses PyTorch's semi-structured sparse kernels; there is no CPU 2:4 kernel."
         )
     return "\n".join(lines)
+
+
+def _slimmed_parts(slim: dict) -> str:
+    parts = [
+        label
+        for key, label in (("pairs", "FFN channels"), ("heads", "attention heads"), ("convs", "conv channels"))
+        if slim.get(key)
+    ]
+    return ", ".join(parts) or "units"
 
 
 def _layer_table(report: dict, max_rows: int = 300) -> str:
@@ -193,12 +203,12 @@ def model_card(
     )
     if slim:
         load = (
-            '```python\nimport smart_hf\n\nmodel = smart_hf.load_slim("REPO_OR_DIR")   # per-layer FFN sizes\n```'
+            '```python\nimport smart_hf\n\nmodel = smart_hf.load_slim("REPO_OR_DIR")   # per-layer sizes\n```'
             if slim.get("mode") == "per_layer"
             else f'```python\nfrom transformers import {cls}\n\nmodel = {cls}.from_pretrained("REPO_OR_DIR")\n```'
         )
         intro += (
-            f" The pruned FFN channels were removed physically ({slim.get('mode')} slimming); "
+            f" Pruned {_slimmed_parts(slim)} were removed physically ({slim.get('mode')} slimming); "
             f"{slim.get('params_removed', 0):,} parameters fewer than the dense model."
         )
     else:
