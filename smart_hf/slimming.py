@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .slim_cnn import chain_candidates, resize_chain_for_load, slim_conv_chain
@@ -40,6 +42,8 @@ from .slim_ffn import apply_ffn, find_ffn_pairs, plan_ffn, resize_ffn_for_load, 
 from .slim_heads import apply_heads, head_pruning_overrides, plan_heads, resize_heads_for_load, uniform_heads_error
 
 logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "name" or "org/name": left to from_pretrained
 
 __all__ = ["find_ffn_pairs", "head_pruning_overrides", "load_slim", "save_slim_weights", "slim", "slimmed_widths"]
 
@@ -209,6 +213,18 @@ def load_slim(path: str | os.PathLike, auto_class=None, **kwargs) -> nn.Module:
     (``config.smart_hf["slim"]``), and the weights loaded strictly.
     ``auto_class`` defaults to the class named in ``config.architectures``.
     """
+    if not os.path.isdir(path) and not _HUB_ID.fullmatch(str(path)):
+        raise ValueError(f"{path} is not a folder; pass the directory written by save_pruned / smart-hf export.")
+    try:
+        return _load_slim(path, auto_class, **kwargs)
+    except (OSError, SafetensorError) as err:
+        raise ValueError(
+            f"could not load the model in {path} ({err}); the weight file is missing or corrupt: re-export it "
+            "with save_pruned / smart-hf export."
+        ) from err
+
+
+def _load_slim(path, auto_class, **kwargs) -> nn.Module:
     import safetensors.torch
     from transformers import AutoConfig
     from transformers.utils import SAFE_WEIGHTS_NAME

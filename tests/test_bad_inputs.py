@@ -428,24 +428,11 @@ def _truncate_weights(folder):
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smart_hf/slimming.py: load_slim lets safetensors' SafetensorError ('incomplete metadata, file not "
-    "fully covered') escape. Fix: wrap the from_pretrained / load_file calls in load_slim in "
-    "`except (OSError, SafetensorError) as err: raise ValueError(f'could not load the weights in {path} ({err}); "
-    "the weight file is missing or corrupt: re-export it with save_pruned / smart-hf export') from err`.",
-)
 def test_load_slim_of_truncated_weights(artifact):
     _truncate_weights(artifact)
     _raises_naming_fix(ValueError, "re-export", lambda: sh.load_slim(artifact))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smart_hf/slimming.py: load_slim of a missing folder raises transformers' OSError 'Repo id must be in "
-    "the form ...'. Fix: start load_slim with `if not os.path.isdir(path) and os.path.sep in str(path): raise "
-    "ValueError(f'{path} is not a folder; pass the directory written by save_pruned / smart-hf export')`.",
-)
 def test_load_slim_of_a_missing_folder(tmp_path):
     _raises_naming_fix(ValueError, "directory written by save_pruned", lambda: sh.load_slim(tmp_path / "gone"))
 
