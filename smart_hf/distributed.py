@@ -10,8 +10,8 @@ in three places, and this module gives each one without touching FSDP internals:
 - harden / score re-initialisation / jitter read whole weights or scores and write new scores:
   `whole_parameters` swaps the named parameters of some layers for whole plain copies, and on exit writes each
   rank's chunk of the chosen ones back into its shard;
-- the per-step hard-mask multiply (`mul_own_rows_`) multiplies a shard by the matching rows of the whole factor,
-  with no communication at all.
+- the per-step hard-mask zeroing (`zero_own_rows_`) fills a shard's pruned entries from the matching rows of the
+  whole mask, with no communication at all.
 
 On plain tensors (single process, DDP, FSDP1 inside ``summon_full_params``) every helper is the identity.
 """
@@ -33,10 +33,10 @@ __all__ = [
     "full_tensor",
     "has_sharded_parameters",
     "is_sharded",
-    "mul_own_rows_",
     "own_rows",
     "unsharded_copy",
     "whole_parameters",
+    "zero_own_rows_",
 ]
 
 
@@ -77,13 +77,11 @@ def own_rows(whole: torch.Tensor, like) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mul_own_rows_(param: torch.Tensor, whole_factor: torch.Tensor) -> None:
-    """``param *= whole_factor`` in place, where ``param`` may be a shard: each rank multiplies its own rows."""
-    if is_sharded(param):
-        local = param.to_local()
-        local.mul_(own_rows(whole_factor, param).to(local.dtype))
-    else:
-        param.mul_(whole_factor.to(param.dtype))
+def zero_own_rows_(param: torch.Tensor, whole_mask: torch.Tensor) -> None:
+    """Write zeros where ``whole_mask == 0``, in place; ``param`` may be a shard: each rank fills its own rows.
+    Filling (not multiplying) also clears a NaN/Inf that reached a pruned weight (NaN * 0 is NaN)."""
+    local = param.to_local() if is_sharded(param) else param
+    local.masked_fill_(own_rows(whole_mask, param) == 0, 0.0)
 
 
 @contextlib.contextmanager

@@ -9,12 +9,14 @@ All of these are what `SmartTrainer` and `SmartCallback` call; a plain training 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 
 import torch
 from torch import nn
 
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
-from .distributed import is_sharded, mul_own_rows_, whole_parameters
+from .distributed import is_sharded, whole_parameters, zero_own_rows_
 from .masking import MODE_DENSE, MODE_HARD, MODE_SOFT, SmartState
 from .schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
 from .scores import collect_activation_stats, init_scores_
@@ -60,8 +62,8 @@ def get_smart_state(model: nn.Module) -> SmartState:
 
 def set_temperature(model: nn.Module, tau: float) -> None:
     """Set the temperature used by the next soft forward."""
-    if not tau > 0:
-        raise ValueError(f"temperature must be > 0, got {tau}.")
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < tau < math.inf:
+        raise ValueError(f"temperature must be a finite number > 0, got {tau!r}; e.g. 1.0 early, 1e-4 at the end.")
     get_smart_state(model).set_temperature(tau)
 
 
@@ -164,7 +166,7 @@ def apply_hard_masks_(model: nn.Module) -> None:
         raise ValueError("apply_hard_masks_ needs hardened masks; call smart_hf.harden(model) first.")
     for layer in state.layers:
         if is_sharded(layer.weight):  # FSDP2: each rank zeroes the pruned entries of its own rows
-            mul_own_rows_(layer.weight, _hard_factor(layer))
+            zero_own_rows_(layer.weight, _hard_factor(layer))
         else:
             layer.smart_apply_hard_mask_()
 

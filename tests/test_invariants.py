@@ -608,11 +608,6 @@ def test_2of4_semi_structured_kernels_keep_exact_sparsity_on_cuda():
     assert check_sparsity(model)["total"] == reference["total"]  # zeros counted through the compressed weights
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="layers.py: smart_apply_hard_mask_ multiplies by the mask and NaN/Inf * 0 = NaN, so a non-finite value "
-    "that reaches a pruned weight is never cleared (fix in the issue-7 report)",
-)
 def test_a_non_finite_pruned_weight_is_zeroed_by_remasking():
     case = "block4x4-vit"
     model = sh.prepare_model(build_model(case), smart_config(case))

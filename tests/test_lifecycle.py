@@ -183,8 +183,11 @@ def test_modes_and_errors():
         set_mode(model, "search")
     with pytest.raises(ValueError, match="call smart_hf.harden"):
         apply_hard_masks_(model)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         set_temperature(model, 0.0)
+    for bad in (math.inf, math.nan, True, "1"):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            set_temperature(model, bad)
     with pytest.raises(ValueError, match="not prepared"):
         get_smart_state(tiny_vit())
     harden(model)
