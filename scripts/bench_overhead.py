@@ -16,6 +16,7 @@ hardening step are not counted. Ratios: median (and min) step time of a stage / 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import json
@@ -39,6 +40,27 @@ from smart_hf.training_args import SmartTrainingArguments  # noqa: E402
 
 GOALS = {"search": 1.15, "finetune": 1.05}
 PATTERNS = {"block4x4@0.5": dict(pattern="block", block_shape=[4, 4], sparsity=0.5), "nm2:4": dict(pattern="nm")}
+# A proposed library change, measured here by patching: in the hard stage the pruned weights are already zero
+# (harden + apply_hard_masks_ after every step), so the forward could use the weight as is, like a dense layer.
+PLAIN_HARD = "block4x4@0.5+plain_hard_forward"
+
+
+@contextlib.contextmanager
+def plain_hard_forward():
+    """Patch ``SmartLayerMixin.smart_weight`` to skip the mask multiply once the masks are hard."""
+    from smart_hf.layers import SmartLayerMixin
+    from smart_hf.masking import MODE_HARD
+
+    original = SmartLayerMixin.smart_weight
+
+    def smart_weight(self):
+        return self.weight if self._smart_state._mode == MODE_HARD else original(self)
+
+    SmartLayerMixin.smart_weight = smart_weight
+    try:
+        yield
+    finally:
+        SmartLayerMixin.smart_weight = original
 
 
 class StepClock(TrainerCallback):
@@ -129,7 +151,8 @@ def run(args) -> dict:
     torch.manual_seed(0)
     base = ViTForImageClassification(config)
     train = load_digits_splits(image_size=8, num_channels=1)["train"]
-    times = {"dense": []} | {f"{p}/{s}": [] for p in PATTERNS for s in ("search", "finetune")}
+    names = list(PATTERNS) + ([PLAIN_HARD] if args.plain_hard else [])
+    times = {"dense": []} | {f"{p}/{s}": [] for p in names for s in ("search", "finetune")}
     with tempfile.TemporaryDirectory() as out:
         for _ in range(args.rounds):  # alternate, so a noisy minute hits every variant
             times["dense"] += time_dense(copy.deepcopy(base), train, args.steps, args.skip, out)
@@ -137,9 +160,16 @@ def run(args) -> dict:
                 search, finetune = time_smart(copy.deepcopy(base), train, args.steps, args.skip, out, pattern)
                 times[f"{name}/search"] += search
                 times[f"{name}/finetune"] += finetune
+            if args.plain_hard:
+                with plain_hard_forward():
+                    search, finetune = time_smart(
+                        copy.deepcopy(base), train, args.steps, args.skip, out, PATTERNS["block4x4@0.5"]
+                    )
+                times[f"{PLAIN_HARD}/search"] += search
+                times[f"{PLAIN_HARD}/finetune"] += finetune
     variants = {name: stats(t, times["dense"]) for name, t in times.items()}
     goals = {}
-    for name in PATTERNS:
+    for name in names:
         for stage, limit in GOALS.items():
             ratio = variants[f"{name}/{stage}"]["ratio_of_medians"]
             goals[f"{name}/{stage}"] = {"goal": f"<= {limit}", "ratio_of_medians": ratio, "met": ratio <= limit}
@@ -167,6 +197,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--plain-hard", action="store_true", help="also time block 4x4 with the hard-stage forward unmasked (proposal)"
+    )
     parser.add_argument("--out", default="docs/results/bench_overhead.json")
     args = parser.parse_args(argv)
     if args.smoke:

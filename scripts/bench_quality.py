@@ -54,6 +54,8 @@ ABLATIONS = {  # SMART variants (digits only); the default row is "smart" itself
     "search_0.75": {"search_fraction": 0.75},
     "score_lr_0.01": {"score_lr": 0.01},
     "score_lr_0.2": {"score_lr": 0.2},
+    "min_density_0.05": {"min_layer_density": 0.05},
+    "tau_end_1e-2": {"tau_end": 1e-2},
 }
 ABLATION_PATTERNS = ["block4x4@0.75"]
 DIGITS_LAYERS = 4  # DeiT-tiny has 12; 4 keeps the full matrix within ~1 h on 2 shared cores (docs/benchmarks.md)
@@ -116,7 +118,7 @@ def minilm_task(smoke: bool, scale: float) -> Task:
 
 
 TASKS = {"digits": digits_task, "minilm": minilm_task}
-STEPS = {"digits": (240, 60), "minilm": (60, 60)}  # (dense pretrain, post-dense window) optimizer steps
+STEPS = {"digits": (240, 60), "minilm": (100, 80)}  # (dense pretrain, post-dense window) optimizer steps
 
 
 def task_steps(name: str, smoke: bool, scale: float) -> tuple[int, int]:
@@ -200,8 +202,9 @@ def build_jobs(args, dense_paths: dict) -> list[dict]:
                     if method != "dense" and applicable(method, parse_pattern(key)):
                         jobs.append({**common, "pattern": key, "method": method, "ablation": None})
             if task == "digits" and args.ablations and seed in args.seeds[: args.ablation_seeds]:
-                for key in ABLATION_PATTERNS:
-                    for label, variant in ABLATIONS.items():
+                for key in args.ablation_patterns:
+                    for label in args.ablation_names:
+                        variant = ABLATIONS[label]
                         jobs.append(
                             {**common, "pattern": key, "method": "smart", "ablation": label, "variant": variant}
                         )
@@ -263,6 +266,10 @@ def _journal(out: str, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def _row_key(row: dict) -> tuple:
+    return row["task"], row["seed"], row["pattern"], row["method"], row["ablation"]
+
+
 def read_journal(path: str) -> tuple[list, list]:
     """(pretrain records, result rows) of a journal written by ``_journal``."""
     records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -294,6 +301,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (dense and window)")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false")
     parser.add_argument("--ablation-seeds", type=int, default=1, help="ablations use the first this many seeds")
+    parser.add_argument("--ablation-patterns", nargs="+", default=ABLATION_PATTERNS)
+    parser.add_argument("--ablation-names", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps, one seed")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -309,6 +318,8 @@ def main(argv=None) -> int:
     if args.from_journal:
         records = [read_journal(path) for path in args.from_journal]
         pretrained, rows = [p for r in records for p in r[0]], [row for r in records for row in r[1]]
+        rows = list({_row_key(row): row for row in reversed(rows)}.values())[::-1]  # a repeated row counts once
+        pretrained = list({(p["task"], p["seed"]): p for p in reversed(pretrained)}.values())[::-1]
     else:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out + ".journal.jsonl").unlink(missing_ok=True)

@@ -131,38 +131,55 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(out)
 
 
+METHOD_COLORS = {
+    "dense": "k",
+    "magnitude": "tab:orange",
+    "gmp": "tab:blue",
+    "wns": "tab:brown",
+    "torch_pruning": "tab:pink",
+    "wanda": "tab:purple",
+    "movement": "tab:green",
+    "smart": "tab:red",
+}
+
+
+def _family(pattern: str) -> str:
+    return "nm" if pattern.startswith("nm") else pattern.split("@")[0]
+
+
 def plot(summary: dict, path: str) -> None:
-    """Test error vs sparsity per method, one panel per (task, pattern family); dense as a dashed line."""
+    """Test error (log scale) vs target sparsity per method, one panel per (task, pattern family); dense dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     main = [g for g in summary["groups"] if g["ablation"] is None and g["pattern"]]
-    panels = sorted({(g["task"], g["pattern"].split("@")[0].rstrip("0123456789:")) for g in main})
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    panels = sorted({(g["task"], _family(g["pattern"])) for g in main})
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.8), squeeze=False)
     for ax, (task, family) in zip(axes[0], panels):
         dense = _find(summary["groups"], task, None, "dense")
         if dense:
             ax.axhline(100 * dense["test_err"][0], color="k", ls="--", lw=1, label="dense")
-        rows = [g for g in main if g["task"] == task and g["pattern"].startswith(family)]
+        rows = [g for g in main if g["task"] == task and _family(g["pattern"]) == family]
         for method in sorted({g["method"] for g in rows}):
-            pts = sorted((g["target_sparsity"], g) for g in rows if g["method"] == method)
-            xs = [100 * p[0] for p in pts]
+            pts = sorted((g["target_sparsity"], g["pattern"], g) for g in rows if g["method"] == method)
             ax.errorbar(
-                xs,
-                [100 * p[1]["test_err"][0] for p in pts],
-                yerr=[100 * p[1]["test_err"][1] for p in pts],
+                [100 * p[0] for p in pts],
+                [100 * p[2]["test_err"][0] for p in pts],
+                yerr=[100 * p[2]["test_err"][1] for p in pts],
                 marker="o",
                 capsize=3,
+                color=METHOD_COLORS.get(method),
                 lw=2.5 if method == "smart" else 1,
                 label=method,
             )
-        ax.set_title(f"{task}: {family}")
-        ax.set_xlabel("target sparsity of the targeted weights (%)")
-        ax.set_ylabel("test error (%)")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+        ax.set_yscale("log")
+        ax.set_title(f"{task}: {family}", fontsize=9)
+        ax.set_xlabel("target sparsity (%)")
+        ax.set_ylabel("test error (%), mean ± std")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
