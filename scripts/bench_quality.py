@@ -174,7 +174,7 @@ def window_job(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     task = get_task(job["task"], job["smoke"], job["scale"], job["layers"])
     spec = parse_pattern(job["pattern"]) if job["pattern"] else None
-    dense_state = torch.load(job["dense_path"])
+    dense_state = torch.load(job["dense_path"], weights_only=True)
     start = time.perf_counter()
     try:
         row = run_window(

@@ -588,10 +588,7 @@ def _python_sources() -> list[str]:
 
 
 # files that still unpickle, with the fix; strict, so the marker must go when the file is fixed
-KNOWN_UNSAFE = {
-    "scripts/bench_quality.py": "window_job: torch.load(job['dense_path']) of a dense state dict; fix: "
-    "torch.load(job['dense_path'], weights_only=True)",
-}
+KNOWN_UNSAFE: dict[str, str] = {}  # path -> reason and fix; strict xfail until fixed (empty: none known)
 
 
 @pytest.mark.parametrize(
