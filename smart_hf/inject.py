@@ -27,7 +27,7 @@ from .scores import collect_activation_stats, init_scores_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_smart_shapes", "find_targets", "prepare_model"]
+__all__ = ["check_smart_shapes", "find_targets", "prepare_model", "unit_settings_for"]
 
 HEAD_NAME_PARTS = frozenset(
     {
@@ -72,7 +72,9 @@ def _selected(model: nn.Module, name: str, module: nn.Module, config: SmartConfi
     return _is_default_target(model, name, module), False
 
 
-def _settings_for(name: str, config: SmartConfig) -> UnitSettings:
+def unit_settings_for(name: str, config: SmartConfig) -> UnitSettings:
+    """The unit settings (pattern, block shape, n:m, sparsity) ``config`` assigns to module ``name``: its one matching
+    override merged over the top-level fields, or the top-level fields alone."""
     hits = [o for o in config.overrides or [] if re.fullmatch(o["regex"], name)]
     if len(hits) > 1:
         raise ValueError(
@@ -103,7 +105,7 @@ def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Mo
                     "nn.Linear, nn.Conv2d and transformers' Conv1D; remove it from target_modules."
                 )
             continue
-        settings = _settings_for(name, config)
+        settings = unit_settings_for(name, config)
         layout = UnitLayout(
             kind, tuple(module.weight.shape), settings.pattern, tuple(settings.block_shape), settings.n, settings.m
         )

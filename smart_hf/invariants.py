@@ -39,7 +39,7 @@ from .budget import global_weight_budget, layer_keep_units, reserved_units
 from .config import SmartConfig
 from .constants import REPORT_NAME
 from .granularity import UnitLayout
-from .inject import _settings_for
+from .inject import unit_settings_for
 from .lifecycle import unwrap_model
 from .masking import SmartState
 from .report import layer_report, sparsity_report
@@ -232,7 +232,7 @@ def budget_problems(rows: list[dict], config: SmartConfig) -> tuple[list[dict], 
     """
     entries, problems, shared = [], [], {}
     for row in rows:
-        settings = _settings_for(row["name"], config)
+        settings = unit_settings_for(row["name"], config)
         mismatch = _settings_mismatch(row, settings)
         if mismatch:
             problems.append(f"{row['name']}: {mismatch}")
