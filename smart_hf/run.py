@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    set_seed,
 )
 
 from . import data as smart_data
@@ -112,6 +113,7 @@ def run_training(model_args, data_args, smart_config, training_args) -> dict:
     model_path = _model_path(model_args)
     ds, num_labels, processing_class = load_splits(data_args, model_path)
     check_splits_not_empty(ds, data_args.dataset)
+    set_seed(training_args.seed)  # the Trainer seeds only after the model exists: seed its initialisation too
     model = build_model(model_args, data_args.dataset, num_labels, model_path)
     dense_params = sum(p.numel() for p in model.parameters())
     trainer = SmartTrainer(

@@ -46,3 +46,27 @@ def test_scripts_train_forwards_to_the_cli():
     script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--sparsity" in out.stdout and "--pretrain_steps" in out.stdout
+
+
+def test_train_initialises_the_model_from_the_recipe_seed(tmp_path, monkeypatch):
+    """Two `smart-hf train` runs of one recipe start from the same weights (the model is built before the Trainer
+    seeds, so run_training must seed first); a different seed gives other weights."""
+    import torch
+
+    import smart_hf.run as run
+
+    class Stop(Exception):
+        pass
+
+    starts = []
+
+    def capture(*args, model=None, **kwargs):
+        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        raise Stop
+
+    monkeypatch.setattr(run, "SmartTrainer", capture)
+    for seed in (0, 0, 1):
+        with pytest.raises(Stop):
+            main(["train", "--config", str(DEFAULT_RECIPE), "--output_dir", str(tmp_path), "--seed", str(seed)])
+    same = all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+    assert same and not all(torch.equal(starts[0][k], starts[2][k]) for k in starts[0])
