@@ -11,7 +11,7 @@ channels physically).
 from __future__ import annotations
 
 import torch
-from quality_core import PatternSpec, weight_groups
+from quality_core import PatternSpec, WindowMethod, weight_groups
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -61,7 +61,7 @@ def select(scores: list[torch.Tensor], layouts: list, spec: PatternSpec, sparsit
     return keep_global(scores, layouts, sparsity)
 
 
-class MaskedMethod:
+class MaskedMethod(WindowMethod):
     """Base of the mask-multiplying baselines: ``self.masks`` (unit space) is enforced after every step."""
 
     name = "masked"
@@ -89,9 +89,6 @@ class MaskedMethod:
     def enforce(self):
         for (module, layout), mask in zip(self.layers, self.masks):
             module.weight.copy_(layout.apply(module.weight, mask))
-
-    def before_step(self, step, optimizer):
-        pass
 
     def after_step(self, step, optimizer):
         self.enforce()
@@ -196,7 +193,7 @@ class MovementMask(nn.Module):
         return self.layout.apply(weight, mask)
 
 
-class Movement:
+class Movement(WindowMethod):
     """Movement pruning: scores start at 0 (so they learn the movement ``-W * dL/dW``), per-layer top-k at the
     cubic sparsity schedule over the search part of the window, then the mask is frozen for the fine-tune."""
 
@@ -225,16 +222,13 @@ class Movement:
                 mask.frozen = mask.hard()
                 mask.scores.requires_grad_(False)
 
-    def after_step(self, step, optimizer):
-        pass
-
     def finish(self, model):
         for module in self.modules:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         return model
 
 
-class WeightNormSparsifierMethod:
+class WeightNormSparsifierMethod(WindowMethod):
     """``torch.ao.pruning.WeightNormSparsifier``, per layer: 4x4 blocks (``zeros_per_block=16``) at the target
     sparsity, or N:M as ``sparse_block_shape=(1, m)`` with ``m - n`` zeros per block; one ``step()`` at the start
     (the sparsifier's parametrization keeps the mask fixed while fine-tuning), ``squash_mask()`` at the end."""
@@ -260,18 +254,12 @@ class WeightNormSparsifierMethod:
         self.sparsifier.step()
         return weight_groups(model, task.weight_decay)
 
-    def before_step(self, step, optimizer):
-        pass
-
-    def after_step(self, step, optimizer):
-        pass
-
     def finish(self, model):
         self.sparsifier.squash_mask()
         return model
 
 
-class TorchPruningFFN:
+class TorchPruningFFN(WindowMethod):
     """Torch-Pruning (``torch_pruning``) on the FFN intermediate channels only: for every block, the dependency graph
     groups fc1's output rows with fc2's input columns; ``GroupMagnitudeImportance`` (L2 over the group) ranks them and
     the lowest are removed physically. Channels per block are chosen so the removed weights equal
@@ -304,15 +292,6 @@ class TorchPruningFFN:
             removed[prefix] = count
         self.record = {"tp_removed_ffn_channels": removed, "tp_ffn_sizes": [p[1].out_features for p in pairs]}
         return weight_groups(model, task.weight_decay)
-
-    def before_step(self, step, optimizer):
-        pass
-
-    def after_step(self, step, optimizer):
-        pass
-
-    def finish(self, model):
-        return model
 
 
 def ffn_pairs(model, target_names: list[str]) -> list[tuple[str, nn.Module, nn.Module, int]]:

@@ -188,13 +188,13 @@ def measure_sparsity(model, targets: list[tuple[str, UnitLayout]], original_nume
     return {"sparsity": zeros / total, "structured_sparsity": structured / total, "nm_valid": valid}
 
 
-class DenseMethod:
-    """The reference: keep training the dense model for the same window."""
-
-    name = "dense"
+class WindowMethod:
+    """What every method does in the post-dense window: ``prepare`` (returns the optimizer's parameter groups),
+    ``before_step`` / ``after_step`` around each optimizer step, ``finish`` (returns the model to evaluate).
+    The step hooks do nothing and ``finish`` returns the model unless a method says otherwise."""
 
     def prepare(self, model, task, ctx):
-        return weight_groups(model, task.weight_decay)
+        raise NotImplementedError
 
     def before_step(self, step, optimizer):
         pass
@@ -206,7 +206,16 @@ class DenseMethod:
         return model
 
 
-class SmartMethod:
+class DenseMethod(WindowMethod):
+    """The reference: keep training the dense model for the same window."""
+
+    name = "dense"
+
+    def prepare(self, model, task, ctx):
+        return weight_groups(model, task.weight_decay)
+
+
+class SmartMethod(WindowMethod):
     """SMART through the library's core API: ``prepare_model`` (scores from the dense weights), soft search with
     ``update_temperature`` for ``search`` steps, ``harden`` (and zeroed optimizer moments of pruned weights), then
     fine-tune with ``apply_hard_masks_`` after every step; ``squash`` at the end."""
