@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import resnet_inputs, text_inputs, tiny_bert, tiny_resnet, tiny_vit, vit_inputs
+from tiny_models import resnet_inputs, text_inputs, tiny_bert, tiny_deit, tiny_resnet, tiny_vit, vit_inputs
 from torch import nn
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
@@ -140,21 +140,6 @@ def test_slim_errors_name_the_fix():
 
 
 # --- attention heads -------------------------------------------------------------------------------------------------
-
-
-def tiny_deit():
-    from transformers import DeiTConfig, DeiTForImageClassification
-
-    config = DeiTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=16,
-        patch_size=4,
-        num_labels=3,
-    )
-    return DeiTForImageClassification(config)
 
 
 def padded_text_inputs(batch: int = 2):

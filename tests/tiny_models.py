@@ -18,6 +18,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
+    DeiTConfig,
+    DeiTForImageClassification,
     GPT2Config,
     GPT2LMHeadModel,
     ResNetConfig,
@@ -26,19 +28,18 @@ from transformers import (
     ViTForImageClassification,
 )
 
+# One tiny vision-transformer geometry for ViT and DeiT (16x16 images, patch 4, 3 classes).
+_TINY_VISION = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4, num_labels=3
+)
+
 
 def tiny_vit(intermediate_size: int = 64):
-    return ViTForImageClassification(
-        ViTConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=intermediate_size,
-            image_size=16,
-            patch_size=4,
-            num_labels=3,
-        )
-    )
+    return ViTForImageClassification(ViTConfig(intermediate_size=intermediate_size, **_TINY_VISION))
+
+
+def tiny_deit():
+    return DeiTForImageClassification(DeiTConfig(intermediate_size=64, **_TINY_VISION))
 
 
 def tiny_bert():
