@@ -53,6 +53,7 @@ def save_pruned(
     metrics: dict | None = None,
     base_model: str | None = None,
     model_card: bool = True,
+    replace_folder: bool = False,
 ) -> str:
     """Save a prepared (or squashed / slimmed) model as a stock-loadable pruned checkpoint plus ``smart_config.json``,
     the sparsity report (``smart_sparsity.json``), a model card (``README.md``, see `smart_hf.hub.model_card`) and,
@@ -60,6 +61,8 @@ def save_pruned(
 
     ``metrics`` (``{name: value}``) go into the card; by default the last ``eval_*``/``dense_*`` values of
     ``log_history``. ``base_model``: the Hub id that was pruned (default: from the config when it is a Hub id).
+    The write is atomic (`smart_hf.atomic.staged_directory`); ``replace_folder=True`` declares that ``output_dir``
+    holds only this artifact, so it is swapped as one unit and files of an older artifact do not linger.
     An FSDP2-sharded model is gathered first: call it on every rank; rank 0 writes.
     """
     root = unwrap_model(model)
@@ -83,7 +86,8 @@ def save_pruned(
             "save_pruned needs a model prepared with smart_hf.prepare_model, or a squashed SMART model "
             "(with config.smart_hf); for a plain model use model.save_pretrained."
         )
-    with staged_directory(output_dir) as folder:  # a kill mid-save leaves the previous artifact intact
+    # a kill mid-save leaves the previous artifact intact
+    with staged_directory(output_dir, replace=replace_folder) as folder:
         _write_weights(root, config, metadata, folder)
         smart_config.save_pretrained(folder)
         with open(os.path.join(folder, REPORT_NAME), "w", encoding="utf-8") as fh:

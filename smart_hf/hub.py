@@ -326,12 +326,15 @@ def push_pruned_to_hub(
     else:
         if local_dir is None:
             raise ValueError("pass local_dir=... : the exact folder that is uploaded is written and kept there.")
-        folder = write_artifact_atomically(
+        from .export import save_pruned
+
+        folder = save_pruned(
             output_dir_or_model,
-            local_dir,
+            os.path.abspath(os.fspath(local_dir)),
             processing_class=processing_class,
             metrics=metrics,
             base_model=base_model,
+            replace_folder=True,
             **save_kwargs,
         )
     _fill_repo_id(folder, repo_id)
@@ -363,18 +366,6 @@ def _fill_repo_id(folder: str, repo_id: str) -> None:
         with open(path + ".tmp", "w", encoding="utf-8") as fh:
             fh.write(text.replace("REPO_OR_DIR", repo_id))
         os.replace(path + ".tmp", path)
-
-
-def write_artifact_atomically(model, local_dir, **save_kwargs) -> str:
-    """Write a prepared or squashed model as the *whole* content of ``local_dir``: staged in a temporary sibling and
-    swapped in as one unit (see `smart_hf.atomic.staged_directory`), so files of an older artifact never linger."""
-    from .atomic import staged_directory
-    from .export import save_pruned
-
-    local_dir = os.path.abspath(os.fspath(local_dir))
-    with staged_directory(local_dir, replace=True) as folder:
-        save_pruned(model, folder, **save_kwargs)
-    return local_dir
 
 
 def _card_for_folder(folder: str, **kwargs) -> str:
