@@ -77,11 +77,12 @@ def own_rows(whole: torch.Tensor, like) -> torch.Tensor:
 
 
 @torch.no_grad()
-def zero_own_rows_(param: torch.Tensor, whole_mask: torch.Tensor) -> None:
-    """Write zeros where ``whole_mask == 0``, in place; ``param`` may be a shard: each rank fills its own rows.
-    Filling (not multiplying) also clears a NaN/Inf that reached a pruned weight (NaN * 0 is NaN)."""
+def zero_own_rows_(param: torch.Tensor, whole_pruned: torch.Tensor) -> None:
+    """Write zeros where the boolean ``whole_pruned`` (the whole weight's shape) is True, in place; ``param`` may be
+    a shard: each rank fills its own rows. Filling (not multiplying) also clears a NaN/Inf that reached a pruned
+    weight (NaN * 0 is NaN)."""
     local = param.to_local() if is_sharded(param) else param
-    local.masked_fill_(own_rows(whole_mask, param) == 0, 0.0)
+    local.masked_fill_(own_rows(whole_pruned, param), 0.0)
 
 
 @contextlib.contextmanager
@@ -99,7 +100,8 @@ def whole_parameters(
         for name in names:
             original = module._parameters.get(name)
             if is_sharded(original):
-                whole = nn.Parameter(original.full_tensor().detach().clone(), requires_grad=original.requires_grad)
+                # full_tensor() returns a freshly gathered tensor: no copy needed
+                whole = nn.Parameter(original.full_tensor().detach(), requires_grad=original.requires_grad)
                 module._parameters[name] = whole
                 swapped.append((module, name, original, whole))
     try:

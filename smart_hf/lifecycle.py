@@ -166,18 +166,19 @@ def apply_hard_masks_(model: nn.Module) -> None:
         raise ValueError("apply_hard_masks_ needs hardened masks; call smart_hf.harden(model) first.")
     for layer in state.layers:
         if is_sharded(layer.weight):  # FSDP2: each rank zeroes the pruned entries of its own rows
-            zero_own_rows_(layer.weight, _hard_factor(layer))
+            zero_own_rows_(layer.weight, _pruned_entries(layer))
         else:
             layer.smart_apply_hard_mask_()
 
 
-def _hard_factor(layer: nn.Module) -> torch.Tensor:
-    """The frozen 0/1 mask expanded to the weight's (whole) shape, built once per hardening."""
-    cached = layer.__dict__.get("_smart_hard_factor")
+def _pruned_entries(layer: nn.Module) -> torch.Tensor:
+    """Boolean ``True`` at the pruned entries of the (whole) weight, built once per frozen mask: the per-step
+    re-masking of a shard then only selects its rows of it."""
+    cached = layer.__dict__.get("_smart_pruned_entries")
     if cached is None or not torch.equal(cached[0], layer.smart_mask):
-        ones = torch.ones(layer.weight.shape, dtype=torch.float32, device=layer.smart_mask.device)
-        cached = (layer.smart_mask.clone(), layer.smart_layout.apply(ones, layer.smart_mask))
-        layer.__dict__["_smart_hard_factor"] = cached
+        pruned = layer.smart_layout.expand(layer.smart_mask == 0).expand(layer.weight.shape)
+        cached = (layer.smart_mask.clone(), pruned)
+        layer.__dict__["_smart_pruned_entries"] = cached
     return cached[1]
 
 
@@ -202,7 +203,7 @@ def squash(model: nn.Module) -> nn.Module:
         del layer._parameters[SCORES_NAME]
         del layer._buffers[MASK_NAME]
         layer.__class__ = layer.smart_base_class
-        for attr in ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot", "_smart_hard_factor"):
+        for attr in ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot", "_smart_pruned_entries"):
             layer.__dict__.pop(attr, None)
     for handle in state.hook_handles:
         handle.remove()
