@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .callbacks import STAGE_PRETRAIN, SmartCallback
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SmartTrainer"]
 
-_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # the stock Trainer's checkpoint folder names
+_CHECKPOINT_DIR = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # the stock Trainer's checkpoint folder names
 HUB_ARTIFACT_DIR = "hub_artifact"  # under output_dir: the exact folder `push_to_hub` uploads
 
 
