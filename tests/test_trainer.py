@@ -196,28 +196,30 @@ def test_zero_search_steps_is_a_clear_error(tmp_path):
         smart_args(tmp_path, search_steps=0)
 
 
+def checkpointing_trainer(output_dir, save_steps, seed=0, callbacks=None):
+    """A 50% SMART run that checkpoints every ``save_steps``; resumed runs start from other weights (``seed``)."""
+    return SmartTrainer(
+        model=tiny_vit(seed=seed),
+        args=smart_args(output_dir, save_strategy="steps", save_steps=save_steps, logging_steps=2),
+        smart_config=sh.SmartConfig(sparsity=0.5),
+        train_dataset=tiny_dataset(),
+        callbacks=callbacks,
+    )
+
+
+def same_masks(a, b) -> bool:
+    pairs = zip(sh.get_smart_state(a.model).layers, sh.get_smart_state(b.model).layers)
+    return all(torch.equal(x.smart_mask, y.smart_mask) for x, y in pairs)
+
+
 @pytest.mark.parametrize("resume_step", [8, 18], ids=["mid-search", "mid-finetune"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, resume_step):
     """A run resumed from a checkpoint ends with the same masks and logs the same losses as the uninterrupted one."""
-    config = sh.SmartConfig(sparsity=0.5)
-    kwargs = dict(save_strategy="steps", save_steps=resume_step, logging_steps=2)
-    full = SmartTrainer(
-        model=tiny_vit(),
-        args=smart_args(tmp_path / "full", **kwargs),
-        smart_config=config,
-        train_dataset=tiny_dataset(),
-    )
+    full = checkpointing_trainer(tmp_path / "full", resume_step)
     full.train()
-    resumed = SmartTrainer(
-        model=tiny_vit(seed=123),
-        args=smart_args(tmp_path / "resumed", **kwargs),
-        smart_config=config,
-        train_dataset=tiny_dataset(),
-    )
+    resumed = checkpointing_trainer(tmp_path / "resumed", resume_step, seed=123)
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / f"checkpoint-{resume_step}"))
-    masks_full = [layer.smart_mask for layer in sh.get_smart_state(full.model).layers]
-    masks_resumed = [layer.smart_mask for layer in sh.get_smart_state(resumed.model).layers]
-    assert all(torch.equal(a, b) for a, b in zip(masks_full, masks_resumed))
+    assert same_masks(full, resumed)
 
     def losses(trainer):
         return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e and e["step"] > resume_step}
@@ -250,36 +252,21 @@ def test_resume_true_skips_a_checkpoint_killed_mid_save(tmp_path, caplog):
     ``resume_from_checkpoint=True``; the run resumes from ``checkpoint-8`` and ends with the uninterrupted masks."""
     import shutil
 
-    config = sh.SmartConfig(sparsity=0.5)
-    kwargs = dict(save_strategy="steps", save_steps=8, logging_steps=2)
-    full = SmartTrainer(
-        model=tiny_vit(),
-        args=smart_args(tmp_path / "full", **kwargs),
-        smart_config=config,
-        train_dataset=tiny_dataset(),
-    )
+    full = checkpointing_trainer(tmp_path / "full", 8)
     full.train()
     out = tmp_path / "resumed"
     shutil.copytree(tmp_path / "full" / "checkpoint-8", out / "checkpoint-8")
     shutil.copytree(tmp_path / "full" / "checkpoint-16", out / "checkpoint-16")
     (out / "checkpoint-16" / "trainer_state.json").unlink()
     steps_run = Recorder()
-    resumed = SmartTrainer(
-        model=tiny_vit(seed=123),
-        args=smart_args(out, **kwargs),
-        smart_config=config,
-        train_dataset=tiny_dataset(),
-        callbacks=[steps_run],
-    )
+    resumed = checkpointing_trainer(out, 8, seed=123, callbacks=[steps_run])
     with pytest.raises(ValueError, match="resume_from_checkpoint=True"):
         resumed.train(resume_from_checkpoint=str(out / "checkpoint-16"))
     with caplog.at_level("WARNING", logger="smart_hf.trainer"):
         resumed.train(resume_from_checkpoint=True)
     assert "checkpoint-16: incomplete" in caplog.text
     assert steps_run.rows[0][0] == 9  # the first optimizer step after checkpoint-8, not after checkpoint-16
-    masks_full = [layer.smart_mask for layer in sh.get_smart_state(full.model).layers]
-    masks_resumed = [layer.smart_mask for layer in sh.get_smart_state(resumed.model).layers]
-    assert all(torch.equal(a, b) for a, b in zip(masks_full, masks_resumed))
+    assert same_masks(full, resumed)
 
 
 def test_resume_true_without_a_complete_checkpoint_is_a_clear_error(tmp_path):
