@@ -143,6 +143,7 @@ def export_artifact(source: str, target: str, slim: bool = False, mode: str = "u
     from safetensors import SafetensorError
     from transformers import AutoConfig
 
+    from .atomic import staged_directory
     from .export import save_pruned
     from .slimming import _auto_class, load_slim
     from .slimming import slim as slim_model
@@ -166,10 +167,11 @@ def export_artifact(source: str, target: str, slim: bool = False, mode: str = "u
             "corrupt: re-run save_model / smart-hf export to write it again."
         ) from err
     summary = slim_model(model, mode=mode) if slim else None
-    save_pruned(model, target, save_plots=False, replace_folder=True)
-    for name in _PROCESSOR_FILES:
-        if os.path.isfile(os.path.join(source, name)):
-            shutil.copy(os.path.join(source, name), os.path.join(target, name))
+    with staged_directory(target, replace=True) as folder:  # the tokenizer files are part of the one swap
+        save_pruned(model, folder, save_plots=False)
+        for name in _PROCESSOR_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                shutil.copy(os.path.join(source, name), os.path.join(folder, name))
     return {"target": target, "slim": summary}
 
 
