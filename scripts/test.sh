@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure_env.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-.venv/bin/ruff check smart_hf tests scripts
+.venv/bin/ruff check smart_hf tests scripts benchmarks examples
 exec .venv/bin/python -m pytest "$@"

@@ -1,30 +1,69 @@
-"""smart_hf: SMART pruning (Separate, Dynamic and Differentiable; arXiv 2403.19969) for Hugging Face Transformers."""
+"""smart_hf: SMART pruning (Separate, Dynamic and Differentiable; arXiv 2403.19969) for Hugging Face Transformers.
 
-__version__ = "0.1.0"
+The public API is importable from here (``from smart_hf import SmartConfig, SmartTrainer, ...``). The layers of the
+package, bottom to top (imports only point down; docs/architecture.md):
 
-from .config import SmartConfig  # noqa: E402
-from .export import save_pruned  # noqa: E402
-from .hub import push_pruned_to_hub  # noqa: E402
-from .inject import find_targets, prepare_model  # noqa: E402
-from .invariants import check_sparsity  # noqa: E402
-from .lifecycle import (  # noqa: E402
+* ``core``: pure math (differentiable top-k, schedules, budgets, unit geometry);
+* ``config``, ``metadata``: what to prune, and what a pruned model records about itself;
+* ``state``, ``layers``, ``scores``, ``distributed``, ``report``, ``inject``, ``lifecycle``: the prepared model;
+* ``slim``: physically smaller models; ``artifact``: export, model card, Hub, invariants, sparse kernels;
+* ``training``: `SmartTrainingArguments`, `SmartCallback`, `SmartTrainer`; ``cli``: ``smart-hf``.
+
+The Trainer integration is imported on first use (it pulls in ``transformers.Trainer``).
+"""
+
+from ._aliases import install as _install_moved_module_aliases
+from ._version import __version__
+from .artifact.export import save_pruned
+from .artifact.hub import push_pruned_to_hub
+from .artifact.invariants import check_sparsity
+from .artifact.kernels import to_sparse_kernels
+from .config import SmartConfig
+from .core.schedule import temperature_at
+from .core.topk import hard_topk, mask_fractionality, soft_topk
+from .inject import find_targets, prepare_model
+from .lifecycle import (
     apply_hard_masks_,
     get_smart_state,
     harden,
+    is_prepared,
     reinit_scores,
     set_mode,
     set_temperature,
     squash,
     update_temperature,
 )
-from .report import format_report, sparsity_report  # noqa: E402
-from .schedule import temperature_at  # noqa: E402
-from .slimming import head_pruning_overrides, load_slim, slim  # noqa: E402
-from .sparse import to_sparse_kernels  # noqa: E402
-from .topk import hard_topk, mask_fractionality, soft_topk  # noqa: E402
+from .report import format_report, sparsity_report
+from .slim import head_pruning_overrides, load_slim, slim
+
+_install_moved_module_aliases()
+
+_LAZY = {
+    "SmartCallback": "smart_hf.training.callbacks",
+    "SmartTrainer": "smart_hf.training.trainer",
+    "SmartTrainingArguments": "smart_hf.training.training_args",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'smart_hf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
+    "SmartCallback",
     "SmartConfig",
+    "SmartTrainer",
+    "SmartTrainingArguments",
     "__version__",
     "apply_hard_masks_",
     "check_sparsity",
@@ -34,13 +73,14 @@ __all__ = [
     "hard_topk",
     "harden",
     "head_pruning_overrides",
+    "is_prepared",
     "load_slim",
     "mask_fractionality",
     "prepare_model",
     "push_pruned_to_hub",
     "reinit_scores",
-    "set_mode",
     "save_pruned",
+    "set_mode",
     "set_temperature",
     "slim",
     "soft_topk",

@@ -18,17 +18,12 @@ from typing import Literal
 
 from packaging import version
 
+from ._version import __version__
 from .constants import BUDGETS, CONFIG_NAME, PATTERNS, SCORE_INITS, TEMPERATURE_SCHEDULES
 
 logger = logging.getLogger(__name__)
 
 _OVERRIDE_KEYS = {"regex", "pattern", "block_shape", "n", "m", "sparsity"}
-
-
-def _package_version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 @dataclass
@@ -215,7 +210,7 @@ class SmartConfig:
         """Write ``smart_config.json`` (with ``smart_hf_version``) into ``save_directory``; returns its path."""
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CONFIG_NAME)
-        payload = {**self.to_dict(), "smart_hf_version": _package_version()}
+        payload = {**self.to_dict(), "smart_hf_version": __version__}
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2, sort_keys=True)
@@ -253,11 +248,11 @@ class SmartConfig:
             )
         payload = dict(payload)
         saved_version = _parse_version(payload.pop("smart_hf_version", None))
-        if saved_version is not None and saved_version > version.parse(_package_version()):
+        if saved_version is not None and saved_version > version.parse(__version__):
             logger.warning(
                 "smart_config.json was written by smart_hf %s (this is %s); upgrade smart_hf if loading fails.",
                 saved_version,
-                _package_version(),
+                __version__,
             )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(payload) - known)

@@ -34,7 +34,6 @@ __all__ = [
     "has_sharded_parameters",
     "is_sharded",
     "own_rows",
-    "unsharded_copy",
     "whole_parameters",
     "zero_own_rows_",
 ]
@@ -116,28 +115,3 @@ def whole_parameters(
 
 def has_sharded_parameters(model: nn.Module) -> bool:
     return any(is_sharded(p) for p in model.parameters())
-
-
-def unsharded_copy(model: nn.Module) -> nn.Module | None:
-    """A plain (unsharded, CPU) copy of an FSDP2-sharded prepared model on rank 0; ``None`` on the other ranks.
-
-    Collective: every rank must call it. The full state dict is gathered with ``torch.distributed.checkpoint``
-    (offloaded to CPU), and rank 0 rebuilds the model from its config, prepares it with the same `SmartConfig` and
-    loads the state strictly -- so export code written for plain models (squashing, reports, cards) runs unchanged.
-    """
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from torch.distributed.fsdp import FSDPModule
-
-    from .inject import prepare_model
-    from .lifecycle import get_smart_state
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if dist.get_rank() != 0:
-        return None
-    base_class = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
-    config = model.config
-    copy = base_class._from_config(config) if hasattr(base_class, "_from_config") else base_class(config)
-    copy = prepare_model(copy, get_smart_state(model).smart_config)
-    copy.load_state_dict(full, strict=True)
-    return copy.eval()

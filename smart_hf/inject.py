@@ -20,10 +20,10 @@ from torch import nn
 
 from .config import SmartConfig, UnitSettings
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
-from .granularity import UnitLayout, layer_kind
-from .layers import is_smart_layer, smart_class_for
-from .masking import SmartState, build_groups
+from .core.granularity import UnitLayout, layer_kind
+from .layers import attach_smart_layer, detach_smart_layer, is_smart_layer
 from .scores import collect_activation_stats, init_scores_
+from .state import SmartState, build_groups
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
         act_stats = collect_activation_stats(
             model, [m for _, m, _, _ in targets], calibration_data, config.calibration_batches
         )
-    layers = [_attach(module, layout) for _, module, layout, _ in targets]
+    layers = [attach_smart_layer(module, layout) for _, module, layout, _ in targets]
     try:  # a budget the guard cannot honour raises here: leave the model exactly as it came
         _install_state(model, config, targets, layers, act_stats)
     except Exception:
@@ -246,19 +246,4 @@ def _undo_prepare(model: nn.Module, layers: list) -> None:
     for handle in getattr(state, "hook_handles", []):
         handle.remove()
     for layer in layers:
-        layer._parameters.pop(SCORES_NAME, None)
-        layer._buffers.pop(MASK_NAME, None)
-        layer.__class__ = layer.smart_base_class
-        for attr in ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot"):
-            layer.__dict__.pop(attr, None)
-
-
-def _attach(module: nn.Module, layout: UnitLayout) -> nn.Module:
-    base_class = type(module)
-    module.__class__ = smart_class_for(layout.kind)
-    module.smart_base_class = base_class
-    module.smart_layout = layout
-    device = module.weight.device
-    module.register_parameter(SCORES_NAME, nn.Parameter(torch.zeros(layout.score_shape, device=device)))
-    module.register_buffer(MASK_NAME, torch.ones(layout.score_shape, device=device))
-    return module
+        detach_smart_layer(layer)

@@ -16,9 +16,22 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .granularity import UnitLayout
+from .constants import MASK_NAME, SCORES_NAME
+from .core.granularity import UnitLayout
 
-__all__ = ["SmartConv1D", "SmartConv2d", "SmartLayerMixin", "SmartLinear", "smart_class_for", "is_smart_layer"]
+__all__ = [
+    "SmartConv1D",
+    "SmartConv2d",
+    "SmartLayerMixin",
+    "SmartLinear",
+    "attach_smart_layer",
+    "detach_smart_layer",
+    "is_smart_layer",
+    "smart_class_for",
+]
+
+# Plain attributes (outside _parameters/_buffers) that prepare_model and the mask code set on a layer.
+_SMART_ATTRIBUTES = ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot", "_smart_pruned_entries")
 
 
 class SmartLayerMixin:
@@ -87,3 +100,27 @@ def smart_class_for(kind: str) -> type:
 
 def is_smart_layer(module: nn.Module) -> bool:
     return isinstance(module, SmartLayerMixin)
+
+
+def attach_smart_layer(module: nn.Module, layout: UnitLayout) -> nn.Module:
+    """Turn ``module`` into its SMART class in place: zero ``smart_scores`` (a parameter) and a ones ``smart_mask``
+    (a buffer) of ``layout.score_shape`` on the weight's device."""
+    base_class = type(module)
+    module.__class__ = smart_class_for(layout.kind)
+    module.smart_base_class = base_class
+    module.smart_layout = layout
+    device = module.weight.device
+    module.register_parameter(SCORES_NAME, nn.Parameter(torch.zeros(layout.score_shape, device=device)))
+    module.register_buffer(MASK_NAME, torch.ones(layout.score_shape, device=device))
+    return module
+
+
+def detach_smart_layer(module: nn.Module) -> nn.Module:
+    """Undo `attach_smart_layer` in place: the original class back, every ``smart_`` tensor and attribute gone
+    (the weight is left as it is: `squash` bakes the mask into it first)."""
+    module._parameters.pop(SCORES_NAME, None)
+    module._buffers.pop(MASK_NAME, None)
+    module.__class__ = module.smart_base_class
+    for attr in _SMART_ATTRIBUTES:
+        module.__dict__.pop(attr, None)
+    return module

@@ -16,10 +16,14 @@ import torch
 from torch import nn
 
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
+from .core.schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
 from .distributed import is_sharded, whole_parameters, zero_own_rows_
-from .masking import MODE_DENSE, MODE_HARD, MODE_SOFT, SmartState
-from .schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
+from .layers import detach_smart_layer
+from .metadata import PruningMetadata, SparsityReport, build
+from .metadata import write as write_metadata
+from .report import sparsity_report
 from .scores import collect_activation_stats, init_scores_
+from .state import MODES, SmartState
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +31,13 @@ __all__ = [
     "apply_hard_masks_",
     "get_smart_state",
     "harden",
+    "is_prepared",
     "reinit_scores",
     "set_mode",
     "set_temperature",
     "squash",
     "update_temperature",
 ]
-
-_MODES = {"dense": MODE_DENSE, "soft": MODE_SOFT, "hard": MODE_HARD}
-
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DDP/accelerate wrappers (followed via ``.module`` until one holds the SMART state)."""
@@ -48,6 +50,11 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             )
         model = model.module
     return model
+
+
+def is_prepared(model: nn.Module) -> bool:
+    """True when ``model`` (or the model inside DDP/accelerate wrappers) is prepared for SMART (not yet squashed)."""
+    return isinstance(getattr(unwrap_model(model), STATE_MODULE_NAME, None), SmartState)
 
 
 def get_smart_state(model: nn.Module) -> SmartState:
@@ -69,16 +76,16 @@ def set_temperature(model: nn.Module, tau: float) -> None:
 
 def set_mode(model: nn.Module, mode: str) -> None:
     """``"dense"`` (masks off: dense pre-training), ``"soft"`` (structure search) or ``"hard"`` (use `harden`)."""
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {list(_MODES)}, got {mode!r}.")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}.")
     if mode == "hard":
         raise ValueError("use smart_hf.harden(model) to enter the hard-mask stage (it computes the masks).")
     state = get_smart_state(model)
-    if state._mode == MODE_HARD:
+    if state.is_hard:
         raise ValueError(
             "masks are already hardened; the hard stage is final (prepare a fresh model to search again)."
         )
-    state.set_mode(_MODES[mode])
+    state.set_mode(mode)
 
 
 def update_temperature(model: nn.Module, step: int, total_steps: int) -> float:
@@ -108,7 +115,7 @@ def _dynamic_step(state: SmartState, cfg, step: int) -> float:
     state.ref_fractionality.fill_(after.ref_fractionality)
     state.ref_step.fill_(after.ref_step)
     if cut and cfg.dynamic_jitter > 0:
-        _jitter_scores_(state, cfg.dynamic_jitter * state._tau, seed=int(cfg.score_seed) * 1_000_003 + int(step))
+        _jitter_scores_(state, cfg.dynamic_jitter * state.tau, seed=int(cfg.score_seed) * 1_000_003 + int(step))
         logger.info("smart_hf: mask stuck at fractionality %.4f; tau scale cut to %.3g", frac, after.scale)
     return after.scale
 
@@ -130,8 +137,8 @@ def reinit_scores(model: nn.Module, calibration_data=None) -> None:
     if cfg.score_init == "activation":
         if calibration_data is None:
             raise ValueError("score_init='activation' needs calibration_data to re-initialise the scores.")
-        previous = state._mode
-        state.set_mode(MODE_DENSE)  # calibrate on the dense network, not a half-masked one
+        previous = state.mode_name
+        state.set_mode("dense")  # calibrate on the dense network, not a half-masked one
         try:
             act_stats = collect_activation_stats(model, state.layers, calibration_data, cfg.calibration_batches)
         finally:
@@ -147,14 +154,14 @@ def reinit_scores(model: nn.Module, calibration_data=None) -> None:
 def harden(model: nn.Module) -> None:
     """Freeze binary masks (`hard_topk` of the scores, same budgets), stop score gradients, zero pruned weights."""
     state = get_smart_state(model)
-    if state._mode == MODE_HARD:
+    if state.is_hard:
         return
     for gi, group in enumerate(state.groups):
         for layer, mask in zip(group.layers, state.hard_group_masks(gi)):
             getattr(layer, MASK_NAME).copy_(mask)
     for layer in state.layers:
         layer.smart_scores.requires_grad_(False)
-    state.set_mode(MODE_HARD)
+    state.set_mode("hard")
     apply_hard_masks_(model)
 
 
@@ -162,7 +169,7 @@ def harden(model: nn.Module) -> None:
 def apply_hard_masks_(model: nn.Module) -> None:
     """Multiply every pruned weight by its hard mask in place (call after each fine-tune optimizer step)."""
     state = get_smart_state(model)
-    if state._mode != MODE_HARD:
+    if not state.is_hard:
         raise ValueError("apply_hard_masks_ needs hardened masks; call smart_hf.harden(model) first.")
     for layer in state.layers:
         if is_sharded(layer.weight):  # FSDP2: each rank zeroes the pruned entries of its own rows
@@ -198,32 +205,19 @@ def squash(model: nn.Module) -> nn.Module:
         )
     harden(model)
     apply_hard_masks_(model)
-    metadata = {k: v for k, v in pruning_metadata(state).items() if k != "report"}
+    metadata, _report = pruning_metadata(state)
     for layer in state.layers:
-        del layer._parameters[SCORES_NAME]
-        del layer._buffers[MASK_NAME]
-        layer.__class__ = layer.smart_base_class
-        for attr in ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot", "_smart_pruned_entries"):
-            layer.__dict__.pop(attr, None)
+        detach_smart_layer(layer)
     for handle in state.hook_handles:
         handle.remove()
     delattr(model, STATE_MODULE_NAME)
     if getattr(model, "config", None) is not None:
-        model.config.smart_hf = metadata
+        write_metadata(model, metadata)
     return model
 
 
-def pruning_metadata(state: SmartState) -> dict:
-    """What a pruned artifact records about itself (``config.smart_hf``), plus the full report under "report"."""
-    from . import __version__
-    from .report import sparsity_report
-
+def pruning_metadata(state: SmartState) -> tuple[PruningMetadata, SparsityReport]:
+    """What a pruned artifact records about itself (``config.smart_hf``, see `smart_hf.metadata`) and the report
+    it was built from (what ``smart_sparsity.json`` holds)."""
     report = sparsity_report(state)
-    keys = ("kind", "shape", "pattern", "block_shape", "n", "m", "sparsity")
-    return {
-        "smart_hf_version": __version__,
-        "config": state.smart_config.to_dict(),
-        "sparsity": report["total"]["sparsity"],
-        "layers": {row["name"]: {k: row[k] for k in keys} for row in report["layers"]},
-        "report": report,
-    }
+    return build(state.smart_config.to_dict(), report), report

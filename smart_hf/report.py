@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .constants import STATE_MODULE_NAME
+from .core.granularity import UnitLayout, canonical_weight
 from .distributed import full_tensor
-from .granularity import UnitLayout, canonical_weight
-from .masking import MODE_HARD, SmartState
+from .metadata import read as read_metadata
+from .state import SmartState
 
 __all__ = ["dense_weight", "format_report", "layer_report", "sparsity_report"]
 
@@ -90,11 +92,11 @@ def sparsity_report(model: nn.Module | SmartState) -> dict:
     if isinstance(model, SmartState):
         state = model
     else:
-        state = getattr(model, "smart_state", None)
+        state = getattr(model, STATE_MODULE_NAME, None)
     if isinstance(state, SmartState):
         rows, mode = _prepared_rows(state), state.mode_name
     else:
-        meta = getattr(getattr(model, "config", None), "smart_hf", None)
+        meta = read_metadata(model) if hasattr(model, "config") else None
         if not meta:
             raise ValueError("model is neither prepared for SMART nor a squashed SMART model (no config.smart_hf).")
         rows, mode = _squashed_rows(model, meta), "squashed"
@@ -114,7 +116,7 @@ def _prepared_rows(state: SmartState) -> list[dict]:
     for gi, group in enumerate(state.groups):
         for layer, mask in zip(group.layers, state.binary_group_masks(gi)):
             weight = full_tensor(layer.weight.detach())  # FSDP2 shard -> whole weight (a collective)
-            if state._mode != MODE_HARD:  # still searching: describe the weights `harden` would leave
+            if not state.is_hard:  # still searching: describe the weights `harden` would leave
                 weight = layer.smart_layout.apply(weight, mask.to(weight.device))
             rows.append(layer_report(names[id(layer)], weight, layer.smart_layout, mask))
     order = {name: i for i, name in enumerate(state.targeted_module_names)}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .granularity import canonical_weight
+from .core.granularity import canonical_weight
 
 __all__ = ["collect_activation_stats", "init_scores_", "unit_importance"]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from smart_hf.atomic import staged_directory
+from smart_hf.artifact.atomic import staged_directory
 
 
 def _write(folder, **files):
@@ -96,7 +96,7 @@ _CHILD = textwrap.dedent(
     import os, sys, time
     import torch
     from transformers import BertConfig, BertForSequenceClassification
-    import smart_hf.export as export
+    import smart_hf.artifact.export as export
     from smart_hf import SmartConfig, prepare_model, save_pruned
 
     target, mode = sys.argv[1], sys.argv[2]

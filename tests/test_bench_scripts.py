@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end in smoke mode and write well-formed JSON (timings are not checked)."""
+"""Every benchmark (`python -m benchmarks.<name> --smoke`) runs end to end and writes well-formed JSON (timings are
+not checked)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_TOPK = REPO_ROOT / "scripts" / "bench_topk.py"
 
 
 def _positive_timing(entry: dict) -> None:
@@ -20,18 +20,23 @@ def _positive_timing(entry: dict) -> None:
     assert entry["repeats"] >= 1 and len(entry["all_ms"]) == entry["repeats"]
 
 
-def test_bench_topk_smoke(tmp_path):
-    out = tmp_path / "x.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def _run_benchmark(module: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, str(BENCH_TOPK), "--smoke", "--threads", "1", "--out", str(out)],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def test_bench_topk_smoke(tmp_path):
+    out = tmp_path / "x.json"
+    proc = _run_benchmark("topk", ["--smoke", "--threads", "1", "--out", str(out)])
     assert "| variant |" in proc.stdout  # the markdown tables were printed
 
     data = json.loads(out.read_text())
@@ -71,25 +76,11 @@ def test_bench_topk_smoke(tmp_path):
     assert data["goals"]["search_step_overhead"]["measured"] > 0
 
 
-def _run_script(script: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / script), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc
-
-
 def test_bench_quality_smoke(tmp_path):
     """Every method on every digits pattern (tiny ViT, a few steps) and the ablations; rows record real sparsity."""
     pytest.importorskip("torch_pruning")
     out = tmp_path / "q.json"
-    proc = _run_script("bench_quality.py", ["--smoke", "--tasks", "digits", "--workers", "1", "--out", str(out)])
+    proc = _run_benchmark("quality", ["--smoke", "--tasks", "digits", "--workers", "1", "--out", str(out)])
     assert "| method |" in proc.stdout and "| variant |" in proc.stdout
     assert (tmp_path / "q.png").stat().st_size > 0
 
@@ -117,7 +108,7 @@ def test_bench_quality_smoke(tmp_path):
 
 def test_bench_overhead_smoke(tmp_path):
     out = tmp_path / "o.json"
-    proc = _run_script("bench_overhead.py", ["--smoke", "--threads", "1", "--out", str(out)])
+    proc = _run_benchmark("overhead", ["--smoke", "--threads", "1", "--out", str(out)])
     assert "| variant |" in proc.stdout
     data = json.loads(out.read_text())
     variants = data["variants"]
@@ -135,7 +126,7 @@ def test_bench_quality_minilm_smoke(tmp_path):
             pytest.skip(f"{package} is not installed (scripts/ensure_env.sh installs it)")
     out = tmp_path / "m.json"
     args = ["--smoke", "--tasks", "minilm", "--workers", "1", "--patterns", "nm2:4", "block4x4@0.5", "--out", str(out)]
-    _run_script("bench_quality.py", args)
+    _run_benchmark("quality", args)
     data = json.loads(out.read_text())
     assert data["summary"]["failures"] == []
     pairs = {(r["pattern"], r["method"]) for r in data["rows"]}
@@ -145,3 +136,13 @@ def test_bench_quality_minilm_smoke(tmp_path):
     }
     for row in data["rows"]:
         assert row["nm_valid"] and row["structured_sparsity"] >= (0.49 if row["pattern"] else 0.0)
+
+
+def test_bench_inference_smoke(tmp_path):
+    out = tmp_path / "i.json"
+    proc = _run_benchmark("inference", ["--smoke", "--threads", "1", "--out", str(out)])
+    assert "| model |" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "inference" and data["smoke"] is True
+    assert data["command"].startswith("python -m benchmarks.inference")
+    assert data["rows"] and all(r["median_ms"] > 0 and r["ideal_speedup"] >= 1.0 for r in data["rows"])

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from smart_hf.budget import global_weight_budget, layer_keep_units, reserved_units
+from smart_hf.core.budget import global_weight_budget, layer_keep_units, reserved_units
 
 
 @pytest.mark.parametrize("units", [1, 2, 7, 64, 1000])

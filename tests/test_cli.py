@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from smart_hf.cli import main, parse_recipe
+from smart_hf.cli.main import main, parse_recipe
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "deit_digits_block.yaml"
@@ -53,7 +53,7 @@ def test_train_initialises_the_model_from_the_recipe_seed(tmp_path, monkeypatch)
     seeds, so run_training must seed first); a different seed gives other weights."""
     import torch
 
-    import smart_hf.run as run
+    import smart_hf.cli.train as run
 
     class Stop(Exception):
         pass

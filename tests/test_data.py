@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from transformers import AutoTokenizer, ViTImageProcessorPil
 
-from smart_hf.data import (
+from smart_hf.cli.data import (
     _read_tweets,
     _stratified_split,
     load_digits_splits,

@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_CONFIG = ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"
-LOOP_SCRIPT = ROOT / "scripts" / "accelerate_loop.py"
+LOOP_SCRIPT = ROOT / "examples" / "accelerate_loop.py"
 GLOBAL_BATCH = 8
 
 
@@ -86,12 +86,11 @@ def trainer_worker(out_dir: str, per_device_batch: int) -> None:
     from transformers import TrainerCallback, ViTConfig, ViTForImageClassification
 
     import smart_hf as sh
-    import smart_hf.trainer as smart_trainer
-    from smart_hf.export import squashed_state_dict
-    from smart_hf.invariants import check_sparsity
-    from smart_hf.masking import MODE_HARD, MODE_SOFT
-    from smart_hf.trainer import SmartTrainer
-    from smart_hf.training_args import SmartTrainingArguments
+    import smart_hf.training.trainer as smart_trainer
+    from smart_hf.artifact.export import squashed_state_dict
+    from smart_hf.artifact.invariants import check_sparsity
+    from smart_hf.training.trainer import SmartTrainer
+    from smart_hf.training.training_args import SmartTrainingArguments
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -131,14 +130,14 @@ def trainer_worker(out_dir: str, per_device_batch: int) -> None:
 
         def _grab(self, module, args, output):
             smart = sh.get_smart_state(module)
-            if module.training and smart._mode == MODE_SOFT and smart._cache:
+            if module.training and smart.mode_name == "soft" and smart._cache:
                 self.last = torch.cat([m.detach().flatten() for gi in sorted(smart._cache) for m in smart._cache[gi]])
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             smart = sh.get_smart_state(model)
-            if smart._mode == MODE_SOFT:
+            if smart.mode_name == "soft":
                 self.steps.append(self.last.clone())
-            elif smart._mode == MODE_HARD and self.hardened is None:
+            elif smart.is_hard and self.hardened is None:
                 self.hardened = torch.cat([layer.smart_mask.flatten() for layer in smart.layers])
 
     args = SmartTrainingArguments(

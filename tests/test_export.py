@@ -10,9 +10,8 @@ from tiny_models import tiny_vit, vit_inputs
 from transformers import AutoModelForImageClassification
 
 import smart_hf as sh
-from smart_hf import hub
-from smart_hf.cli import main
-from smart_hf.export import save_pruned
+from smart_hf.artifact.export import save_pruned
+from smart_hf.cli.main import main
 
 
 @pytest.fixture
@@ -72,12 +71,9 @@ def test_push_command(artifact, monkeypatch, capsys):
 
 
 def test_card_shows_the_train_command_without_tokens(artifact, tmp_path):
-    hub.set_command_line(["train", "--config", "r.yaml", "--hub_token", "hf_SECRET", "--push_to_hub", "true"])
-    try:
-        model = tiny_vit()
-        sh.prepare_model(model, sh.SmartConfig())
-        save_pruned(model, tmp_path / "c", save_plots=False)
-    finally:
-        hub.set_command_line(None)
+    command = ["smart-hf", "train", "--config", "r.yaml", "--hub_token", "hf_SECRET", "--push_to_hub", "true"]
+    model = tiny_vit()
+    sh.prepare_model(model, sh.SmartConfig())
+    save_pruned(model, tmp_path / "c", save_plots=False, command=command)
     text = (tmp_path / "c" / "README.md").read_text()
     assert "smart-hf train --config r.yaml --hub_token '***'" in text and "hf_SECRET" not in text

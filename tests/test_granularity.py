@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from smart_hf.granularity import UnitLayout, canonical_weight, layer_kind
+from smart_hf.core.granularity import UnitLayout, canonical_weight, layer_kind
 
 # (kind, weight shape, pattern, block_shape, n, m)
 CASES = [

@@ -12,8 +12,9 @@ from tiny_models import text_inputs, tiny_bert, tiny_vit, vit_inputs
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 import smart_hf as sh
-from smart_hf.export import save_pruned
-from smart_hf.hub import card_tags, push_pruned_to_hub
+from smart_hf.artifact.card import card_tags
+from smart_hf.artifact.export import save_pruned
+from smart_hf.artifact.hub import push_pruned_to_hub
 
 SECRET = "hf_SECRETtoken0123456789"
 
@@ -68,7 +69,7 @@ def online(monkeypatch):
 )
 def test_card_tags_by_pattern(cfg, expected):
     model = _pruned(tiny_vit, **cfg)
-    tags = card_tags(sh.lifecycle.pruning_metadata(sh.get_smart_state(model)))
+    tags = card_tags(sh.lifecycle.pruning_metadata(sh.get_smart_state(model))[0])
     assert {"pruned", "sparse", "smart-hf"} | expected == set(tags)
 
 
@@ -153,7 +154,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_trainer_push_to_hub_pushes_the_pruned_artifact(tmp_path, online, caplog):
-    from smart_hf.trainer import SmartTrainer
+    from smart_hf.training.trainer import SmartTrainer
 
     args = smart_args(
         tmp_path,

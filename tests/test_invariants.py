@@ -20,11 +20,10 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import smart_hf as sh
-from smart_hf.callbacks import SmartCallback
-from smart_hf.invariants import check_sparsity
-from smart_hf.masking import MODE_HARD, MODE_SOFT
-from smart_hf.trainer import SmartTrainer
-from smart_hf.training_args import SmartTrainingArguments
+from smart_hf.artifact.invariants import check_sparsity
+from smart_hf.training.callbacks import SmartCallback
+from smart_hf.training.trainer import SmartTrainer
+from smart_hf.training.training_args import SmartTrainingArguments
 
 MAX_STEPS, SEARCH_STEPS, SAVE_EVERY = 16, 8, 4  # checkpoints at 4 (mid-search), 8, 12 (mid-fine-tune), 16
 RESUME_POINTS = {"mid-search": 4, "mid-finetune": 12}
@@ -112,7 +111,7 @@ class StepInvariants(TrainerCallback):
             row["zeros"] = check_sparsity(smart)["total"]["zeros"]
         except ValueError as err:
             row["error"] = str(err)
-        if smart._mode == MODE_HARD:
+        if smart.is_hard:
             masks = [layer.smart_mask.clone() for layer in smart.layers]
             if self.masks_at_hardening is None:
                 self.masks_at_hardening = masks
@@ -264,7 +263,7 @@ def test_slim_heads_and_conv_chains_keep_the_budget(key, mode, tmp_path):
     """Whole heads (value-row head blocks, `head_pruning_overrides`) + channel FFNs on ViT / BERT, channel-pruned
     ResNet conv chains: after slimming, every budget still finds exactly what the prepared model kept (q/k of a
     removed head: a range around it, as their rows go with the head whether kept or not)."""
-    from smart_hf.slim_heads import head_pruning_overrides
+    from smart_hf.slim.heads import head_pruning_overrides
 
     factory, make_inputs, _ = tiny_models.MODELS[key]
     torch.manual_seed(0)
@@ -323,7 +322,7 @@ def test_a_plain_trainer_that_never_hardens_still_saves_exact_sparsity(tmp_path)
         save_strategy="no", learning_rate=1e-2,
     )  # fmt: skip
     Trainer(model=model, args=args, train_dataset=dataset(case)).train()
-    assert sh.get_smart_state(model)._mode == MODE_SOFT
+    assert sh.get_smart_state(model).mode_name == "soft"
     assert (sh.get_smart_state(model).layers[0].weight != 0).all()  # nothing was zeroed in memory
     sh.save_pruned(model, str(tmp_path / "pruned"), save_plots=False)
     result = check_sparsity(str(tmp_path / "pruned"))
@@ -426,7 +425,7 @@ def test_end_of_training_check_raises_or_warns_on_a_broken_model(tmp_path, caplo
         )  # fmt: skip
         trainer.smart_callback.verify_sparsity = verify
         caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="smart_hf.callbacks"):
+        with caplog.at_level(logging.ERROR, logger="smart_hf.training.callbacks"):
             if verify == "raise":
                 with pytest.raises(ValueError, match="sparsity check failed"):
                     trainer.train()
@@ -439,7 +438,7 @@ def test_end_of_training_check_raises_or_warns_on_a_broken_model(tmp_path, caplo
 
 def test_end_of_training_logs_sparsity_verified(runs, caplog):
     trainer = runs["2of4-bert"]["trainer"]
-    with caplog.at_level(logging.INFO, logger="smart_hf.callbacks"):
+    with caplog.at_level(logging.INFO, logger="smart_hf.training.callbacks"):
         trainer.smart_callback.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
     assert "sparsity verified" in caplog.text
     with pytest.raises(ValueError, match="verify_sparsity"):

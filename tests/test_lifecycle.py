@@ -20,8 +20,8 @@ from smart_hf import (
     squash,
     update_temperature,
 )
-from smart_hf.budget import global_weight_budget, layer_keep_units, reserved_units
-from smart_hf.granularity import canonical_weight
+from smart_hf.core.budget import global_weight_budget, layer_keep_units, reserved_units
+from smart_hf.core.granularity import canonical_weight
 
 CASES = [
     ("vit", {"pattern": "block", "block_shape": [4, 4], "sparsity": 0.5}),
@@ -156,7 +156,7 @@ def test_deepcopy_gives_the_same_output_and_is_independent():
     assert get_smart_state(clone) is not get_smart_state(model)
     assert clone.vit.layers[0].mlp.fc1._smart_state is get_smart_state(clone)
     set_temperature(clone, 1e-3)
-    assert get_smart_state(model)._tau == 0.3
+    assert get_smart_state(model).tau == 0.3
     squash(clone)  # removes the copy's hooks, not the original's
     assert len(model._forward_pre_hooks) == 1 and len(clone._forward_pre_hooks) == 0
     assert model(**inputs).logits.shape == (2, 3)
@@ -219,7 +219,7 @@ def test_state_dict_round_trip_restores_temperature_and_mode():
     set_temperature(model, 0.01)
     twin = prepare_model(tiny_vit(), SmartConfig())
     twin.load_state_dict(model.state_dict())
-    assert get_smart_state(twin)._tau == 0.01
+    assert get_smart_state(twin).tau == 0.01
     inputs = vit_inputs()
     torch.testing.assert_close(_logits(twin, inputs), _logits(model, inputs), atol=0, rtol=0)
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from tiny_models import tiny_vit, vit_inputs
 
-import smart_hf.masking as masking
+import smart_hf.state as masking
 from smart_hf import SmartConfig, get_smart_state, prepare_model, set_temperature
-from smart_hf.budget import global_weight_budget
+from smart_hf.core.budget import global_weight_budget
 
 
 def test_one_top_k_per_group_per_forward(monkeypatch):

@@ -10,9 +10,9 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import EvalPrediction
 
-from smart_hf.metrics import AVAILABLE_METRICS, load_metric, make_compute_metrics
+from smart_hf.cli.metrics import AVAILABLE_METRICS, load_metric, make_compute_metrics
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "smart_hf" / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[1] / "smart_hf" / "cli" / "metrics"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from tiny_models import MODELS
 
 import smart_hf as sh
 from smart_hf.config import SmartConfig
-from smart_hf.schedule import MIN_TEMPERATURE
+from smart_hf.core.schedule import MIN_TEMPERATURE
 
 TAUS = (MIN_TEMPERATURE, 1e-3, 1.0)
 SCALES = (1e-6, 1.0, 1e6)

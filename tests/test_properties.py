@@ -15,8 +15,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import smart_hf as sh
-from smart_hf.budget import global_weight_budget, layer_keep_units, reserved_units
 from smart_hf.config import SmartConfig
+from smart_hf.core.budget import global_weight_budget, layer_keep_units, reserved_units
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

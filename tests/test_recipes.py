@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from smart_hf.cli import parse_recipe
-from smart_hf.run import run_training
+from smart_hf.cli.main import parse_recipe
+from smart_hf.cli.train import run_training
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SMOKE = ["--logging_steps", "10", "--eval_strategy", "no", "--save_plots", "false"]

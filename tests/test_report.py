@@ -103,7 +103,7 @@ from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, "tests")
 import tiny_models
 import smart_hf as sh
-from smart_hf.invariants import check_sparsity
+from smart_hf.artifact.invariants import check_sparsity
 
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
@@ -130,7 +130,7 @@ def test_report_and_check_of_an_fsdp2_sharded_model(pattern, tmp_path):
     import subprocess
     import sys
 
-    from smart_hf.invariants import check_sparsity
+    from smart_hf.artifact.invariants import check_sparsity
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ import torch
 from tiny_models import tiny_vit
 
 from smart_hf import SmartConfig, get_smart_state, prepare_model, update_temperature
-from smart_hf.schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
+from smart_hf.core.schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
 
 DECAYING = ["exponential", "cosine", "linear", "dynamic"]
 
@@ -177,4 +177,4 @@ def test_update_temperature_follows_the_schedule_and_clamps():
     assert update_temperature(model, 0, 10) == pytest.approx(1.0)
     assert update_temperature(model, 5, 10) == pytest.approx(math.sqrt(1.1e-8))
     assert update_temperature(model, 10, 10) == MIN_TEMPERATURE  # never below what the operator is tested at
-    assert get_smart_state(model)._tau == MIN_TEMPERATURE
+    assert get_smart_state(model).tau == MIN_TEMPERATURE

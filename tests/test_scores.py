@@ -5,7 +5,7 @@ import torch
 from tiny_models import resnet_inputs, text_inputs, tiny_gpt2, tiny_resnet, tiny_vit, vit_inputs
 
 from smart_hf import SmartConfig, get_smart_state, prepare_model, reinit_scores, set_mode
-from smart_hf.granularity import canonical_weight
+from smart_hf.core.granularity import canonical_weight
 from smart_hf.scores import unit_importance
 
 

@@ -11,11 +11,11 @@ from torch import nn
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 import smart_hf as sh
-from smart_hf.export import save_pruned
-from smart_hf.slim_cnn import find_conv_chains, pruned_channel_outputs
-from smart_hf.slim_heads import find_attention_blocks
-from smart_hf.slim_macs import attention_macs, conv_macs, transformer_layer_macs
-from smart_hf.slimming import find_ffn_pairs, head_pruning_overrides, load_slim, slim, slimmed_widths
+from benchmarks.macs import attention_macs, conv_macs, transformer_layer_macs
+from smart_hf.artifact.export import save_pruned
+from smart_hf.slim import find_ffn_pairs, head_pruning_overrides, load_slim, slim, slimmed_widths
+from smart_hf.slim.cnn import find_conv_chains, pruned_channel_outputs
+from smart_hf.slim.heads import find_attention_blocks
 
 ARCHS = {
     "vit": (tiny_vit, vit_inputs, AutoModelForImageClassification, "mlp.fc1", "mlp.fc2"),

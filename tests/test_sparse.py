@@ -5,7 +5,7 @@ import torch
 from tiny_models import text_inputs, tiny_bert, tiny_vit, vit_inputs
 
 import smart_hf as sh
-from smart_hf.sparse import BSRLinear, to_sparse_kernels
+from smart_hf.artifact.kernels import BSRLinear, to_sparse_kernels
 
 
 def _pruned(factory, **cfg):

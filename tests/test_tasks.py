@@ -12,8 +12,8 @@ from transformers import (
 )
 
 import smart_hf as sh
-from smart_hf.trainer import SmartTrainer
-from smart_hf.training_args import SmartTrainingArguments
+from smart_hf.training.trainer import SmartTrainer
+from smart_hf.training.training_args import SmartTrainingArguments
 
 
 def _args(tmp_path):

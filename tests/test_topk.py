@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smart_hf.topk import hard_topk, mask_fractionality, soft_topk, solve_shift
+from smart_hf.core.topk import hard_topk, mask_fractionality, soft_topk, solve_shift
 
 TAUS = [10.0, 1.0, 0.1, 1e-2, 1e-4, 1e-6]
 SHAPES = [(7,), (64,), (1000,), (3, 50), (2, 5, 16), (4096,), (300, 4)]

@@ -7,10 +7,9 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, ViTForImageClassification
 
 import smart_hf as sh
-from smart_hf.callbacks import SmartCallback
-from smart_hf.masking import MODE_HARD
-from smart_hf.trainer import SmartTrainer
-from smart_hf.training_args import SmartTrainingArguments
+from smart_hf.training.callbacks import SmartCallback
+from smart_hf.training.trainer import SmartTrainer
+from smart_hf.training.training_args import SmartTrainingArguments
 
 
 def tiny_vit(seed=0):
@@ -59,7 +58,7 @@ class Recorder(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         smart = sh.get_smart_state(model)
         zero_ok = None
-        if smart._mode == MODE_HARD:
+        if smart.is_hard:
             zero_ok = all(
                 bool(
                     (layer.weight[layer.smart_layout.expand(layer.smart_mask).expand_as(layer.weight) == 0] == 0).all()
@@ -262,7 +261,7 @@ def test_resume_true_skips_a_checkpoint_killed_mid_save(tmp_path, caplog):
     resumed = checkpointing_trainer(out, 8, seed=123, callbacks=[steps_run])
     with pytest.raises(ValueError, match="resume_from_checkpoint=True"):
         resumed.train(resume_from_checkpoint=str(out / "checkpoint-16"))
-    with caplog.at_level("WARNING", logger="smart_hf.trainer"):
+    with caplog.at_level("WARNING", logger="smart_hf.training.trainer"):
         resumed.train(resume_from_checkpoint=True)
     assert "checkpoint-16: incomplete" in caplog.text
     assert steps_run.rows[0][0] == 9  # the first optimizer step after checkpoint-8, not after checkpoint-16

@@ -1,0 +1,320 @@
+#!/usr/bin/env python
+"""Inference benchmark of pruned models: dense vs squashed vs slim vs BSR, with the ideal FLOP-ratio speed-up.
+
+For a DeiT-tiny-shaped ViT (192 hidden, 12 layers, 224px, 197 tokens) and a MiniLM-L6-shaped BERT (384 hidden,
+6 layers, 128 tokens), random weights, CPU, ``--threads`` intra-op threads, ``torch.inference_mode``:
+
+* ``dense``: the plain model.
+* ``squashed``: SMART ``block`` (``--block`` x ``--block``) masks at ``--sparsity``, hardened and squashed: zeros
+  stored dense -- what the pruned artifact costs with stock transformers.
+* ``bsr``: the same squashed model after ``smart_hf.to_sparse_kernels(model, "bsr")``.
+* ``slim``: SMART ``channel`` masks at ``--sparsity``, squashed and ``smart_hf.slim(model)`` (uniform): pruned FFN
+  channels removed; channel masks on attention / output projections stay as zeros in place.
+* ``slim-heads``: ``channel`` masks at ``--sparsity`` with a per-layer budget plus value-projection head blocks
+  (``smart_hf.head_pruning_overrides(model, --head-sparsity)``), ``slim(model, mode="per_layer")``: pruned FFN
+  channels *and* whole attention heads removed (DeiT-tiny has 3 heads: ``--head-sparsity 0.5`` keeps
+  ``round(1.5) = 2``; MiniLM keeps 6 of 12).
+
+``--models resnet-50`` (not in the default list: seconds per forward on a small CPU) benchmarks a ResNet-50 (224px)
+with variants ``dense`` and ``slim`` (``channel`` masks, ``slim(model, mode="per_layer")``: conv -> BN -> conv chains).
+Its BatchNorm statistics are randomised so that pruned channels emit constants of both signs, as in a trained net:
+the ones feeding a zero-padded 3x3 conv with a non-zero constant stay masked (`slim` reports them).
+
+For every batch size it reports the median latency (``--repeats`` warm runs, taken round-robin over the variants so
+that a shared machine's load hits all of them alike), the measured speed-up over dense, the
+*ideal* speed-up (dense FLOPs / FLOPs if every zero weight were skipped; linears, convs and the attention matmuls
+of the heads each model really has counted), the parameter/weight memory and the peak memory allocated during one forward (torch profiler with
+``profile_memory``, op granularity). Prints a markdown table and writes JSON to ``--out``.
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.inference              # full run
+    HF_HUB_OFFLINE=1 python -m benchmarks.inference --smoke      # seconds; for CI (the four original variants)
+    HF_HUB_OFFLINE=1 python -m benchmarks.inference --models resnet-50 --batches 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import smart_hf as sh
+from smart_hf.artifact.kernels import BSRLinear
+from smart_hf.slim.heads import find_attention_blocks, head_pruning_overrides
+
+from ._common import environment, result_header, write_json
+from .macs import attention_macs
+
+warnings.filterwarnings("ignore", message=".*Sparse BSR tensor support is in beta.*")
+
+
+VARIANTS = ("dense", "squashed", "bsr", "slim", "slim-heads")
+SMOKE_VARIANTS = ("dense", "squashed", "bsr", "slim")
+CNN_VARIANTS = ("dense", "slim")
+
+
+def build(name: str, smoke: bool):
+    from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+
+    if name == "resnet-50":
+        return build_resnet(smoke)
+    if name == "deit-tiny":
+        kw = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768)
+        kw.update(image_size=224, patch_size=16, num_labels=1000)
+        if smoke:
+            kw.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+            kw.update(image_size=32, patch_size=8, num_labels=10)
+        cfg = ViTConfig(**kw)
+        return ViTForImageClassification(cfg).eval(), lambda b: {
+            "pixel_values": torch.randn(b, 3, cfg.image_size, cfg.image_size)
+        }
+    kw = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, vocab_size=30522)
+    seq = 128
+    if smoke:
+        kw.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+        seq = 16
+    cfg = BertConfig(**kw, num_labels=2)
+    return BertForSequenceClassification(cfg).eval(), lambda b: {
+        "input_ids": torch.randint(0, cfg.vocab_size, (b, seq)),
+        "attention_mask": torch.ones(b, seq, dtype=torch.long),
+    }
+
+
+def build_resnet(smoke: bool):
+    """ResNet-50 (transformers' default ResNetConfig, 224px) with randomised BatchNorm statistics (see docstring)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    cfg = ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1]) if smoke else ResNetConfig()
+    size = 32 if smoke else 224
+    model = ResNetForImageClassification(cfg).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.bias.normal_(0.0, 0.1)
+    return model, lambda b: {"pixel_values": torch.randn(b, 3, size, size)}
+
+
+def flops(model: nn.Module, inputs: dict) -> tuple[float, float]:
+    """(dense FLOPs, FLOPs with every zero weight skipped) of one forward: linears, convs, attention matmuls."""
+    totals = [0.0, 0.0]
+    handles = []
+
+    def linear_hook(module, args, _out):
+        x = args[0]
+        if isinstance(module, BSRLinear):
+            dense_w = module.out_features * module.in_features
+            nnz = int((module.weight.to_dense() != 0).sum())
+            rows = x.numel() // module.in_features
+        else:
+            dense_w, nnz, rows = module.weight.numel(), int((module.weight != 0).sum()), x.numel() // x.shape[-1]
+        totals[0] += 2 * rows * dense_w
+        totals[1] += 2 * rows * nnz
+
+    def conv_hook(module, _args, out):
+        positions = out.numel() // out.shape[1]
+        totals[0] += 2 * positions * module.weight.numel()
+        totals[1] += 2 * positions * int((module.weight != 0).sum())
+
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, BSRLinear)):
+            handles.append(module.register_forward_hook(linear_hook))
+        elif isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+    with torch.inference_mode():
+        model(**inputs)
+    for h in handles:
+        h.remove()
+    attention = 2 * attention_flops_macs(model, inputs)  # QK^T and AV, 2 FLOPs per MAC
+    return totals[0] + attention, totals[1] + attention
+
+
+def attention_flops_macs(model: nn.Module, inputs: dict) -> int:
+    """MACs of the attention matmuls with the heads each block really has (slim-heads removes some)."""
+    blocks = find_attention_blocks(model)
+    if not blocks:
+        return 0
+    cfg = model.config
+    if "pixel_values" in inputs:
+        b, seq = inputs["pixel_values"].shape[0], (cfg.image_size // cfg.patch_size) ** 2 + 1
+    else:
+        b, seq = inputs["input_ids"].shape
+    widths = [model.get_submodule(block["v"]).out_features for block in blocks]
+    return sum(
+        attention_macs(seq, width // block["head_dim"], block["head_dim"], b) for width, block in zip(widths, blocks)
+    )
+
+
+def weight_bytes(model: nn.Module) -> int:
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.layout == torch.sparse_bsr:
+            total += sum(x.numel() * x.element_size() for x in (t.crow_indices(), t.col_indices(), t.values()))
+        else:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def peak_forward_bytes(model: nn.Module, inputs: dict) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(**inputs)
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return int(peak)
+
+
+def latency_ms(models: dict[str, nn.Module], inputs: dict, repeats: int) -> dict[str, list[float]]:
+    """Per variant, ``repeats`` forward times in ms, measured round-robin (one forward of every variant per round,
+    after one warm-up each): on a shared machine every variant sees the same background load, so the ratios between
+    variants stay meaningful even when the absolute times are not."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model(**inputs)  # warm-up
+        for _ in range(repeats):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model(**inputs)
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def variants(name: str, smoke: bool, sparsity: float, block: int, wanted: tuple[str, ...], head_sparsity: float):
+    """The pruned variants of one model at one sparsity (same random weights), plus facts about them."""
+    torch.manual_seed(0)
+    dense, make_inputs = build(name, smoke)
+    state = {k: v.clone() for k, v in dense.state_dict().items()}
+
+    def fresh():
+        model, _ = build(name, smoke)
+        model.load_state_dict(state)
+        return model.eval()
+
+    models, info = {"dense": dense}, {}
+    if "squashed" in wanted or "bsr" in wanted:
+        squashed = fresh()
+        sh.prepare_model(squashed, sh.SmartConfig(pattern="block", block_shape=[block, block], sparsity=sparsity))
+        sh.squash(squashed)
+        models["squashed"] = squashed
+    if "bsr" in wanted:
+        bsr = fresh()
+        bsr.load_state_dict(squashed.state_dict())
+        bsr.config.smart_hf = squashed.config.smart_hf
+        info["bsr_layers"] = len(sh.to_sparse_kernels(bsr, format="bsr")["converted"])
+        models["bsr"] = bsr
+    if "slim" in wanted:
+        slim = fresh()
+        sh.prepare_model(slim, sh.SmartConfig(pattern="channel", sparsity=sparsity))
+        summary = sh.slim(slim, mode="per_layer" if name == "resnet-50" else "uniform")
+        info["slim_params_removed"] = summary["params_removed"]
+        info["slim_heads_kept_per_layer"] = [h["after"] for h in summary["heads"]]  # whole heads a channel mask hit
+        info["slim_conv_channels_left_masked"] = sum(c["kept_masked"] for c in summary["convs"])
+        models["slim"] = slim
+    if "slim-heads" in wanted:
+        heads = fresh()
+        overrides = head_pruning_overrides(heads, sparsity=head_sparsity)
+        sh.prepare_model(
+            heads, sh.SmartConfig(pattern="channel", sparsity=sparsity, budget="layer", overrides=overrides)
+        )
+        summary = sh.slim(heads, mode="per_layer")
+        info["heads_kept_per_layer"] = [h["after"] for h in summary["heads"]]
+        info["heads_params_removed"] = summary["params_removed"]
+        models["slim-heads"] = heads
+    models = {k: v for k, v in models.items() if k in wanted}
+    return make_inputs, models, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat (seconds)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.9])
+    parser.add_argument("--block", type=int, default=32, help="block side for the block/BSR variant")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--models", nargs="+", default=["deit-tiny", "minilm-l6"], help="also: resnet-50")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=None, help="default: all (--smoke: the four original ones)"
+    )
+    parser.add_argument("--head-sparsity", type=float, default=0.5, help="fraction of heads pruned (slim-heads)")
+    parser.add_argument("--out", default="docs/results/bench_inference.json")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats, args.batches, args.block, args.sparsity = 1, [1, 2], 8, [0.5]
+    wanted = tuple(dict.fromkeys(("dense", *(args.variants or (SMOKE_VARIANTS if args.smoke else VARIANTS)))))
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.models:
+        for sparsity in args.sparsity:
+            kinds = tuple(v for v in wanted if v in CNN_VARIANTS) if name == "resnet-50" else wanted
+            make_inputs, models, info = variants(name, args.smoke, sparsity, args.block, kinds, args.head_sparsity)
+            for batch in args.batches:
+                inputs = make_inputs(batch)
+                base, all_times = None, latency_ms(models, inputs, args.repeats)
+                for variant, model in models.items():
+                    times = all_times[variant]
+                    dense_flops, nnz_flops = flops(model, inputs)
+                    median = statistics.median(times)
+                    base = median if variant == "dense" else base
+                    if variant == "dense":
+                        ref_flops = dense_flops
+                    row = {
+                        "model": name,
+                        "sparsity": sparsity,
+                        "batch": batch,
+                        "variant": variant,
+                        "median_ms": median,
+                        "min_ms": min(times),
+                        "all_ms": times,
+                        "speedup": base / median,
+                        "ideal_speedup": ref_flops / nnz_flops,
+                        "executed_flops_ratio": ref_flops / dense_flops,
+                        "weight_mb": weight_bytes(model) / 2**20,
+                        "peak_forward_mb": peak_forward_bytes(model, inputs) / 2**20,
+                        **info,
+                    }
+                    rows.append(row)
+                    print(
+                        f"{name} s={sparsity} b={batch} {variant}: {median:.2f} ms ({row['speedup']:.2f}x, "
+                        f"ideal {row['ideal_speedup']:.2f}x)",
+                        file=sys.stderr,
+                    )
+    header = (
+        "| model | sparsity | batch | variant | median ms | speed-up | ideal (FLOPs) | weights MB | peak fwd MB |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['sparsity']} | {r['batch']} | {r['variant']} | {r['median_ms']:.2f} | "
+            f"{r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {r['weight_mb']:.2f} | {r['peak_forward_mb']:.2f} |"
+        )
+    result = {
+        **result_header("inference", args.smoke, argv, environment(threads=torch.get_num_threads())),
+        "settings": {
+            "repeats": args.repeats,
+            "block": args.block,
+            "sparsity": args.sparsity,
+            "head_sparsity": args.head_sparsity,
+            "batches": args.batches,
+            "variants": list(wanted),
+        },
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

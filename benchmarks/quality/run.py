@@ -1,0 +1,343 @@
+#!/usr/bin/env python
+"""Quality benchmark: SMART against peer pruners at the same budget and the same optimizer steps (issue 6).
+
+Per (task, seed) one dense pretrain is cached in a temp dir; every method starts from it and gets the same post-dense
+window of optimizer steps (same seeded batches, same warm-up + cosine LR): ``dense`` keeps training; one-shot
+methods prune at the start and fine-tune the whole window; GMP and movement prune gradually over the first half;
+SMART searches over the first half and fine-tunes with the hard mask (``benchmarks/quality/core.py``,
+``benchmarks/quality/baselines.py``). Rows record val/test accuracy and the sparsity measured on the final weights.
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality                 # full run (~1 h on 2 cores)
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality --smoke         # tiny models, a few steps; what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .._common import environment, result_header
+from .baselines import BASELINES, applicable
+from .core import (
+    DenseMethod,
+    SmartMethod,
+    Task,
+    accuracy,
+    parse_pattern,
+    run_window,
+    train_steps,
+    weight_groups,
+)
+from .report import summarise, write_outputs
+
+DIGITS_PATTERNS = ["block4x4@0.5", "block4x4@0.75", "block4x4@0.9", "channel@0.3", "channel@0.5", "nm2:4", "nm1:4"]
+MINILM_PATTERNS = ["nm2:4", "block4x4@0.5"]
+METHODS = ["dense", "magnitude", "gmp", "wns", "torch_pruning", "wanda", "movement", "smart"]
+MINILM_METHODS = ["dense", "magnitude", "wanda", "smart"]
+ABLATIONS = {  # SMART variants (digits only); the default row is "smart" itself
+    "tau_fixed": {"temperature_schedule": "constant"},
+    "tau_exponential": {"temperature_schedule": "exponential"},
+    "budget_layer": {"budget": "layer"},
+    "init_activation": {"score_init": "activation"},
+    "distill": {"distill": 0.5},
+    "search_0.25": {"search_fraction": 0.25},
+    "search_0.75": {"search_fraction": 0.75},
+    "score_lr_0.01": {"score_lr": 0.01},
+    "score_lr_0.2": {"score_lr": 0.2},
+}
+DEFAULT_ABLATIONS = list(ABLATIONS)
+ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 is infeasible there (the library raises)
+    {
+        "min_density_0.05": {"min_layer_density": 0.05},
+        "min_density_0.1": {"min_layer_density": 0.1},
+        "tau_end_1e-2": {"tau_end": 1e-2},
+    }
+)
+ABLATION_PATTERNS = ["block4x4@0.75"]
+DIGITS_LAYERS = 4  # DeiT-tiny has 12; 4 keeps the full matrix within ~1 h on 2 shared cores (docs/benchmarks.md)
+
+
+def digits_task(smoke: bool, scale: float, layers: int = DIGITS_LAYERS) -> Task:
+    """DeiT-tiny width (hidden 192, 3 heads, MLP 768; ``layers`` blocks) from scratch on 8x8 digits, patch 2."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from smart_hf.cli.data import load_digits_splits
+
+    shape = dict(hidden_size=192, num_hidden_layers=layers, num_attention_heads=3, intermediate_size=768)
+    if smoke:
+        shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+    config = ViTConfig(image_size=8, patch_size=2, num_channels=1, num_labels=10, **shape)
+    ds = load_digits_splits(image_size=8, num_channels=1)
+    splits = {s: ds[s][:] for s in ds}  # whole split as tensors: row access to a Dataset per step is slow
+
+    def build(seed: int):
+        torch.manual_seed(seed)
+        return ViTForImageClassification(config)
+
+    steps = task_steps("digits", smoke, scale)
+    return Task("digits-deit", build, splits, 32, 5e-4, 0.05, steps[0], steps[1], 2 if smoke else 10)
+
+
+def minilm_task(smoke: bool, scale: float) -> Task:
+    """Pretrained MiniLM-L6 (smoke: a tiny random BERT with its tokenizer) on binary tweet sentiment, seq 48."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
+
+    from smart_hf.cli.data import load_tweet_sentiment, minilm_path
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    sizes = dict(train_size=64, val_size=32, test_size=32) if smoke else {}
+    ds = load_tweet_sentiment(tokenizer, max_length=48, **sizes)
+    splits = {s: ds[s][:] for s in ds}
+
+    def build(seed: int):
+        torch.manual_seed(seed)
+        if smoke:
+            cfg = BertConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                num_labels=2,
+            )
+            return BertForSequenceClassification(cfg)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+    steps = task_steps("minilm", smoke, scale)
+    return Task("minilm-tweets", build, splits, 16, 5e-5, 0.01, steps[0], steps[1], 2 if smoke else 10, 128)
+
+
+TASKS = {"digits": digits_task, "minilm": minilm_task}
+STEPS = {"digits": (240, 60), "minilm": (100, 80)}  # (dense pretrain, post-dense window) optimizer steps
+
+
+def task_steps(name: str, smoke: bool, scale: float) -> tuple[int, int]:
+    """(dense pretrain steps, window steps) of a task; ``--scale`` multiplies both, smoke runs 3 + 4."""
+    dense, window = STEPS[name]
+    return (3, 4) if smoke else (round(dense * scale), round(window * scale))
+
+
+_TASK_CACHE: dict = {}
+
+
+def get_task(name: str, smoke: bool, scale: float, layers: int = DIGITS_LAYERS) -> Task:
+    key = (name, smoke, scale, layers)
+    if key not in _TASK_CACHE:
+        _TASK_CACHE[key] = digits_task(smoke, scale, layers) if name == "digits" else TASKS[name](smoke, scale)
+    return _TASK_CACHE[key]
+
+
+def pretrain_job(job: dict) -> dict:
+    """Dense stage of one (task, seed): train, save the state dict to ``job['path']``, return its accuracies."""
+    torch.set_num_threads(job["threads"])
+    task = get_task(job["task"], job["smoke"], job["scale"], job["layers"])
+    start = time.perf_counter()
+    model = task.build_model(job["seed"])
+    if task.dense_steps > 0:
+        train_steps(model, task, job["seed"], task.dense_steps, weight_groups(model, task.weight_decay))
+    torch.save(model.state_dict(), job["path"])
+    return {
+        **job,
+        "val_acc": accuracy(model, task.splits["validation"], task.eval_batch),
+        "test_acc": accuracy(model, task.splits["test"], task.eval_batch),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def make_method(name: str, spec, variant: dict):
+    if name == "dense":
+        return DenseMethod()
+    if name == "smart":
+        options = {k: v for k, v in variant.items() if k != "distill"}
+        return SmartMethod(spec, **options)
+    return BASELINES[name](spec)
+
+
+def window_job(job: dict) -> dict:
+    """One result row (runs in a worker process)."""
+    torch.set_num_threads(job["threads"])
+    task = get_task(job["task"], job["smoke"], job["scale"], job["layers"])
+    spec = parse_pattern(job["pattern"]) if job["pattern"] else None
+    dense_state = torch.load(job["dense_path"], weights_only=True)
+    start = time.perf_counter()
+    try:
+        row = run_window(
+            task,
+            dense_state,
+            job["seed"],
+            spec,
+            make_method(job["method"], spec, job["variant"]),
+            distill=job["variant"].get("distill", 0.0),
+        )
+    except Exception as error:  # one broken baseline must not lose the whole run: record why it failed
+        row = {"error": f"{type(error).__name__}: {error}"}
+    row["seconds"] = time.perf_counter() - start
+    return {k: v for k, v in job.items() if k not in ("dense_path",)} | row
+
+
+def build_jobs(args, dense_paths: dict) -> list[dict]:
+    """Every (task, seed, pattern, method[, ablation]) row; MiniLM first (its rows are the longest)."""
+    jobs = []
+    base = {"smoke": args.smoke, "scale": args.scale, "threads": args.threads, "layers": args.digits_layers}
+    for task in sorted(args.tasks, key=lambda t: t != "minilm"):
+        patterns = args.patterns or (MINILM_PATTERNS if task == "minilm" and not args.smoke else DIGITS_PATTERNS)
+        methods = args.methods or (MINILM_METHODS if task == "minilm" else METHODS)
+        seeds = args.seeds if task == "digits" else args.seeds[: args.minilm_seeds]
+        for seed in seeds:
+            common = {**base, "task": task, "seed": seed, "dense_path": dense_paths[(task, seed)], "variant": {}}
+            if "dense" in methods:
+                jobs.append({**common, "pattern": None, "method": "dense", "ablation": None})
+            for key in patterns:
+                for method in methods:
+                    if method != "dense" and applicable(method, parse_pattern(key)):
+                        jobs.append({**common, "pattern": key, "method": method, "ablation": None})
+            if task in args.ablation_tasks and args.ablations and seed in args.seeds[: args.ablation_seeds]:
+                for key in args.ablation_patterns:
+                    for label in args.ablation_names:
+                        variant = ABLATIONS[label]
+                        jobs.append(
+                            {**common, "pattern": key, "method": "smart", "ablation": label, "variant": variant}
+                        )
+    return jobs
+
+
+def run_all(args) -> tuple[list, list]:
+    """Pretrain every (task, seed), then every window job, on ``args.workers`` processes."""
+    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:  # the cached dense checkpoints
+        return _run_in(tmp, args)
+
+
+def _run_in(tmp: str, args) -> tuple[list, list]:
+    import multiprocessing as mp
+
+    pre_jobs = []
+    for task in args.tasks:
+        for seed in args.seeds if task == "digits" else args.seeds[: args.minilm_seeds]:
+            path = os.path.join(tmp, f"{task}_{seed}.pt")
+            pre_jobs.append(
+                {
+                    "task": task,
+                    "seed": seed,
+                    "path": path,
+                    "smoke": args.smoke,
+                    "scale": args.scale,
+                    "layers": args.digits_layers,
+                    "threads": args.threads,
+                }
+            )
+    # spawn: fresh workers that build their own models and data (no forked torch thread pools)
+    pool_context = mp.get_context("spawn").Pool(args.workers) if args.workers > 1 else _NoPool()
+    with pool_context as pool:
+        pretrained = list(pool.imap_unordered(pretrain_job, pre_jobs))
+        for p in pretrained:
+            _journal(args.out, {"pretrain": {k: v for k, v in p.items() if k != "path"}})
+        for p in pretrained:
+            print(
+                f"[pretrain] {p['task']} seed {p['seed']}: val {p['val_acc']:.4f} test {p['test_acc']:.4f} "
+                f"({p['seconds']:.0f}s)",
+                flush=True,
+            )
+        jobs = build_jobs(args, {(p["task"], p["seed"]): p["path"] for p in pretrained})
+        rows = []
+        for i, row in enumerate(pool.imap_unordered(window_job, jobs)):
+            rows.append(row)
+            _journal(args.out, {"row": row})
+            status = row.get("error") or f"test {row['test_acc']:.4f} sparsity {row['sparsity']:.3f}"
+            print(
+                f"[{i + 1}/{len(jobs)}] {row['task']} s{row['seed']} {row['pattern']} {row['method']} "
+                f"{row['ablation'] or ''} {status} ({row['seconds']:.0f}s)",
+                flush=True,
+            )
+    return pretrained, rows
+
+
+def _journal(out: str, record: dict) -> None:
+    """Append one record to ``<out>.journal.jsonl``: a run cut short can still be summarised (--from-journal)."""
+    with open(out + ".journal.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _row_key(row: dict) -> tuple:
+    return row["task"], row["seed"], row["pattern"], row["method"], row["ablation"]
+
+
+def read_journal(path: str) -> tuple[list, list]:
+    """(pretrain records, result rows) of a journal written by ``_journal``."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r["pretrain"] for r in records if "pretrain" in r], [r["row"] for r in records if "row" in r]
+
+
+class _NoPool:
+    """In-process stand-in for ``multiprocessing.Pool`` (``--workers 1``: easier to debug, no spawn cost)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap_unordered(self, fn, items):
+        return map(fn, items)
+
+
+def main(argv=None) -> int:
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["digits", "minilm"], choices=sorted(TASKS))
+    parser.add_argument("--patterns", nargs="+", default=None, help="e.g. block4x4@0.5 channel@0.3 nm2:4")
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--minilm-seeds", type=int, default=1, help="MiniLM uses the first this many seeds")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (dense and window)")
+    parser.add_argument("--no-ablations", dest="ablations", action="store_false")
+    parser.add_argument("--ablation-seeds", type=int, default=1, help="ablations use the first this many seeds")
+    parser.add_argument("--ablation-patterns", nargs="+", default=ABLATION_PATTERNS)
+    parser.add_argument("--ablation-tasks", nargs="+", default=["digits"], choices=sorted(TASKS))
+    parser.add_argument("--digits-layers", type=int, default=DIGITS_LAYERS, help="ViT blocks of the digits task")
+    parser.add_argument("--ablation-names", nargs="+", default=DEFAULT_ABLATIONS, choices=list(ABLATIONS))
+    parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps, one seed")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--out", default="docs/results/bench_quality.json")
+    parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
+    parser.add_argument("--from-journal", nargs="+", default=None, help="summarise these journals; no training")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seeds = args.seeds[:1]
+    for key in args.patterns or []:
+        parse_pattern(key)  # fail fast on a typo, before any training
+    start = time.perf_counter()
+    if args.from_journal:
+        records = [read_journal(path) for path in args.from_journal]
+        pretrained, rows = [p for r in records for p in r[0]], [row for r in records for row in r[1]]
+        rows = list({_row_key(row): row for row in reversed(rows)}.values())[::-1]  # a repeated row counts once
+        pretrained = list({(p["task"], p["seed"]): p for p in reversed(pretrained)}.values())[::-1]
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out + ".journal.jsonl").unlink(missing_ok=True)
+        pretrained, rows = run_all(args)
+    summary = summarise(rows)
+    payload = {
+        **result_header("quality", args.smoke, argv, environment(
+            workers=args.workers, threads_per_worker=args.threads)),
+        "sizes": {t: dict(zip(("dense_steps", "window"), task_steps(t, args.smoke, args.scale))) for t in TASKS},
+        "pretrain": [{k: v for k, v in p.items() if k != "path"} for p in pretrained],
+        "rows": rows,
+        "summary": summary,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    write_outputs(payload, args.out, args.plot or str(Path(args.out).with_suffix(".png")))
+    print(f"wall {payload['wall_seconds']:.0f}s; wrote {args.out}")
+    return 1 if any("error" in r for r in rows) else 0

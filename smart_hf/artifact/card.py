@@ -1,0 +1,245 @@
+"""The model card of a pruned artifact (``README.md``).
+
+`model_card` builds it with huggingface_hub's `ModelCard` / `ModelCardData` from what the artifact records about
+itself (``config.smart_hf`` and the sparsity report): base model, tags by pattern, metrics, a per-layer sparsity
+table, how to load it with stock transformers, how to get speed from it and, when given, the command that
+reproduces it. `save_pruned` writes it; `push_pruned_to_hub` uploads the folder it is in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+
+from ..constants import REPORT_NAME
+
+__all__ = ["CARD_NAME", "HUB_ID", "card_tags", "metrics_from_log_history", "model_card", "redact_command", "write_model_card"]
+
+CARD_NAME = "README.md"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def redact_command(argv: list[str]) -> list[str]:
+    """``argv`` with the values of ``--*token*`` options replaced by ``***`` (a card must never carry a token)."""
+    out, hide_next = [], False
+    for arg in map(str, argv):
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif arg.startswith("--") and "token" in arg.lower():
+            key, eq, _ = arg.partition("=")
+            out.append(f"{key}=***" if eq else arg)
+            hide_next = not eq
+        else:
+            out.append(arg)
+    return out
+
+
+def card_tags(metadata: dict) -> list[str]:
+    """``pruned``, ``sparse``, ``smart-hf`` plus ``2:4``/``n:m-sparse``, ``block-sparse`` or ``channel-pruned``."""
+    cfg = metadata.get("config", {})
+    patterns = {info.get("pattern") for info in metadata.get("layers", {}).values()} or {cfg.get("pattern")}
+    tags = ["pruned", "sparse", "smart-hf"]
+    if "nm" in patterns:
+        n, m = cfg.get("n", 2), cfg.get("m", 4)
+        tags += [f"{n}:{m}", "n:m-sparse"]
+    if "block" in patterns:
+        tags.append("block-sparse")
+    if "channel" in patterns:
+        tags.append("channel-pruned")
+    return tags
+
+
+def _base_model(config) -> str | None:
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    if not name or os.path.exists(name) or not HUB_ID.match(name):
+        return None
+    return name
+
+
+def _pattern_text(metadata: dict) -> str:
+    cfg = metadata.get("config", {})
+    pattern = cfg.get("pattern")
+    if pattern == "nm":
+        return f"{cfg.get('n')}:{cfg.get('m')} (N:M along the input dimension)"
+    if pattern == "block":
+        r, c = cfg.get("block_shape", [1, 1])
+        return "unstructured (1x1 blocks)" if (r, c) == (1, 1) else f"{r}x{c} weight blocks"
+    if pattern == "channel":
+        return "output channels"
+    return str(pattern)
+
+
+def _speed_text(metadata: dict) -> str:
+    tags = card_tags(metadata)
+    lines = [
+        "The weights are stored dense with the pruned ones set to zero, so the file and a plain forward cost what the "
+        "dense model costs. To turn the zeros into speed:",
+        "",
+    ]
+    if "channel-pruned" in tags:
+        lines.append(
+            "* **Output channels**: `smart_hf.slim(model)` physically removes pruned FFN channels, whole attention "
+            "heads and ResNet conv-chain channels (smaller and faster everywhere; a uniform slim model still loads "
+            "with stock `from_pretrained`), or "
+            "`smart-hf export DIR --to SLIM_DIR --slim`."
+        )
+    if "block-sparse" in tags:
+        lines.append(
+            "* **Blocks**: `smart_hf.to_sparse_kernels(model, format='bsr')` swaps the pruned linears for BSR "
+            "block-sparse ones. On CPU this beats dense only from about 85-90% block sparsity; below that it is "
+            "slower."
+        )
+    if "n:m-sparse" in tags:
+        lines.append(
+            "* **2:4**: on an NVIDIA GPU (Ampere or newer), `smart_hf.to_sparse_kernels(model.cuda().half(), "
+            "format='2:4')` uses PyTorch's semi-structured sparse kernels; there is no CPU 2:4 kernel."
+        )
+    return "\n".join(lines)
+
+
+def _slimmed_parts(slim: dict) -> str:
+    parts = [
+        label
+        for key, label in (("pairs", "FFN channels"), ("heads", "attention heads"), ("convs", "conv channels"))
+        if slim.get(key)
+    ]
+    return ", ".join(parts) or "units"
+
+
+def _layer_table(report: dict, max_rows: int = 300) -> str:
+    rows = ["| layer | shape | pattern | units kept | sparsity |", "|---|---|---|---|---|"]
+    for row in report.get("layers", [])[:max_rows]:
+        pattern = {"block": "x".join(map(str, row["block_shape"])), "channel": "channel"}.get(
+            row["pattern"], f"{row['n']}:{row['m']}"
+        )
+        shape = "x".join(map(str, row["shape"]))
+        rows.append(
+            f"| `{row['name']}` | {shape} | {pattern} | {row['units_kept']}/{row['units']} | {row['sparsity']:.4f} |"
+        )
+    extra = len(report.get("layers", [])) - max_rows
+    if extra > 0:
+        rows.append(f"| ... {extra} more layers (see `{REPORT_NAME}`) | | | | |")
+    total = report.get("total", {})
+    if total:
+        rows.append(
+            f"| **total (targeted weights)** | {total['weights']:,} weights | | "
+            f"{total['weights'] - total['zeros']:,} non-zero | {total['sparsity']:.4f} |"
+        )
+    return "\n".join(rows)
+
+
+def _metrics_table(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    lines = ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {text} |")
+    return "## Metrics\n\n" + "\n".join(lines) + "\n\n"
+
+
+def metrics_from_log_history(log_history) -> dict:
+    """The last logged value of every ``eval_*`` / ``dense_*`` / ``test_*`` metric (runtime counters dropped)."""
+    metrics = {}
+    for entry in log_history or []:
+        for key, value in entry.items():
+            if key.startswith(("eval_", "dense_", "test_")) and isinstance(value, (int, float)):
+                if not key.endswith(("_runtime", "_per_second", "_steps")):
+                    metrics[key] = value
+    return metrics
+
+
+def model_card(
+    config,
+    metadata: dict,
+    report: dict,
+    metrics: dict | None = None,
+    base_model: str | None = None,
+    command: str | list[str] | None = None,
+):
+    """A `huggingface_hub.ModelCard` for a pruned artifact.
+
+    Args:
+        config: the transformers config of the saved model (for the architecture and the base model).
+        metadata: ``config.smart_hf`` (see `smart_hf.lifecycle.pruning_metadata`).
+        report: the `sparsity_report` of the saved weights.
+        metrics: optional ``{name: value}`` shown in a table.
+        base_model: the Hub id of the model that was pruned (default: the config's ``_name_or_path`` when it looks
+            like a Hub id).
+        command: the command that reproduces the artifact (``smart-hf train`` passes its own, token values
+            redacted with `redact_command`); without one the card points at ``smart_config.json``.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base_model = base_model or _base_model(config)
+    if isinstance(command, (list, tuple)):
+        command = shlex.join(redact_command(list(command)))
+    archs = list(getattr(config, "architectures", None) or [])
+    cls = archs[0] if archs else "AutoModel"
+    slim = metadata.get("slim")
+    data = ModelCardData(base_model=base_model, library_name="transformers", tags=card_tags(metadata))
+    total = report.get("total", {})
+    intro = (
+        f"This model was pruned with [smart_hf](https://arxiv.org/abs/2403.19969) (SMART: learned masks through a "
+        f"differentiable top-k){f' from [{base_model}](https://huggingface.co/{base_model})' if base_model else ''}. "
+        f"Pattern: **{_pattern_text(metadata)}**; {100 * total.get('sparsity', 0.0):.2f}% of the targeted weights "
+        f"are zero (smart_hf {metadata.get('smart_hf_version', '?')})."
+    )
+    if slim:
+        load = (
+            '```python\nimport smart_hf\n\nmodel = smart_hf.load_slim("REPO_OR_DIR")   # per-layer sizes\n```'
+            if slim.get("mode") == "per_layer"
+            else f'```python\nfrom transformers import {cls}\n\nmodel = {cls}.from_pretrained("REPO_OR_DIR")\n```'
+        )
+        intro += (
+            f" Pruned {_slimmed_parts(slim)} were removed physically ({slim.get('mode')} slimming); "
+            f"{slim.get('params_removed', 0):,} parameters fewer than the dense model."
+        )
+    else:
+        load = f'```python\nfrom transformers import {cls}\n\nmodel = {cls}.from_pretrained("REPO_OR_DIR")\n```'
+    body = [
+        "# Pruned model (smart_hf)",
+        "",
+        intro,
+        "",
+        _metrics_table(metrics).rstrip(),
+        "",
+        "## How to load",
+        "",
+        "Stock transformers, no smart_hf needed" + (" (except for per-layer slim models):" if slim else ":"),
+        "",
+        load,
+        "",
+        "`smart_config.json` holds the SMART configuration and `smart_sparsity.json` the full sparsity report; "
+        "`smart_hf.sparsity_report(model)` re-checks the pattern on the loaded weights.",
+        "",
+        "## How to get speed from it",
+        "",
+        _speed_text(metadata),
+        "",
+        "## Per-layer sparsity",
+        "",
+        _layer_table(report),
+        "",
+        "## How to reproduce",
+        "",
+        (
+            f"```bash\n{command}\n```"
+            if command
+            else "The SMART configuration is in `smart_config.json`; train with `smart-hf train` and that "
+            "configuration."
+        ),
+        "",
+    ]
+    text = "\n".join(line for line in body if line is not None)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
+
+
+def write_model_card(output_dir: str | os.PathLike, config, metadata: dict, report: dict, **kwargs) -> str:
+    """Write ``README.md`` into ``output_dir``; returns its path."""
+    path = os.path.join(output_dir, CARD_NAME)
+    model_card(config, metadata, report, **kwargs).save(path)
+    return path

@@ -1,0 +1,138 @@
+"""`push_pruned_to_hub`: write the exact folder of a pruned artifact (atomically, with its model card) and upload it
+with `HfApi.upload_folder`. Tokens are passed to huggingface_hub only; they are never logged or written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from ..constants import REPORT_NAME
+from ..metadata import read as read_metadata
+from .card import CARD_NAME, HUB_ID, write_model_card
+from .export import save_pruned
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["push_pruned_to_hub"]
+
+
+# --- push -------------------------------------------------------------------------------------------------------
+
+
+def _check_hub_access(token: str | None) -> str:
+    """The token to use, or a ValueError that names the fix. Never logs or returns the token in a message."""
+    from huggingface_hub import constants, get_token
+
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    if offline_env or constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "the Hub is in offline mode (HF_HUB_OFFLINE is set), so nothing can be pushed; unset HF_HUB_OFFLINE "
+            "(e.g. `unset HF_HUB_OFFLINE`) and push again."
+        )
+    token = token or get_token()
+    if not token:
+        raise ValueError(
+            "no Hugging Face token found; run `huggingface-cli login` (or `hf auth login`), set the HF_TOKEN "
+            "environment variable, or pass token=... ."
+        )
+    return token
+
+
+def _is_artifact_dir(path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and os.path.isdir(path)
+
+
+def push_pruned_to_hub(
+    output_dir_or_model,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload pruned model (smart_hf)",
+    local_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    processing_class=None,
+    metrics: dict | None = None,
+    base_model: str | None = None,
+    run_as_future: bool = False,
+    **save_kwargs,
+):
+    """Push a pruned artifact (with its model card) to the Hub; returns the `CommitInfo`.
+
+    Args:
+        output_dir_or_model: a folder written by `save_pruned` / `smart-hf export` (uploaded as is; a missing
+            ``README.md`` is generated first), or a prepared / squashed model, which is written to ``local_dir``
+            first (atomically: a temporary sibling folder renamed into place) -- the exact folder that is uploaded.
+        repo_id: ``"user/name"`` on the Hub (created if missing).
+        token: a write token (default: ``HF_TOKEN`` or the ``huggingface-cli login`` token). Never logged.
+        private: create the repository private (no effect if it exists).
+        local_dir: where a model is written (required when a model is passed).
+        run_as_future: return a `Future` instead of waiting for the upload.
+        **save_kwargs: passed to `save_pruned` when a model is written (``log_history``, ``save_plots``, ...).
+    Raises ``ValueError`` naming the fix when the Hub is offline or there is no token; the local folder is kept.
+    """
+    if not isinstance(repo_id, str) or not HUB_ID.match(repo_id):
+        raise ValueError(f"repo_id must look like 'user/model-name', got {repo_id!r}.")
+    if _is_artifact_dir(output_dir_or_model):
+        folder = os.fspath(output_dir_or_model)
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ValueError(f"{folder} has no config.json; write the artifact with smart_hf.save_pruned first.")
+        if not os.path.isfile(os.path.join(folder, CARD_NAME)):
+            _card_for_folder(folder, metrics=metrics, base_model=base_model)
+    elif isinstance(output_dir_or_model, (str, os.PathLike)):
+        raise ValueError(f"{output_dir_or_model} is not a folder; pass a saved artifact folder or a model.")
+    else:
+        if local_dir is None:
+            raise ValueError("pass local_dir=... : the exact folder that is uploaded is written and kept there.")
+        folder = save_pruned(
+            output_dir_or_model,
+            os.path.abspath(os.fspath(local_dir)),
+            processing_class=processing_class,
+            metrics=metrics,
+            base_model=base_model,
+            replace_folder=True,
+            **save_kwargs,
+        )
+    _fill_repo_id(folder, repo_id)
+    token = _check_hub_access(token)
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_id = getattr(repo, "repo_id", repo_id)
+    logger.info("smart_hf: uploading %s to %s", folder, repo_id)
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=commit_message,
+        revision=revision,
+        ignore_patterns=["_*"],
+        run_as_future=run_as_future,
+    )
+
+
+def _fill_repo_id(folder: str, repo_id: str) -> None:
+    """Put the repo id into the card's loading snippet (atomically)."""
+    path = os.path.join(folder, CARD_NAME)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if "REPO_OR_DIR" in text:
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            fh.write(text.replace("REPO_OR_DIR", repo_id))
+        os.replace(path + ".tmp", path)
+
+
+def _card_for_folder(folder: str, **kwargs) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    metadata = read_metadata(config) or {}
+    report_path = os.path.join(folder, REPORT_NAME)
+    report = {}
+    if os.path.isfile(report_path):
+        with open(report_path, encoding="utf-8") as fh:
+            report = json.load(fh)
+    return write_model_card(folder, config, metadata, report, **kwargs)

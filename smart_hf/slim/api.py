@@ -1,0 +1,169 @@
+"""`slim`: physically remove pruned units, so a pruned model is smaller and faster -- with outputs equal to the
+masked model's (eval mode).
+
+Three kinds of units are removed (the exactness argument of each is in its module):
+
+* FFN channels (`smart_hf.slim_ffn`): rows of fc1 and columns of fc2; the constant a pruned channel still emits,
+  ``act(b_j)``, is folded into fc2's bias.
+* Attention heads (`smart_hf.slim_heads`): heads whose value rows (or output-projection columns) are all pruned; the
+  constant ``W_o[:, h] @ b_v[h]`` is folded into o's bias. `head_pruning_overrides` makes heads the pruning units.
+* CNN channels (`smart_hf.slim_cnn`): output channels of conv -> BN -> act -> conv chains (ResNet bottleneck and
+  basic blocks); the constant map a pruned channel leaves is folded into the next conv's bias / BN mean where that is
+  exact, channels whose constant would differ at zero-padded borders are kept and reported.
+
+Two modes:
+
+* ``"uniform"`` (default): one size per kind for the whole model, written into the config so stock
+  ``from_pretrained`` loads the slim model: ``intermediate_size`` (every FFN keeps the largest kept count; layers that
+  kept fewer keep some pruned channels, which stays exact) and, for attention that reads ``config.head_dim`` (ViT,
+  DeiT), ``num_attention_heads`` with ``head_dim`` pinned (same padding rule). BERT heads (head size derived from
+  ``hidden_size / num_attention_heads``) and CNN chains (``ResNetConfig`` has per-stage widths only) cannot be
+  expressed this way: uniform mode leaves them masked (reported) and raises when nothing else is slimmable.
+* ``"per_layer"``: every layer keeps exactly its own units. The sizes are recorded in ``config.smart_hf["slim"]``
+  (``pairs``, ``heads``, ``convs``); load with `load_slim` (stock ``from_pretrained`` refuses the shapes).
+
+Pruned units that are not removed stay zeros in place (fc2 / output projections and the last conv of a residual block
+feed the residual stream; q/k channels of kept heads; border-inexact conv channels); `slim` returns them under
+``"left_masked"``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..lifecycle import is_prepared, squash
+from ..metadata import PruningMetadata, slim_summary, with_slim
+from ..metadata import require as require_metadata
+from ..metadata import write as write_metadata
+from .cnn import chain_candidates, slim_conv_chain
+from .ffn import apply_ffn, plan_ffn, uniform_ffn_size
+from .heads import apply_heads, plan_heads, uniform_heads_error
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODES", "slim", "slimmed_widths"]
+
+MODES = ("uniform", "per_layer")
+_DEFAULT_REASON = "its outputs feed a residual addition or a consumer slim does not handle"
+
+
+def _slim_metadata(model: nn.Module) -> PruningMetadata:
+    """A copy of ``config.smart_hf`` of a squashed, not yet slimmed SMART model (a prepared model is squashed
+    first); `slim` edits the copy and writes it back only once every layer is resized."""
+    if is_prepared(model):
+        squash(model)
+    meta = require_metadata(model, "slim (prune with pattern='channel' first)")
+    if slim_summary(meta):
+        raise ValueError("this model is already slim; slim the squashed (unslimmed) model instead.")
+    return meta
+
+
+def _uniform_scope(model, ffn_plans, head_plans, chains, notes) -> tuple[int | None, int | None]:
+    """Uniform mode: the kept FFN size and head count (``None``: that kind is not slimmed). Heads and chains that a
+    config rewrite cannot describe are moved to ``notes``; raises when nothing would be slimmed."""
+    ffn_target = uniform_ffn_size(ffn_plans, model.config) if ffn_plans else None
+    head_target, heads_error = None, uniform_heads_error(model, head_plans) if head_plans else None
+    if head_plans and heads_error is None:
+        head_target = max(max(int((~p["removable"]).sum()) for p in head_plans), 1)
+    for plan in head_plans if heads_error else []:
+        notes[plan["v"]] = f"uniform slimming cannot rewrite the head count ({heads_error}); use mode='per_layer'"
+    for chain in chains:
+        notes[chain["conv"]] = (
+            "uniform slimming cannot rewrite per-conv widths (per-stage config); use mode='per_layer'"
+        )
+    if ffn_target is None and head_target is None and (head_plans or chains):
+        raise ValueError(
+            "uniform slimming rewrites config sizes, which cannot describe these slim layers ("
+            + (heads_error or "CNN conv chains: ResNetConfig has per-stage widths only")
+            + "); use slim(model, mode='per_layer') and load with smart_hf.load_slim."
+        )
+    return ffn_target, head_target
+
+
+@torch.no_grad()
+def slim(model: nn.Module, mode: str = "uniform") -> dict:
+    """Remove the pruned FFN channels, attention heads and CNN chain channels in place (a prepared model is squashed
+    first); returns ``{"mode", "pairs": [{"fc1", "fc2", "before", "after"}], "heads": [{"attention", "q", "k", "v",
+    "o", "head_dim", "before", "after"}], "convs": [{"conv", "norm", "consumer", "before", "after", "folded",
+    "kept_masked"}], "left_masked": [{"name", "reason"(, "channels")}], "params_before", "params_after",
+    "params_removed"}``. The summary without ``left_masked`` is also recorded in ``model.config.smart_hf["slim"]``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    meta = with_slim(_slim_metadata(model), {})  # a private copy: layer shapes are edited in place below
+    config, layers = model.config, meta["layers"]
+    params_before = sum(p.numel() for p in model.parameters())
+    ffn_plans, notes = plan_ffn(model, layers)
+    head_plans, head_notes = plan_heads(model, layers)
+    chains, chain_notes = chain_candidates(model, layers)
+    notes.update(head_notes)
+    notes.update(chain_notes)
+    if not (ffn_plans or head_plans or chains):
+        raise ValueError(
+            "nothing to slim: no FFN input projection is channel-pruned, no attention head has all value rows "
+            "pruned and no conv -> BN -> conv chain has pruned channels. Prune with SmartConfig(pattern='channel') "
+            "(and head_pruning_overrides(model) for heads) so that these layers are targeted."
+        )
+    ffn_target = head_target = None
+    if mode == "uniform":
+        ffn_target, head_target = _uniform_scope(model, ffn_plans, head_plans, chains, notes)
+        head_plans, chains = (head_plans if head_target else []), []
+    handled = {p["fc1"] for p in ffn_plans} | {p["v"] for p in head_plans}
+    pairs = [apply_ffn(model, plan, layers, ffn_target) for plan in ffn_plans]
+    heads = [apply_heads(model, plan, layers, head_target) for plan in head_plans]
+    convs = [slim_conv_chain(model, chain, layers) for chain in chains]
+    left = _left_masked(layers, notes, handled, convs)
+    if ffn_target is not None:
+        config.intermediate_size = ffn_target
+    if head_target is not None:
+        config.num_attention_heads, config.head_dim = head_target, head_plans[0]["head_dim"]
+    params_after = sum(p.numel() for p in model.parameters())
+    summary = {"mode": mode, "pairs": pairs, "heads": heads, "convs": convs}
+    summary.update(params_before=params_before, params_after=params_after, params_removed=params_before - params_after)
+    write_metadata(model, with_slim(meta, summary))
+    for entry in left:
+        logger.info("smart_hf: slim left %s masked in place (%s)", entry["name"], entry["reason"])
+    return {**summary, "left_masked": left}
+
+
+def _left_masked(layers: dict, notes: dict, handled: set, convs: list[dict]) -> list[dict]:
+    """Pruned layers whose pruned units (some or all) stay zeros in place, with the reason (and, for conv chains,
+    how many channels)."""
+    partial = {c["conv"]: c for c in convs if c["kept_masked"]}
+    done = {c["conv"] for c in convs if not c["kept_masked"]}
+    left = []
+    for name, info in layers.items():
+        if name in partial:
+            record = partial[name]
+            reason = (
+                f"{record['kept_masked']} pruned channel(s) output a non-zero constant act(BN(b)) and "
+                f"{record['consumer']} is zero-padded: the constant is not exact at the borders"
+            )
+            left.append({"name": name, "reason": reason, "channels": record["kept_masked"]})
+        elif name in notes and name not in done:
+            left.append({"name": name, "reason": notes[name]})
+        elif info["pattern"] == "channel" and name not in handled | done:
+            left.append({"name": name, "reason": _DEFAULT_REASON})
+    return left
+
+
+def slimmed_widths(slim_meta: dict) -> dict[str, dict[str, tuple[int, int]]]:
+    """Which layers `slim` resized and how: ``{layer name: {"out": (before, after), "in": (before, after)}}`` with
+    only the changed axes, counted in rows / input columns (for convs: channels). Built from the summary recorded in
+    ``config.smart_hf["slim"]``: fc1 rows and fc2 columns; q/k/v rows and o columns (``heads * head_dim``); conv
+    rows and the consumer conv's input channels. For bookkeeping that needs the pre-slim geometry (budgets)."""
+    widths: dict[str, dict[str, tuple[int, int]]] = {}
+    for pair in slim_meta.get("pairs", []):
+        widths.setdefault(pair["fc1"], {})["out"] = (pair["before"], pair["after"])
+        widths.setdefault(pair["fc2"], {})["in"] = (pair["before"], pair["after"])
+    for block in slim_meta.get("heads", []):
+        change = (block["before"] * block["head_dim"], block["after"] * block["head_dim"])
+        for key in ("q", "k", "v"):
+            widths.setdefault(block[key], {})["out"] = change
+        widths.setdefault(block["o"], {})["in"] = change
+    for chain in slim_meta.get("convs", []):
+        widths.setdefault(chain["conv"], {})["out"] = (chain["before"], chain["after"])
+        widths.setdefault(chain["consumer"], {})["in"] = (chain["before"], chain["after"])
+    return widths

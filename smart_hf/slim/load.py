@@ -1,0 +1,78 @@
+"""`load_slim`: the loader of any pruned artifact, slim or not.
+
+Uniform slim models (and unslimmed ones) load with stock ``from_pretrained``; a per-layer slim model's config
+cannot express its sizes, so its modules are built from the config, resized to the sizes `slim` recorded in
+``config.smart_hf["slim"]``, and the weights are loaded strictly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import safetensors.torch
+import transformers
+from safetensors import SafetensorError
+from torch import nn
+from transformers import AutoConfig
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from ..metadata import read as read_metadata
+from ..metadata import slim_summary
+from .cnn import resize_chain_for_load
+from .ffn import resize_ffn_for_load
+from .heads import resize_heads_for_load
+
+__all__ = ["auto_model_class", "load_slim"]
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "name" or "org/name": left to from_pretrained
+
+
+def auto_model_class(config, auto_class=None):
+    """``auto_class`` if given, else the transformers class named in ``config.architectures``."""
+    if auto_class is not None:
+        return auto_class
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is None:
+        raise ValueError("config.json names no known architecture; pass auto_class=AutoModelFor... to load_slim.")
+    return cls
+
+
+def load_slim(path: str | os.PathLike, auto_class=None, **kwargs) -> nn.Module:
+    """Load a slim model written by ``save_pruned`` / ``smart-hf export --slim``.
+
+    Uniform slim models (and unslimmed ones) go through stock ``from_pretrained(path, **kwargs)``; per-layer slim
+    models are built from the config, their FFNs, attention heads and conv chains resized to the recorded sizes
+    (``config.smart_hf["slim"]``), and the weights loaded strictly.
+    ``auto_class`` defaults to the class named in ``config.architectures``.
+    """
+    if not os.path.isdir(path) and not _HUB_ID.fullmatch(str(path)):
+        raise ValueError(f"{path} is not a folder; pass the directory written by save_pruned / smart-hf export.")
+    try:
+        return _load_slim(path, auto_class, **kwargs)
+    except (OSError, SafetensorError) as err:
+        raise ValueError(
+            f"could not load the model in {path} ({err}); the weight file is missing or corrupt: re-export it "
+            "with save_pruned / smart-hf export."
+        ) from err
+
+
+def _load_slim(path, auto_class, **kwargs) -> nn.Module:
+    config = AutoConfig.from_pretrained(path)
+    cls = auto_model_class(config, auto_class)
+    slim_meta = slim_summary(read_metadata(config))
+    if not slim_meta or slim_meta.get("mode") != "per_layer":
+        return cls.from_pretrained(path, **kwargs)
+    model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+    for record in slim_meta["pairs"]:
+        resize_ffn_for_load(model, record)
+    for record in slim_meta.get("heads", []):
+        resize_heads_for_load(model, record)
+    for record in slim_meta.get("convs", []):
+        resize_chain_for_load(model, record)
+    state = safetensors.torch.load_file(os.path.join(path, SAFE_WEIGHTS_NAME))
+    model.load_state_dict(state, strict=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.eval()

@@ -1,0 +1,277 @@
+"""`SmartState`: the model-level mask state and the budget groups that turn scores into masks.
+
+A global budget couples every targeted layer through one shift ``t``, so masks cannot be computed layer by layer.
+`SmartState` (registered as the sub-module ``smart_state`` of the prepared model) holds:
+
+* buffers (checkpointed with the model, broadcast by DDP): ``temperature``, ``mode`` (0 dense, 1 soft search,
+  2 hard), and the dynamic rule's ``tau_scale`` / ``ref_fractionality`` / ``ref_step``;
+* the budget groups: each N:M layer and each per-layer-budget layer is its own group; global-budget layers with the
+  same sparsity share one.
+
+Masks are computed once per model forward: a forward pre-hook on the root model opens a cache, the first layer of a
+group to run computes the whole group (one soft top-k), later layers read their slice, and a forward hook drops the
+cache (and with it the autograd graph) after the forward. A layer called outside a root forward computes its group
+on the spot, uncached: slower, never stale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .core.budget import global_weight_budget, layer_keep_units, reserved_units
+from .core.topk import hard_topk, soft_topk
+from .distributed import full_tensor
+
+MODES = ("dense", "soft", "hard")  # the public mode names (`SmartState.mode_name`, `SmartState.set_mode`)
+# The ``mode`` buffer stores the index into MODES (checkpointed as an integer); `_mode` mirrors it in Python.
+_DENSE, _SOFT, _HARD = range(3)
+
+
+@dataclass
+class BudgetGroup:
+    """Layers whose masks come from one top-k. ``kind``: ``"nm"`` (rows of m, keep n), ``"layer"`` (one row, keep
+    ``k`` units) or ``"global"`` (one cost-weighted row over all layers, keep ``k`` weights)."""
+
+    kind: str
+    layers: list
+    k: float
+    reserved: list[int] = field(default_factory=list)
+    shift_x: torch.Tensor | None = None  # last shift, in score units (warm start for the next solve)
+    cost: torch.Tensor | None = None  # weights per unit, concatenated over the layers (global groups)
+
+    def unit_counts(self) -> list[int]:
+        return [layer.smart_layout.num_units for layer in self.layers]
+
+
+def build_groups(layers: list, sparsities: list[float], budget: str, min_layer_density: float) -> list[BudgetGroup]:
+    """Group prepared layers by how their budget is shared. Raises if a global budget cannot honour the guard."""
+    groups, shared = [], {}
+    for layer, sparsity in zip(layers, sparsities):
+        layout = layer.smart_layout
+        if layout.pattern == "nm":
+            groups.append(BudgetGroup("nm", [layer], float(layout.n)))
+        elif budget == "layer":
+            groups.append(BudgetGroup("layer", [layer], float(layer_keep_units(layout.num_units, sparsity))))
+        else:
+            shared.setdefault(sparsity, []).append(layer)
+    for sparsity, members in shared.items():
+        total = sum(m.smart_layout.num_weights for m in members)
+        reserved = [reserved_units(m.smart_layout.num_units, min_layer_density) for m in members]
+        reserved_cost = sum(q * m.smart_layout.unit_cost for q, m in zip(reserved, members))
+        k = global_weight_budget(total, sparsity)
+        if reserved_cost > k:
+            raise ValueError(
+                f"sparsity={sparsity} leaves {k:.0f} weights but min_layer_density={min_layer_density} "
+                f"reserves {reserved_cost}; lower min_layer_density or sparsity."
+            )
+        groups.append(BudgetGroup("global", members, k, reserved))
+    return groups
+
+
+def _sync_after_load(module: SmartState, _incompatible_keys) -> None:
+    module.sync_from_buffers()
+
+
+def _top_units(scores: torch.Tensor, q: int) -> torch.Tensor:
+    """Boolean mask of the ``q`` best units (q is small): ``argmax`` for one (lowest index wins a tie), else a
+    partial ``topk`` instead of the full sort of `hard_topk` -- this runs on every forward."""
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    if q == 1:
+        return keep.index_fill_(0, scores.argmax().reshape(1), True)
+    return keep.index_fill_(0, torch.topk(scores, q, sorted=False).indices, True)
+
+
+class SmartState(nn.Module):
+    """Model-level SMART state. Created by `prepare_model`; use the lifecycle functions rather than this class."""
+
+    def __init__(self, config, groups: list[BudgetGroup]):
+        super().__init__()
+        self.register_buffer("temperature", torch.tensor(float(config.tau_start), dtype=torch.float64))
+        self.register_buffer("mode", torch.tensor(_SOFT, dtype=torch.int64))
+        self.register_buffer("tau_scale", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("ref_fractionality", torch.tensor(float("inf"), dtype=torch.float64))
+        self.register_buffer("ref_step", torch.tensor(0, dtype=torch.int64))
+        # fractionality of the last training forward; a buffer so a resumed run's dynamic rule sees the same value
+        self.register_buffer("last_fractionality", torch.tensor(float("nan"), dtype=torch.float64))
+        self.smart_config = config
+        self.groups = groups
+        for gi, group in enumerate(groups):
+            for li, layer in enumerate(group.layers):
+                layer._smart_slot = (gi, li)  # a plain attribute, so deepcopy/pickle keep it right
+        self._cache: dict | None = None
+        self._frac: dict[int, tuple[torch.Tensor, int]] = {}
+        self._mode, self._tau = _SOFT, float(config.tau_start)
+        self.hook_handles: list = []
+        self.register_load_state_dict_post_hook(_sync_after_load)  # a module-level function: picklable
+
+    @property
+    def layers(self) -> list:
+        return [layer for g in self.groups for layer in g.layers]
+
+    def forward(self, x=None, *_args, **_kwargs):
+        """Identity: containers that call every child in turn (a root ``nn.Sequential``) pass through it."""
+        return x
+
+    def _apply(self, fn, recurse=True):
+        # `model.half()` / `.to(torch.bfloat16)` must move these buffers but not round them: a bf16 temperature
+        # of 1e-4 is 1.0013e-4, and the dynamic rule's reference values would drift the same way
+        before = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            if self._buffers[name].dtype != old.dtype:  # keep the exact value, take only the new device
+                self._buffers[name] = old.to(self._buffers[name].device)
+        return self
+
+    # --- python mirrors of the buffers (read once per forward, not once per layer) ---
+    def sync_from_buffers(self) -> None:
+        tau, mode = torch.stack([self.temperature, self.mode.to(torch.float64)]).tolist()
+        self._tau, self._mode = float(tau), int(mode)
+
+    def set_temperature(self, tau: float) -> None:
+        self.temperature.fill_(float(tau))
+        self._tau = float(tau)
+
+    def set_mode(self, mode: str) -> None:
+        """``"dense"`` (masks off), ``"soft"`` (search) or ``"hard"`` (frozen masks). Only the lifecycle and the
+        callback switch modes; users call `smart_hf.set_mode` / `smart_hf.harden`, which validate the transition."""
+        code = MODES.index(mode)
+        self.mode.fill_(code)
+        self._mode = code
+
+    @property
+    def mode_name(self) -> str:
+        """The current mode: ``"dense"``, ``"soft"`` or ``"hard"`` (read-only; see `set_mode`)."""
+        return MODES[self._mode]
+
+    @property
+    def is_hard(self) -> bool:
+        return self._mode == _HARD
+
+    @property
+    def tau(self) -> float:
+        """The temperature the next soft forward uses (`set_temperature`)."""
+        return self._tau
+
+    # --- root forward hooks ---
+    def begin_forward(self, *_args, **_kwargs) -> None:
+        self.sync_from_buffers()
+        self._cache = {}
+
+    def end_forward(self, *_args, **_kwargs) -> None:
+        self._cache = None
+        if self._frac:
+            total = sum(s.double().to(self.last_fractionality.device) for s, _ in self._frac.values())
+            self.last_fractionality.copy_(total / max(sum(c for _, c in self._frac.values()), 1))
+            self._frac = {}
+
+    # --- masks ---
+    def unit_mask(self, layer) -> torch.Tensor | None:
+        """The mask of ``layer`` in unit space (``score_shape``), or ``None`` in dense mode."""
+        if self._mode == _DENSE:
+            return None
+        if self._mode == _HARD:
+            return layer.smart_mask
+        gi, li = layer._smart_slot
+        if self._cache is not None and gi in self._cache:
+            return self._cache[gi][li]
+        masks = self.soft_group_masks(gi)
+        if self._cache is not None:
+            self._cache[gi] = masks
+        return masks[li]
+
+    def soft_group_masks(self, gi: int) -> list[torch.Tensor]:
+        group, tau = self.groups[gi], self._tau
+        if group.kind == "nm":
+            masks = [soft_topk(full_tensor(group.layers[0].smart_scores), group.k, tau)]
+        else:
+            flat, cost, reserved = self._flat_scores(group)
+            init = None if group.shift_x is None else -group.shift_x / tau
+            if group.kind == "layer":
+                f, shift = soft_topk(flat, group.k, tau, shift_init=init, return_shift=True)
+            else:
+                f, shift = self._soft_global(flat, cost, reserved, group.k, tau, init)
+            group.shift_x = (-shift * tau).detach()
+            masks = self._split(group, f)
+        if torch.is_grad_enabled():
+            self._frac[gi] = (
+                sum(torch.minimum(m, 1 - m).detach().sum() for m in masks),
+                sum(m.numel() for m in masks),
+            )
+        return masks
+
+    def binary_group_masks(self, gi: int) -> list[torch.Tensor]:
+        """The frozen masks once hardened, else the ones `harden` would pick now (what an export or report uses)."""
+        if self._mode == _HARD:
+            return [layer.smart_mask for layer in self.groups[gi].layers]
+        return self.hard_group_masks(gi)
+
+    @torch.no_grad()
+    def hard_group_masks(self, gi: int) -> list[torch.Tensor]:
+        group = self.groups[gi]
+        if group.kind == "nm":
+            return [hard_topk(full_tensor(group.layers[0].smart_scores), group.k)]
+        flat, cost, reserved = self._flat_scores(group)
+        if group.kind == "layer":
+            return self._split(group, hard_topk(flat, group.k))
+        free = ~reserved
+        f = reserved.to(flat.dtype)
+        k_free = group.k - float((cost * f).sum())
+        if free.any():  # else every unit is reserved (sparsity 0 on one-unit layers): nothing left to rank
+            f = f.masked_scatter(free, hard_topk(flat[free], k_free, cost[free]))
+        return self._split(group, f)
+
+    def _flat_scores(self, group: BudgetGroup):
+        device = group.layers[0].smart_scores.device
+        flat = torch.cat([full_tensor(layer.smart_scores).reshape(-1).to(device) for layer in group.layers])
+        if not torch.isfinite(flat).all():  # the reserved-unit ranking below would silently pick a NaN as "best"
+            raise ValueError(
+                "mask scores contain NaN or Inf (a diverged search); lower the score learning rate "
+                "(score_learning_rate), enable gradient clipping (max_grad_norm) and restart from the last good "
+                "checkpoint."
+            )
+        if group.kind == "layer":
+            return flat, None, None
+        if group.cost is None or group.cost.device != device:  # fixed per group: build once
+            group.cost = torch.cat(
+                [
+                    torch.full((layer.smart_layout.num_units,), float(layer.smart_layout.unit_cost), device=device)
+                    for layer in group.layers
+                ]
+            )
+        with torch.no_grad():  # each layer's best `reserved` units are kept outside the shared ranking
+            reserved = torch.cat(
+                [
+                    _top_units(full_tensor(layer.smart_scores).detach().reshape(-1).to(device), q)
+                    for layer, q in zip(group.layers, group.reserved)
+                ]
+            )
+        return flat, group.cost, reserved
+
+    @staticmethod
+    def _soft_global(flat, cost, reserved, k, tau, init):
+        free = ~reserved
+        f = reserved.to(torch.promote_types(flat.dtype, torch.float32))
+        k_free = k - float((cost * f).sum())
+        if not free.any():  # every unit is reserved: the mask is all ones, no shift to solve
+            return f, torch.tensor(float("inf"), dtype=torch.float64, device=flat.device)
+        f_free, shift = soft_topk(flat[free], k_free, tau, cost=cost[free], shift_init=init, return_shift=True)
+        return f.masked_scatter(free, f_free), shift
+
+    @staticmethod
+    def _split(group: BudgetGroup, flat_mask: torch.Tensor) -> list[torch.Tensor]:
+        pieces = torch.split(flat_mask.reshape(-1), group.unit_counts())
+        return [
+            p.reshape(layer.smart_layout.score_shape).to(layer.smart_scores.device)
+            for p, layer in zip(pieces, group.layers)
+        ]
+
+    def fractionality(self) -> float:
+        """Mean ``min(f, 1 - f)`` over all units in the last root forward with gradients (NaN before the first)."""
+        if self._mode == _HARD:
+            return 0.0
+        if self._frac:  # a layer was called outside a root forward: fold its groups in now
+            self.end_forward()
+        return float(self.last_fractionality)

@@ -1,0 +1,194 @@
+"""`SmartCallback`: the three SMART stages for any `transformers.Trainer` (also `Seq2SeqTrainer`, TRL's trainers).
+
+Per optimizer step (``on_step_begin``), for the step about to run:
+
+1. ``step < pretrain``: dense mode (masks off);
+2. ``pretrain <= step < pretrain + search``: on entry, re-initialise the scores from the (pre-trained) weights and
+   switch to soft masks; every step, advance the temperature schedule;
+3. afterwards: harden once (binary masks, frozen scores, pruned weights and their optimizer state zeroed), and after
+   every optimizer step (``on_step_end``) re-apply the hard mask so pruned weights stay exactly zero.
+
+At the end of training (``on_train_end``) the model is hardened if it is not yet, and `check_sparsity` verifies it
+(exact kept counts per budget, valid pattern, pruned weights exactly zero; a few milliseconds on the report the
+callback already logs). Success logs ``smart_hf: sparsity verified ...`` at INFO; a violation is logged at ERROR and
+raises ValueError (``verify_sparsity="raise"``, the default: ``train()`` then fails before a broken artifact can be
+saved), or is only logged (``"warn"``); ``"off"`` skips the check. The result is kept in ``self.verification``.
+
+The model must be prepared (`prepare_model`) before the Trainer creates its optimizer. `SmartTrainer` adds this
+callback itself, first in the list, so the smart metrics it adds to ``logs`` reach every ``report_to`` backend.
+
+The callback owns the stage bookkeeping (`stage_at`, ``stages``) and knows nothing of the Trainer: a trainer that
+wants to act at the stage transitions (`SmartTrainer` evaluates the dense model, snapshots a distillation teacher,
+measures the hardening jump) subclasses it and extends `begin_search` / `harden_masks`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import TrainerCallback
+
+from ..artifact.invariants import check_sparsity
+from ..lifecycle import apply_hard_masks_, get_smart_state, harden, reinit_scores, update_temperature
+from ..report import sparsity_report
+from .training_args import SmartTrainingArguments, stage_lengths
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SmartCallback"]
+
+STAGES = ("pretrain", "search", "finetune")  # what `SmartCallback.stage_at` returns
+# ``smart/stage`` in the logs is numeric (every report_to backend plots numbers): 1, 2, 3
+_STAGE_LOG_VALUE = {name: i + 1 for i, name in enumerate(STAGES)}
+VERIFY_CHOICES = ("raise", "warn", "off")
+
+
+class SmartCallback(TrainerCallback):
+    """Drives the SMART stages inside a Trainer.
+
+    Args:
+        pretrain_steps, search_steps, search_fraction: stage lengths in optimizer steps, used when the Trainer's args
+            are not `SmartTrainingArguments` (whose fields then win).
+        calibration_data: input batches for ``score_init="activation"`` at the start of the search.
+        verify_sparsity: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a failed end-of-training
+            `check_sparsity` does (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        pretrain_steps: int = 0,
+        search_steps: int | None = None,
+        search_fraction: float = 0.4,
+        calibration_data=None,
+        verify_sparsity: str = "raise",
+    ):
+        if verify_sparsity not in VERIFY_CHOICES:
+            raise ValueError(f"verify_sparsity must be one of {VERIFY_CHOICES}, got {verify_sparsity!r}.")
+        self.verify_sparsity = verify_sparsity
+        self.verification: dict | None = None  # the last end-of-training check_sparsity result
+        self.pretrain_steps, self.search_steps, self.search_fraction = pretrain_steps, search_steps, search_fraction
+        self.calibration_data = calibration_data
+        self.stages: tuple[int, int, int] | None = None
+        self.extra_logs: dict[str, float] = {}
+
+    def _stage_args(self, args):
+        if isinstance(args, SmartTrainingArguments):
+            return args.pretrain_steps, args.search_steps, args.search_fraction
+        return self.pretrain_steps, self.search_steps, self.search_fraction
+
+    def stage_at(self, step: int) -> str:
+        """``"pretrain"``, ``"search"`` or ``"finetune"``: the stage of optimizer step ``step`` (0-based)."""
+        pretrain, search, _ = self.stages
+        if step < pretrain:
+            return "pretrain"
+        return "search" if step < pretrain + search else "finetune"
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.stages = stage_lengths(state.max_steps, *self._stage_args(args))
+        smart = get_smart_state(model)
+        if smart.is_hard:  # resumed in the fine-tune stage
+            for layer in smart.layers:
+                layer.smart_scores.requires_grad_(False)
+        elif state.global_step < self.stages[0]:
+            smart.set_mode("dense")
+        self._enter_step(model, state.global_step, optimizer)
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._enter_step(model, state.global_step, optimizer)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if get_smart_state(model).is_hard:
+            apply_hard_masks_(model)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        """Only pruned (hardened) checkpoints may be "best": a dense or mid-search checkpoint that won
+        ``metric_for_best_model`` would make ``load_best_model_at_end`` end the run on an unpruned model. The Trainer
+        has just picked the best of this evaluation; forget it while the masks are not final, so the first hardened
+        evaluation starts the competition afresh."""
+        if model is not None and not get_smart_state(model).is_hard:
+            state.best_metric = None
+            state.best_model_checkpoint = None
+            if hasattr(state, "best_global_step"):  # transformers >= 5.x keeps the step too
+                state.best_global_step = None
+
+    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if not get_smart_state(model).is_hard:
+            self.harden_masks(model, optimizer)
+        if self.verify_sparsity != "off":
+            self._verify(model)
+
+    def _verify(self, model) -> None:
+        try:
+            result = check_sparsity(get_smart_state(model))
+        except ValueError as err:
+            self.verification = {"verified": False, "error": str(err)}
+            logger.error("smart_hf: SPARSITY CHECK FAILED at the end of training: %s", err)
+            if self.verify_sparsity == "raise":
+                raise
+            return
+        self.verification = result
+        total = result["total"]
+        logger.info(
+            "smart_hf: sparsity verified: %d layers, %d of %d targeted weights zero (%.4f), pattern valid, budget exact",
+            len(result["layers"]),
+            total["zeros"],
+            total["weights"],
+            total["sparsity"],
+        )
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or model is None or self.stages is None:
+            return
+        smart = get_smart_state(model)
+        extra = {
+            "smart/stage": _STAGE_LOG_VALUE[self.stage_at(max(state.global_step - 1, 0))],
+            "smart/temperature": smart.tau,
+            "smart/fractionality": smart.fractionality() if smart.mode_name == "soft" else 0.0,
+            "smart/sparsity": sparsity_report(smart)["total"]["sparsity"] if smart.mode_name != "dense" else 0.0,
+            **self.extra_logs,
+        }
+        self.extra_logs = {}
+        logs.update(extra)
+        if state.log_history:
+            state.log_history[-1].update(extra)
+
+    # --- stage transitions ---
+    def _enter_step(self, model, step: int, optimizer) -> None:
+        pretrain, search, _ = self.stages
+        smart = get_smart_state(model)
+        stage = self.stage_at(step)
+        if stage == "pretrain":
+            return
+        if stage == "search":
+            if smart.mode_name == "dense":
+                self.begin_search(model)
+            update_temperature(model, step - pretrain, search)
+        elif not smart.is_hard:
+            self.harden_masks(model, optimizer)
+
+    def begin_search(self, model) -> None:
+        """Enter the structure search: scores re-initialised from the (pre-trained) weights, soft masks on.
+        Subclasses extend it to act on the still-dense model first."""
+        reinit_scores(model, self.calibration_data)
+        get_smart_state(model).set_mode("soft")
+        logger.info("smart_hf: structure search begins")
+
+    def harden_masks(self, model, optimizer) -> None:
+        """End the search: binary masks, frozen scores, pruned weights and their optimizer moments zeroed."""
+        self.extra_logs["smart/fractionality_at_hardening"] = get_smart_state(model).fractionality()
+        harden(model)
+        _zero_pruned_optimizer_state(model, optimizer)
+
+
+@torch.no_grad()
+def _zero_pruned_optimizer_state(model, optimizer) -> None:
+    """Zero the optimizer moments of pruned weights, so nothing pushes them back once the mask is frozen."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+    if optimizer is None:
+        return
+    for layer in get_smart_state(model).layers:
+        moments = optimizer.state.get(layer.weight, {})
+        for value in moments.values():
+            if torch.is_tensor(value) and value.shape == layer.weight.shape:
+                value.copy_(layer.smart_layout.apply(value, layer.smart_mask))

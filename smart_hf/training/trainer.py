@@ -1,0 +1,345 @@
+"""`SmartTrainer`: a `transformers.Trainer` that runs the three SMART stages in one ``train()``.
+
+Swap ``Trainer`` for ``SmartTrainer``, pass ``smart_config=SmartConfig(...)`` and `SmartTrainingArguments`; the
+stages, temperature schedule, hardening and mask enforcement run from `SmartCallback` (here a subclass that adds
+what needs the Trainer: dense metrics and the distillation teacher at the start of the search, the eval-loss jump
+at hardening). Only documented Trainer methods are overridden: ``create_optimizer`` (an own parameter group for the
+mask scores), ``compute_loss`` (optional distillation), ``save_model`` and ``push_to_hub``.
+
+Two kinds of saves: the Trainer's own checkpoints (``save_model(dir, _internal_call=True)``, from its checkpointing)
+go to `save_checkpoint` -- the full SMART state, for ``resume_from_checkpoint``; every other ``save_model`` goes to
+`save_pruned_model` -- the squashed, stock-loadable artifact -- and ``push_to_hub`` pushes that artifact.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import os
+import re
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..artifact.card import metrics_from_log_history
+from ..artifact.export import save_pruned, save_state_dict, unsharded_copy
+from ..artifact.hub import push_pruned_to_hub
+from ..config import SmartConfig
+from ..constants import SCORES_NAME
+from ..distributed import has_sharded_parameters
+from ..inject import prepare_model
+from ..lifecycle import is_prepared, set_mode
+from .callbacks import SmartCallback
+from .training_args import SmartTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SmartTrainer"]
+
+_CHECKPOINT_DIR = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # the stock Trainer's checkpoint folder names
+HUB_ARTIFACT_DIR = "hub_artifact"  # under output_dir: the exact folder `push_to_hub` uploads
+
+
+class SmartTrainer(Trainer):
+    """Trainer for SMART pruning.
+
+    Args:
+        model: a transformers model (prepared here unless it already is).
+        args (`SmartTrainingArguments`): training and stage settings.
+        smart_config (`SmartConfig`): what to prune; required unless ``model`` is already prepared.
+        teacher_model: optional distillation teacher (default: the dense model at the start of the search, used
+            when ``args.distill_alpha > 0``).
+        calibration_data: input batches for ``score_init="activation"``; default: the first training batches.
+        reproduce_command: the command line that reproduces this run, shown in the model card (``smart-hf train``
+            passes its own; values of ``--*token*`` options are redacted).
+        **kwargs: everything `Trainer` accepts (datasets, collator, ``compute_metrics``, callbacks, ...).
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: SmartTrainingArguments | None = None,
+        smart_config: SmartConfig | None = None,
+        teacher_model=None,
+        calibration_data=None,
+        reproduce_command: list[str] | None = None,
+        **kwargs,
+    ):
+        if model is None:
+            raise ValueError("SmartTrainer needs a model (model_init is not supported: the masks live on the model).")
+        if args is None:
+            args = SmartTrainingArguments(output_dir="smart_output")
+        if not isinstance(args, SmartTrainingArguments):
+            raise ValueError(
+                f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
+                "SmartTrainingArguments(output_dir=..., ...)."
+            )
+        train_dataset = kwargs.get("train_dataset")
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+            raise ValueError(
+                "train_dataset is empty; pass a dataset with at least one example (check the split and any filtering)."
+            )
+        prepared = is_prepared(model)
+        if not prepared and not isinstance(smart_config, SmartConfig):
+            raise ValueError("pass smart_config=SmartConfig(...) (or a model already prepared with prepare_model).")
+        super().__init__(model=model, args=args, **kwargs)
+        if not prepared:
+            needs_batches = smart_config.score_init == "activation" and calibration_data is None
+            calibration_data = self._calibration_batches(smart_config) if needs_batches else calibration_data
+            prepare_model(self.model, smart_config, calibration_data=calibration_data)
+            if args.pretrain_steps > 0:
+                set_mode(self.model, "dense")
+        self.teacher_model = teacher_model
+        self.reproduce_command = reproduce_command
+        self.dense_metrics: dict | None = None  # eval metrics of the dense model at the start of the search
+        self.smart_callback = _TrainerStages(self, calibration_data=calibration_data)
+        # first in the list, so the smart metrics it adds to `logs` reach every report_to backend
+        self.callback_handler.callbacks.insert(0, self.smart_callback)
+        if args.push_to_hub and str(getattr(args.hub_strategy, "value", args.hub_strategy)) != "end":
+            logger.warning(
+                "smart_hf: hub_strategy=%r pushes raw training checkpoints (soft masks, mask scores) while training; "
+                "the pruned artifact is pushed by push_to_hub()/save_model(). Set hub_strategy='end' to push only it.",
+                getattr(args.hub_strategy, "value", args.hub_strategy),
+            )
+
+    def _calibration_batches(self, smart_config: SmartConfig) -> list:
+        if self.train_dataset is None:
+            raise ValueError("score_init='activation' needs calibration_data or a train_dataset to calibrate on.")
+        loader = self.get_train_dataloader()
+        return list(itertools.islice(iter(loader), smart_config.calibration_batches))
+
+    def _on_search_begin(self, model) -> None:
+        """Still dense here: record the dense metrics and, for distillation, snapshot the teacher."""
+        if self.eval_dataset is not None:
+            self.dense_metrics = self.evaluate(metric_key_prefix="dense")
+        if self.args.distill_alpha > 0 and self.teacher_model is None:
+            teacher = copy.deepcopy(model)
+            set_mode(teacher, "dense")  # the teacher is the unpruned network
+            self.teacher_model = teacher.eval().requires_grad_(False)
+
+    def _first_eval_loss(self) -> float | None:
+        """The eval loss, when ``log_hardening_jump`` asks for it and there is an eval set (else ``None``)."""
+        if self.eval_dataset is None or not self.args.log_hardening_jump:
+            return None
+        metrics = self.evaluate()
+        # one eval set logs "eval_loss"; a dict of them logs "eval_<first name>_loss" first
+        return next((v for k, v in metrics.items() if k.startswith("eval_") and k.endswith("_loss")), None)
+
+    # --- documented Trainer hooks ---
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, plus one parameter group for the mask scores (own LR, no weight decay)."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        scores = [p for n, p in model.named_parameters() if n.endswith(SCORES_NAME) and p.requires_grad]
+        for p in scores:  # hidden while the Trainer builds its groups, so they are not decayed with the weights
+            p.requires_grad_(False)
+        try:  # transformers < 5.x-late takes no `model` argument
+            optimizer = super().create_optimizer(model) if model is not self.model else super().create_optimizer()
+        finally:
+            for p in scores:
+                p.requires_grad_(True)
+        if scores:
+            optimizer.add_param_group({"params": scores, "lr": self.args.score_learning_rate, "weight_decay": 0.0})
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        use_teacher = (
+            self.args.distill_alpha > 0
+            and self.teacher_model is not None
+            and model.training
+            and self.smart_callback.stage_at(self.state.global_step) != "pretrain"
+        )
+        if not use_teacher:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        teacher = self.teacher_model.to(next(model.parameters()).device)
+        with torch.no_grad():
+            teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        loss = (1 - self.args.distill_alpha) * loss + self.args.distill_alpha * _distill_loss(
+            outputs.logits, teacher_logits, self.args.distill_temperature
+        )
+        return (loss, outputs) if return_outputs else loss
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, except that ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint.
+
+        A process killed while saving leaves ``checkpoint-N`` without ``trainer_state.json`` (the stock Trainer
+        writes it last); the stock ``get_last_checkpoint`` would pick that folder and fail or resume from partial
+        state. Here it is skipped with a warning, and naming it explicitly is a clear error.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)) and not _is_complete(resume_from_checkpoint):
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete checkpoint (no {TRAINER_STATE_NAME}; the process was "
+                "probably killed while saving it); pass resume_from_checkpoint=True to use the last complete one."
+            )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's own checkpoint saves (``_internal_call=True``) go to `save_checkpoint`; every other call
+        writes the pruned artifact (`save_pruned_model`) and, with ``push_to_hub``, pushes it."""
+        output_dir = output_dir or self.args.output_dir
+        if _internal_call:
+            return self.save_checkpoint(output_dir)
+        self.save_pruned_model(output_dir)
+        if self.args.push_to_hub:  # Trainer semantics: a user's save_model also pushes
+            self.push_to_hub(commit_message="Model save")
+
+    def save_pruned_model(self, output_dir: str) -> None:
+        """The pruned, stock-loadable model with ``smart_config.json``, the sparsity report, model card and plots
+        (`save_pruned`); ``training_args.bin`` without the hub token."""
+        if self.args.should_save or has_sharded_parameters(self.model):  # FSDP2: every rank joins the gather
+            save_pruned(
+                self.model,
+                output_dir,
+                processing_class=self.processing_class,
+                log_history=self.state.log_history,
+                save_plots=self.args.save_plots,
+                stages=self.smart_callback.stages,
+                command=self.reproduce_command,
+            )
+        if self.args.should_save:
+            self._save_training_args(output_dir)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """Push the *pruned* artifact (squashed weights, ``smart_config.json``, sparsity report, model card) to
+        ``args.hub_model_id`` (default: the name of ``output_dir``).
+
+        The exact folder that is uploaded is written first, atomically, to ``<output_dir>/hub_artifact`` and kept.
+        ``token`` / ``private`` / ``revision`` default to ``args.hub_token`` / ``hub_private_repo`` /
+        ``hub_revision``. Extra keyword arguments of `Trainer.push_to_hub` (model-card fields) are accepted:
+        ``base_model`` / ``finetuned_from`` set the card's base model, ``metrics`` its metric table; the rest are
+        ignored. Returns the `CommitInfo` (a `Future` of it with ``blocking=False``), ``None`` off process zero.
+        """
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        model = unsharded_copy(self.model) if has_sharded_parameters(self.model) else self.model  # FSDP2: all ranks
+        if not self.is_world_process_zero():
+            return None
+        repo_id = (
+            self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        )
+        base_model = kwargs.pop("base_model", None) or kwargs.pop("finetuned_from", None)
+        metrics = kwargs.pop("metrics", None)
+        if kwargs:
+            logger.info("smart_hf: push_to_hub ignores model-card fields %s", sorted(kwargs))
+        result = push_pruned_to_hub(
+            model,
+            repo_id,
+            token=token if token is not None else self.args.hub_token,
+            private=private if private is not None else self.args.hub_private_repo,
+            commit_message=commit_message or "Upload pruned model (smart_hf)",
+            local_dir=os.path.join(self.args.output_dir, HUB_ARTIFACT_DIR),
+            revision=revision if revision is not None else self.args.hub_revision,
+            processing_class=self.processing_class,
+            metrics=metrics if metrics is not None else metrics_from_log_history(self.state.log_history),
+            base_model=base_model,
+            run_as_future=not blocking,
+            save_plots=self.args.save_plots,
+            log_history=self.state.log_history,
+            stages=self.smart_callback.stages,
+            command=self.reproduce_command,
+        )
+        return result
+
+    def _save_training_args(self, output_dir: str) -> None:
+        """``training_args.bin`` as the stock Trainer writes it, minus ``hub_token``: the file is a pickle that
+        lands in artifacts people push, and a token must never travel with a model."""
+        safe_args = copy.copy(self.args)
+        safe_args.hub_token = None
+        torch.save(safe_args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def save_checkpoint(self, output_dir: str) -> None:
+        """A training checkpoint: weights, mask scores and SMART state under the model's *own* state-dict keys.
+
+        transformers 5 ``save_pretrained`` renames keys to the legacy layout (``vit.layers.0.attention.q_proj`` ->
+        ``vit.encoder.layer.0.attention.attention.query``) while ``Trainer._load_from_checkpoint`` loads with a plain
+        ``load_state_dict``: the resumed model would silently keep its initial weights. Writing the state dict
+        as-is (safetensors) makes ``resume_from_checkpoint`` restore weights, scores and schedule exactly.
+        """
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super().save_model(output_dir, _internal_call=True)
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        save_state_dict(model, output_dir)
+        if getattr(model, "config", None) is not None:
+            model.config.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        self._save_training_args(output_dir)
+
+
+def _is_complete(checkpoint: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME))
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str:
+    """The highest-step ``checkpoint-N`` under ``output_dir`` that holds ``trainer_state.json`` (written last)."""
+    found = []
+    if os.path.isdir(output_dir):
+        for entry in os.listdir(output_dir):
+            match = _CHECKPOINT_DIR.match(entry)
+            if match and os.path.isdir(os.path.join(output_dir, entry)):
+                found.append((int(match.group(1)), os.path.join(output_dir, entry)))
+    for _step, path in sorted(found, reverse=True):
+        if _is_complete(path):
+            return path
+        logger.warning(
+            "smart_hf: skipping %s: incomplete (no %s), probably killed while saving", path, TRAINER_STATE_NAME
+        )
+    raise ValueError(
+        f"resume_from_checkpoint=True found no complete checkpoint-N folder in {output_dir}; train without "
+        "resume_from_checkpoint, or pass the path of a checkpoint folder."
+    )
+
+
+def _distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` averaged over the batch (Hinton et al. 2015)."""
+    t = temperature
+    student = F.log_softmax(student_logits.float() / t, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(student.flatten(0, -2), teacher.flatten(0, -2), log_target=True, reduction="batchmean") * t * t
+
+
+class _TrainerStages(SmartCallback):
+    """`SmartCallback` plus what needs the `SmartTrainer` at the stage transitions: the dense metrics and the
+    distillation teacher before the search starts, and (``log_hardening_jump``) the eval loss around hardening."""
+
+    def __init__(self, trainer: SmartTrainer, calibration_data=None):
+        super().__init__(calibration_data=calibration_data)
+        self._trainer = trainer
+
+    def begin_search(self, model) -> None:
+        self._trainer._on_search_begin(model)
+        super().begin_search(model)
+
+    def harden_masks(self, model, optimizer) -> None:
+        before = self._trainer._first_eval_loss()
+        super().harden_masks(model, optimizer)
+        after = self._trainer._first_eval_loss()
+        if before is not None and after is not None:
+            self.extra_logs.update(
+                {"smart/eval_loss_before_hardening": before, "smart/eval_loss_after_hardening": after}
+            )
+            logger.info("smart_hf: hardened masks; eval loss %.4f -> %.4f", before, after)

@@ -1,0 +1,153 @@
+"""The package's layers: imports only point down, no import cycles, no intra-package imports inside functions, and
+the moved modules of 0.1 still import (with a DeprecationWarning).
+
+The layer order is docs/architecture.md's; a module may import from its own layer or any layer below it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from smart_hf._aliases import MOVED
+
+PACKAGE = Path(__file__).resolve().parents[1] / "smart_hf"
+
+# bottom to top; a module's layer is the first prefix that matches its dotted name
+LAYERS = [
+    ("smart_hf._version", "smart_hf.constants", "smart_hf.core"),
+    ("smart_hf.config", "smart_hf.metadata"),
+    ("smart_hf.distributed",),
+    ("smart_hf.state", "smart_hf.layers", "smart_hf.scores"),
+    ("smart_hf.report",),
+    ("smart_hf.inject", "smart_hf.lifecycle"),
+    ("smart_hf.slim",),
+    ("smart_hf.artifact",),
+    ("smart_hf.training",),
+    ("smart_hf.cli",),
+    ("smart_hf._aliases", "smart_hf"),  # the package root re-exports everything
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _layer(module: str) -> int:
+    for index, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes if p != "smart_hf"):
+            return index
+    if module == "smart_hf":
+        return len(LAYERS) - 1
+    raise AssertionError(f"{module} is in no layer of tests/test_layout.py; add it to LAYERS")
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, bool]]:
+    """(imported smart_hf module, inside a function?) for every smart_hf import of a module."""
+    tree = ast.parse(path.read_text())
+    is_package = path.name == "__init__.py"
+    found = []
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = name.split(".") if is_package else name.split(".")[:-1]
+                    base = base[: len(base) - (child.level - 1)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                if target.startswith("smart_hf"):
+                    for alias in child.names:  # `from . import x` may import a submodule
+                        sub = f"{target}.{alias.name}"
+                        found.append((sub if sub in MODULES else target, in_function))
+            elif isinstance(child, ast.Import):
+                found.extend((a.name, in_function) for a in child.names if a.name.startswith("smart_hf"))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+MODULES = _modules()
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_point_down_and_sit_at_module_level(name):
+    problems = []
+    for target, in_function in _imports(name, MODULES[name]):
+        if in_function:
+            problems.append(f"imports {target} inside a function (move it to the top; a cycle means a layer is wrong)")
+        elif _layer(target) > _layer(name):
+            problems.append(f"imports {target}, which is in a higher layer")
+    assert not problems, f"{name}: " + "; ".join(problems)
+
+
+def test_no_import_cycles():
+    graph = {
+        name: {t for t, _ in _imports(name, path) if t in MODULES and t != name} for name, path in MODULES.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+@pytest.mark.slow  # one interpreter per module, ~3 s each (transformers): minutes
+def test_every_module_imports_alone_in_a_fresh_interpreter():
+    """Each module imported first in its own interpreter: a hidden cycle or a missing import would fail here
+    (the AST checks above are the fast guarantee; this one runs the imports)."""
+    names = sorted(n for n in MODULES if n != "smart_hf")
+    script = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+    for name in names:  # one interpreter per module: the first import of each is the one that can fail
+        proc = subprocess.run(
+            [sys.executable, "-W", "error::DeprecationWarning", "-c", script, name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, f"{name}:\n{proc.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_moved_modules_still_import_with_a_deprecation_warning(old):
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert any(issubclass(w.category, DeprecationWarning) and MOVED[old] in str(w.message) for w in caught)
+    new = importlib.import_module(MOVED[old])
+    public = getattr(new, "__all__", None) or [n for n in vars(new) if not n.startswith("_")]
+    for attr in public[:5]:
+        assert getattr(module, attr) is getattr(new, attr)
+
+
+def test_public_api_at_the_top_level():
+    import smart_hf
+
+    for name in smart_hf.__all__:
+        assert getattr(smart_hf, name) is not None
+    from smart_hf import SmartCallback, SmartConfig, SmartTrainer, SmartTrainingArguments  # noqa: F401
