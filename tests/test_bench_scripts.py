@@ -141,8 +141,11 @@ def test_bench_quality_minilm_smoke(tmp_path):
 def test_bench_inference_smoke(tmp_path):
     out = tmp_path / "i.json"
     proc = _run_benchmark("inference", ["--smoke", "--threads", "1", "--out", str(out)])
-    assert "| model |" in proc.stdout
+    assert "| model | sparsity | batch | variant |" in proc.stdout
     data = json.loads(out.read_text())
     assert data["benchmark"] == "inference" and data["smoke"] is True
     assert data["command"].startswith("python -m benchmarks.inference")
-    assert data["rows"] and all(r["median_ms"] > 0 and r["ideal_speedup"] >= 1.0 for r in data["rows"])
+    rows = data["rows"]
+    assert {r["variant"] for r in rows} == {"dense", "squashed", "bsr", "slim"}
+    assert all(r["median_ms"] > 0 and r["ideal_speedup"] >= 1.0 for r in rows)
+    assert all(r["ideal_speedup"] > 1.0 for r in rows if r["variant"] != "dense")

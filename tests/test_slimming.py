@@ -1,8 +1,6 @@
 """`slim`: pruned FFN channels, attention heads and CNN chain channels removed physically; outputs unchanged,
 parameters and MACs fall as predicted, loadable."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ from tiny_models import resnet_inputs, text_inputs, tiny_bert, tiny_deit, tiny_r
 from torch import nn
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
+import benchmarks.inference as bench
 import smart_hf as sh
 from benchmarks.macs import attention_macs, conv_macs, transformer_layer_macs
 from smart_hf.artifact.export import save_pruned
@@ -530,17 +529,9 @@ def test_head_and_cnn_errors_name_the_fix():
         slim(resnet, mode="per_layer")
 
 
-def _bench_inference_module():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_inference.py"
-    spec = importlib.util.spec_from_file_location("bench_inference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_inference_builds_the_head_and_resnet_slim_variants():
-    """test_sparse.py smoke-runs the four original variants; this covers slim-heads and the ResNet row in-process."""
-    bench = _bench_inference_module()
+    """test_bench_scripts.py smoke-runs the four original variants; this covers slim-heads and the ResNet row
+    in-process."""
     for name, variant in (("deit-tiny", "slim-heads"), ("resnet-50", "slim")):
         make_inputs, models, info = bench.variants(name, True, 0.5, 8, ("dense", variant), 0.5)
         assert set(models) == {"dense", variant}
