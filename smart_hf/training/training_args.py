@@ -51,9 +51,9 @@ class SmartTrainingArguments(TrainingArguments):
     collapse_action: str = field(
         default="raise",
         metadata={
-            "help": "What a collapse (the pruned classifier predicts one class for >= 98% of the last 256 training "
-            "examples after it once did not) does: 'raise' (stop with an error naming the fixes), 'warn' (log), "
-            "'off' (no check)."
+            "help": "What a collapse (the pruned classifier predicts one class for at least 98 percent of the last "
+            "256 training examples after it once did not) does: 'raise' (stop with an error naming the fixes), "
+            "'warn' (log), 'off' (no check)."
         },
     )
     # --- reporting ---
