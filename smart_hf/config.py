@@ -109,8 +109,29 @@ class SmartConfig:
             "jitters tied scores when the mask stops getting more binary (docs/method.md)."
         },
     )
-    tau_start: float = field(default=1.0, metadata={"help": "Temperature at the start of structure search."})
-    tau_end: float = field(default=1e-4, metadata={"help": "Temperature at the end of structure search."})
+    tau_start: float | None = field(
+        default=None,
+        metadata={
+            "help": "Temperature at the start of structure search. None or 'auto' (default): each budget group "
+            "starts at the temperature where its soft mask's fractionality is tau_start_fractionality, and the "
+            "schedule runs relative to it (tau_end is then a ratio to that start)."
+        },
+    )
+    tau_end: float = field(
+        default=1e-2,
+        metadata={"help": "Temperature at the end of structure search (a ratio to the start with tau_start='auto')."},
+    )
+    tau_start_fractionality: float = field(
+        default=0.05,
+        metadata={"help": "tau_start='auto': mean min(f, 1 - f) of the soft mask at the start, in (0, 0.5)."},
+    )
+    budget_anneal: float = field(
+        default=2 / 3,
+        metadata={
+            "help": "Share of the search over which the soft budget falls from keeping everything to the target "
+            "(cubic, then held); 0 = the target from the first step."
+        },
+    )
     dynamic_window: int = field(
         default=20, metadata={"help": "Dynamic rule: optimizer steps between two fractionality checks."}
     )
@@ -128,6 +149,8 @@ class SmartConfig:
     score_seed: int = field(default=0, metadata={"help": "Seed for score noise and the dynamic rule's jitter."})
 
     def __post_init__(self):
+        if isinstance(self.tau_start, str) and self.tau_start.strip().lower() == "auto":
+            self.tau_start = None  # "auto" is the documented spelling of the default (YAML recipes, JSON configs)
         self._check_types()
         if self.sparsity is None:
             self.sparsity = (1.0 - self.n / self.m if self.m > 0 else None) if self.pattern == "nm" else 0.5
@@ -161,12 +184,13 @@ class SmartConfig:
         _choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
         if not 0.0 <= self.min_layer_density < 1.0:
             raise ValueError(f"min_layer_density must be in [0, 1), got {self.min_layer_density}; e.g. 0.05.")
-        if not (0 < self.tau_start < math.inf and 0 < self.tau_end < math.inf):
+        _validate_search(self)
+        if not (0 < (1.0 if self.tau_start is None else self.tau_start) < math.inf and 0 < self.tau_end < math.inf):
             raise ValueError(
                 f"tau_start and tau_end must be > 0 and finite, got {self.tau_start} and {self.tau_end}; "
                 "e.g. tau_start=1.0, tau_end=1e-4."
             )
-        if self.tau_end > self.tau_start:
+        if self.tau_end > (1.0 if self.tau_start is None else self.tau_start):
             raise ValueError(
                 f"tau_end ({self.tau_end}) > tau_start ({self.tau_start}): the temperature must fall; "
                 "swap them or lower tau_end (e.g. tau_start=1.0, tau_end=1e-4)."
@@ -270,6 +294,18 @@ class UnitSettings:
     n: int
     m: int
     sparsity: float
+
+
+def _validate_search(config) -> None:
+    """The auto start temperature and the budget anneal (issue 12)."""
+    _check_number("tau_start_fractionality", config.tau_start_fractionality, integral=False)
+    _check_number("budget_anneal", config.budget_anneal, integral=False)
+    if not 0.0 < config.tau_start_fractionality < 0.5:
+        raise ValueError(
+            f"tau_start_fractionality must be in (0, 0.5), got {config.tau_start_fractionality}; e.g. 0.05."
+        )
+    if not 0.0 <= config.budget_anneal <= 1.0:
+        raise ValueError(f"budget_anneal must be in [0, 1], got {config.budget_anneal}; e.g. 2/3, or 0 for none.")
 
 
 _INT_FIELDS = ("n", "m", "calibration_batches", "dynamic_window", "score_seed")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
+from .core.budget import budget_progress
 from .core.schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
 from .distributed import is_sharded, whole_parameters, zero_own_rows_
 from .layers import detach_smart_layer
@@ -93,13 +94,20 @@ def update_temperature(model: nn.Module, step: int, total_steps: int) -> float:
 
     For ``temperature_schedule="dynamic"`` this also runs the feedback rule on the fractionality of the last soft
     forward, and when it cuts tau it jitters every score by ``dynamic_jitter * tau`` with a generator seeded by
-    ``(seed, step)`` -- identical on every rank.
+    ``(seed, step)`` -- identical on every rank. It also advances the budget anneal (``budget_anneal``): the soft
+    budget falls from keeping everything to the target over that share of the search (docs/method.md §8).
     """
     state = get_smart_state(model)
     cfg = state.smart_config
-    tau = temperature_at(step, total_steps, cfg.tau_start, cfg.tau_end, cfg.temperature_schedule)
-    if cfg.temperature_schedule == "dynamic":
+    progress = budget_progress(step, total_steps, cfg.budget_anneal)
+    state.set_budget_progress(progress)
+    tau_start = 1.0 if cfg.tau_start is None else cfg.tau_start  # auto: relative to each group's own start
+    tau = temperature_at(step, total_steps, tau_start, cfg.tau_end, cfg.temperature_schedule)
+    # a mask that gets *less* binary while the budget anneals is not stuck: the dynamic rule waits for the target
+    if cfg.temperature_schedule == "dynamic" and progress >= 1.0:
         tau *= _dynamic_step(state, cfg, step)
+    elif cfg.temperature_schedule == "dynamic":
+        tau *= float(state.tau_scale)
     tau = max(tau, MIN_TEMPERATURE)
     state.set_temperature(tau)
     return tau
@@ -126,7 +134,8 @@ def _jitter_scores_(state: SmartState, amplitude: float, seed: int) -> None:
     with whole_parameters(state.layers, (SCORES_NAME,), write_back=(SCORES_NAME,)):
         for layer in state.layers:
             noise = torch.randn(layer.smart_scores.shape, generator=generator)
-            layer.smart_scores.add_(amplitude * noise.to(layer.smart_scores.device))
+            scale = state.group_temperature(layer._smart_slot[0]) / state.tau  # in the group's own temperature
+            layer.smart_scores.add_(amplitude * scale * noise.to(layer.smart_scores.device))
 
 
 def reinit_scores(model: nn.Module, calibration_data=None) -> None:

@@ -134,3 +134,5 @@ def init_scores_(state, config, act_stats: list | None = None) -> None:
             flat = flat + config.score_noise * torch.randn(flat.shape, generator=generator)
         for layer, piece in zip(group.layers, torch.split(flat, [r.numel() for r in raw])):
             layer.smart_scores.copy_(piece.reshape(layer.smart_layout.score_shape))
+    if config.tau_start is None:  # "auto": each group starts where its mask has the target fractionality
+        state.calibrate_temperatures_(config.tau_start_fractionality)

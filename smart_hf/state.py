@@ -17,11 +17,13 @@ on the spot, uncached: slower, never stale.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 
-from .core.budget import global_weight_budget, layer_keep_units, reserved_units
+from .core.budget import annealed_budget, global_weight_budget, layer_keep_units, reserved_units
+from .core.schedule import auto_temperature
 from .core.topk import hard_topk, soft_topk
 from .distributed import full_tensor
 
@@ -44,6 +46,14 @@ class BudgetGroup:
 
     def unit_counts(self) -> list[int]:
         return [layer.smart_layout.num_units for layer in self.layers]
+
+    def capacity(self) -> float:
+        """What "keep everything" means for ``k``: m per N:M row, the units of a layer, the weights of a group."""
+        if self.kind == "nm":
+            return float(self.layers[0].smart_layout.m)
+        if self.kind == "layer":
+            return float(self.layers[0].smart_layout.num_units)
+        return float(sum(layer.smart_layout.num_weights for layer in self.layers))
 
 
 def build_groups(layers: list, sparsities: list[float], budget: str, min_layer_density: float) -> list[BudgetGroup]:
@@ -89,13 +99,19 @@ class SmartState(nn.Module):
 
     def __init__(self, config, groups: list[BudgetGroup]):
         super().__init__()
-        self.register_buffer("temperature", torch.tensor(float(config.tau_start), dtype=torch.float64))
+        # with tau_start=None ("auto") the temperature is relative: group g uses temperature * group_tau[g]
+        tau0 = 1.0 if config.tau_start is None else float(config.tau_start)
+        self.register_buffer("temperature", torch.tensor(tau0, dtype=torch.float64))
         self.register_buffer("mode", torch.tensor(_SOFT, dtype=torch.int64))
         self.register_buffer("tau_scale", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer("ref_fractionality", torch.tensor(float("inf"), dtype=torch.float64))
         self.register_buffer("ref_step", torch.tensor(0, dtype=torch.int64))
         # fractionality of the last training forward; a buffer so a resumed run's dynamic rule sees the same value
         self.register_buffer("last_fractionality", torch.tensor(float("nan"), dtype=torch.float64))
+        # per-group start temperature (tau_start="auto") and the budget anneal's progress (1 = target budget)
+        self.register_buffer("group_tau", torch.ones(len(groups), dtype=torch.float64))
+        self.register_buffer("budget_progress", torch.tensor(1.0, dtype=torch.float64))
+        self._group_tau, self._progress = [1.0] * len(groups), 1.0
         self.smart_config = config
         self.groups = groups
         for gi, group in enumerate(groups):
@@ -103,7 +119,7 @@ class SmartState(nn.Module):
                 layer._smart_slot = (gi, li)  # a plain attribute, so deepcopy/pickle keep it right
         self._cache: dict | None = None
         self._frac: dict[int, tuple[torch.Tensor, int]] = {}
-        self._mode, self._tau = _SOFT, float(config.tau_start)
+        self._mode, self._tau = _SOFT, tau0
         self.hook_handles: list = []
         self.register_load_state_dict_post_hook(_sync_after_load)  # a module-level function: picklable
 
@@ -129,6 +145,8 @@ class SmartState(nn.Module):
     def sync_from_buffers(self) -> None:
         tau, mode = torch.stack([self.temperature, self.mode.to(torch.float64)]).tolist()
         self._tau, self._mode = float(tau), int(mode)
+        progress, *group_tau = torch.cat([self.budget_progress.reshape(1), self.group_tau]).tolist()
+        self._progress, self._group_tau = float(progress), group_tau
 
     def set_temperature(self, tau: float) -> None:
         self.temperature.fill_(float(tau))
@@ -140,6 +158,40 @@ class SmartState(nn.Module):
         code = MODES.index(mode)
         self.mode.fill_(code)
         self._mode = code
+
+    def set_budget_progress(self, progress: float) -> None:
+        """Budget anneal progress in [0, 1]: soft masks keep `annealed_budget` (0 = everything, 1 = the target)."""
+        self.budget_progress.fill_(float(progress))
+        self._progress = float(progress)
+
+    def set_group_temperatures(self, taus: list[float]) -> None:
+        self.group_tau.copy_(torch.tensor(taus, dtype=torch.float64))
+        self._group_tau = [float(t) for t in taus]
+
+    def group_temperature(self, gi: int) -> float:
+        """The temperature group ``gi`` uses now: the schedule's value times the group's start temperature."""
+        return self._tau * self._group_tau[gi]
+
+    def soft_budget(self, group: BudgetGroup) -> float:
+        """The ``k`` of the soft top-k: the target, or during the budget anneal more (see `annealed_budget`)."""
+        if self._progress >= 1.0:
+            return group.k
+        return annealed_budget(group.k, group.capacity(), self._progress)
+
+    @torch.no_grad()
+    def calibrate_temperatures_(self, target: float) -> list[float]:
+        """``tau_start="auto"``: give every group the start temperature at which its soft mask, at the target budget,
+        has mean ``min(f, 1 - f)`` equal to ``target`` (`auto_temperature`); the schedule then runs relative to it."""
+        taus = [auto_temperature(partial(self._target_fractionality, gi), target) for gi in range(len(self.groups))]
+        for group in self.groups:
+            group.shift_x = None
+        self.set_group_temperatures(taus)
+        return taus
+
+    def _target_fractionality(self, gi: int, tau: float) -> float:
+        """Mean ``min(f, 1 - f)`` of group ``gi``'s soft mask at temperature ``tau`` and the target budget."""
+        masks = self._soft_masks(gi, tau, self.groups[gi].k, warm=False)
+        return float(sum(torch.minimum(m, 1 - m).sum() for m in masks) / sum(m.numel() for m in masks))
 
     @property
     def mode_name(self) -> str:
@@ -183,24 +235,30 @@ class SmartState(nn.Module):
         return masks[li]
 
     def soft_group_masks(self, gi: int) -> list[torch.Tensor]:
-        group, tau = self.groups[gi], self._tau
-        if group.kind == "nm":
-            masks = [soft_topk(full_tensor(group.layers[0].smart_scores), group.k, tau)]
-        else:
-            flat, cost, reserved = self._flat_scores(group)
-            init = None if group.shift_x is None else -group.shift_x / tau
-            if group.kind == "layer":
-                f, shift = soft_topk(flat, group.k, tau, shift_init=init, return_shift=True)
-            else:
-                f, shift = self._soft_global(flat, cost, reserved, group.k, tau, init)
-            group.shift_x = (-shift * tau).detach()
-            masks = self._split(group, f)
+        group = self.groups[gi]
+        masks = self._soft_masks(gi, self.group_temperature(gi), self.soft_budget(group))
         if torch.is_grad_enabled():
             self._frac[gi] = (
                 sum(torch.minimum(m, 1 - m).detach().sum() for m in masks),
                 sum(m.numel() for m in masks),
             )
         return masks
+
+    def _soft_masks(self, gi: int, tau: float, k: float, warm: bool = True) -> list[torch.Tensor]:
+        """Soft masks of group ``gi`` at temperature ``tau`` and budget ``k`` (``warm``: start the shift solve from,
+        and store, the group's last shift)."""
+        group = self.groups[gi]
+        if group.kind == "nm":
+            return [soft_topk(full_tensor(group.layers[0].smart_scores), k, tau)]
+        flat, cost, reserved = self._flat_scores(group)
+        init = None if group.shift_x is None or not warm else -group.shift_x / tau
+        if group.kind == "layer":
+            f, shift = soft_topk(flat, k, tau, shift_init=init, return_shift=True)
+        else:
+            f, shift = self._soft_global(flat, cost, reserved, k, tau, init)
+        if warm:
+            group.shift_x = (-shift * tau).detach()
+        return self._split(group, f)
 
     def binary_group_masks(self, gi: int) -> list[torch.Tensor]:
         """The frozen masks once hardened, else the ones `harden` would pick now (what an export or report uses)."""

@@ -90,7 +90,7 @@ def test_bench_quality_smoke(tmp_path):
     methods = {(r["pattern"], r["method"]) for r in rows}
     assert (None, "dense") in methods
     for pattern in ("block4x4@0.5", "block4x4@0.75", "block4x4@0.9", "channel@0.3", "channel@0.5", "nm2:4", "nm1:4"):
-        assert {(pattern, m) for m in ("magnitude", "gmp", "movement", "smart")} <= methods
+        assert {(pattern, m) for m in ("magnitude", "gmp", "movement", "smart_frozen", "smart")} <= methods
     assert ("nm2:4", "wanda") in methods and ("block4x4@0.9", "wns") in methods
     assert ("channel@0.5", "torch_pruning") in methods
     for row in rows:
@@ -103,7 +103,11 @@ def test_bench_quality_smoke(tmp_path):
         assert row["nm_valid"], row
         assert 0 <= row["test_acc"] <= 1
     ablations = {r["ablation"] for r in data["rows"]} - {None}
-    assert {"tau_fixed", "tau_exponential", "budget_layer", "init_activation", "distill"} <= ablations
+    assert {"old_defaults", "no_anneal", "tau_start_1", "budget_layer", "init_activation", "distill"} <= ablations
+    # SMART vs its frozen prior and the best baseline, paired by seed (one smoke seed: no interval, so None)
+    comparisons = {(c["task"], c["pattern"]): c for c in data["summary"]["comparisons"]}
+    assert {c.get("best_baseline") for c in comparisons.values()} - {None}
+    assert all("vs_frozen_prior" in c for c in comparisons.values())
 
 
 def test_bench_overhead_smoke(tmp_path):
@@ -133,6 +137,8 @@ def test_bench_quality_minilm_smoke(tmp_path):
     assert pairs == {(None, "dense"), ("nm2:4", "magnitude"), ("nm2:4", "wanda"), ("nm2:4", "smart")} | {
         ("block4x4@0.5", "magnitude"),
         ("block4x4@0.5", "smart"),
+        ("nm2:4", "smart_frozen"),
+        ("block4x4@0.5", "smart_frozen"),
     }
     for row in data["rows"]:
         assert row["nm_valid"] and row["structured_sparsity"] >= (0.49 if row["pattern"] else 0.0)

@@ -94,6 +94,7 @@ def _search_without_gradient(schedule: str, steps: int = 60, jitter: float = 0.1
         tau_start=1.0,
         tau_end=1.0 if schedule == "constant" else 1e-4,
         dynamic_window=5,
+        budget_anneal=0.0,  # the dynamic rule in isolation: it waits while the budget anneals
         dynamic_jitter=jitter,
     )
     prepare_model(model, config)

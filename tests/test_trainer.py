@@ -131,7 +131,8 @@ def test_schedule_advances_per_optimizer_step(tmp_path):
         callbacks=[Temp()],
     )
     trainer.train()
-    expected = [sh.temperature_at(s, 12, 1.0, 1e-4, "exponential") for s in range(12)]
+    # tau_start="auto" (the default): the temperature buffer is relative to each group's start, 1 -> tau_end
+    expected = [sh.temperature_at(s, 12, 1.0, sh.SmartConfig().tau_end, "exponential") for s in range(12)]
     assert len(temps) == 12 and torch.allclose(torch.tensor(temps), torch.tensor(expected), rtol=1e-6)
 
 

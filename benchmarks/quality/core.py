@@ -218,22 +218,31 @@ class DenseMethod(WindowMethod):
 class SmartMethod(WindowMethod):
     """SMART through the library's core API: ``prepare_model`` (scores from the dense weights), soft search with
     ``update_temperature`` for ``search`` steps, ``harden`` (and zeroed optimizer moments of pruned weights), then
-    fine-tune with ``apply_hard_masks_`` after every step; ``squash`` at the end."""
+    fine-tune with ``apply_hard_masks_`` after every step; ``squash`` at the end.
+
+    ``frozen=True`` is SMART's own prior (``smart_frozen``): the hard mask of the initial scores, frozen at the start
+    of the window and fine-tuned for all of it. SMART must beat it, or the search is dead weight."""
 
     name = "smart"
 
-    def __init__(self, spec: PatternSpec, search_fraction=0.5, score_lr=0.05, **config):
+    def __init__(self, spec: PatternSpec, search_fraction=0.5, score_lr=0.05, frozen=False, **config):
         self.spec, self.search_fraction, self.score_lr, self.config = spec, search_fraction, score_lr, config
+        self.frozen = frozen
 
     def prepare(self, model, task, ctx):
         self.model = model
-        self.search = max(1, round(self.search_fraction * task.window))
+        self.search = 0 if self.frozen else max(1, round(self.search_fraction * task.window))
         calibration = ctx["calibration"] if self.config.get("score_init") == "activation" else None
         sh.prepare_model(model, self.spec.smart_config(**self.config), calibration_data=calibration)
+        if self.frozen:
+            sh.harden(model)  # before the optimizer exists: nothing to zero
+            return weight_groups(model, task.weight_decay)
         scores = [p for n, p in model.named_parameters() if n.endswith("smart_scores")]
         return weight_groups(model, task.weight_decay) + [{"params": scores, "lr": self.score_lr, "weight_decay": 0.0}]
 
     def before_step(self, step, optimizer):
+        if self.frozen:
+            return
         if step < self.search:
             sh.update_temperature(self.model, step, self.search)
         elif step == self.search:

@@ -1,8 +1,14 @@
 """Tables, goals, JSON and the plot of the quality benchmark (``python -m benchmarks.quality``).
 
 Rows are aggregated over seeds per (task, pattern, method, ablation) into mean +- sample std of the validation and
-test *error* (1 - accuracy) and of the measured sparsity. A row is ``valid`` when every seed's final weights reach
-the target sparsity in the pattern (structured sparsity >= target - 0.01, N:M groups within n non-zeros).
+test *error* (1 - accuracy) and of the measured sparsity, plus the half-width of the 95% t-interval of the mean
+(``*_ci95``). A row is ``valid`` when every seed's final weights reach the target sparsity in the pattern (structured
+sparsity >= target - 0.01, N:M groups within n non-zeros).
+
+Comparisons (``comparisons``): for every (task, pattern) SMART is compared, seed by seed (every method starts from
+the same dense weights and sees the same batches), with its own frozen prior (``smart_frozen``) and with the best
+baseline (lowest mean test error): the mean paired difference of the test error and its 95% t-interval. An interval
+that contains 0 is a tie.
 """
 
 from __future__ import annotations
@@ -16,8 +22,19 @@ GOAL_VS_BASELINE = ["block4x4@0.75", "block4x4@0.9", "nm2:4", "channel@0.5"]  # 
 GOAL_VS_DENSE = ["nm2:4", "block4x4@0.5"]  # SMART err <= 1.1x dense
 
 
+# two-sided 95% Student t quantiles by degrees of freedom (n - 1); 1.96 beyond the table
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of the 95% t-interval of the mean: ``t_{0.975, n-1} * s / sqrt(n)`` (NaN for one value)."""
+    if len(values) < 2:
+        return float("nan")
+    return _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
 
 
 def target_sparsity(pattern: str | None) -> float:
@@ -43,6 +60,7 @@ def summarise(rows: list[dict]) -> dict:
         target = target_sparsity(pattern)
         val_err = _mean_std([1 - r["val_acc"] for r in items])
         test_err = _mean_std([1 - r["test_acc"] for r in items])
+        ci = {f"{k}_err_ci95": ci95([1 - r[f"{k}_acc"] for r in items]) for k in ("val", "test")}
         sparsity = _mean_std([r["sparsity"] for r in items])
         valid = all(r["structured_sparsity"] >= target - 0.01 and r["nm_valid"] for r in items)
         groups.append(
@@ -54,12 +72,49 @@ def summarise(rows: list[dict]) -> dict:
                 "seeds": sorted(r["seed"] for r in items),
                 "val_err": val_err,
                 "test_err": test_err,
+                **ci,
+                "test_err_by_seed": {r["seed"]: 1 - r["test_acc"] for r in items},
                 "sparsity": sparsity,
                 "target_sparsity": target,
                 "valid": valid,
             }
         )
-    return {"groups": groups, "goals": goals(groups), "failures": failures}
+    return {"groups": groups, "goals": goals(groups), "comparisons": comparisons(groups), "failures": failures}
+
+
+def paired(a: dict, b: dict) -> dict | None:
+    """Mean and 95% t-interval half-width of ``a - b`` test error over the seeds both groups ran (None if < 2)."""
+    seeds = sorted(set(a["test_err_by_seed"]) & set(b["test_err_by_seed"]))
+    if len(seeds) < 2:
+        return None
+    diffs = [a["test_err_by_seed"][s] - b["test_err_by_seed"][s] for s in seeds]
+    mean, half = statistics.fmean(diffs), ci95(diffs)
+    verdict = "tie" if abs(mean) <= half else ("better" if mean < 0 else "worse")
+    return {"seeds": seeds, "diff": mean, "ci95": half, "verdict": verdict}
+
+
+def comparisons(groups: list[dict]) -> list[dict]:
+    """SMART vs its frozen prior and vs the best baseline, paired by seed, for every (task, pattern)."""
+    out = []
+    for smart in (g for g in groups if g["method"] == "smart" and g["ablation"] is None and g["pattern"]):
+        task, pattern = smart["task"], smart["pattern"]
+        row = {"task": task, "pattern": pattern, "smart": smart["test_err"][0]}
+        frozen = _find(groups, task, pattern, "smart_frozen")
+        if frozen:
+            row["vs_frozen_prior"] = paired(smart, frozen)
+        baselines = [
+            g
+            for g in groups
+            if (g["task"], g["pattern"], g["ablation"]) == (task, pattern, None)
+            and g["method"] not in ("smart", "smart_frozen", "dense")
+            and g["valid"]
+        ]
+        if baselines:
+            best = min(baselines, key=lambda g: g["test_err"][0])
+            row.update(best_baseline=best["method"], ratio=smart["test_err"][0] / max(best["test_err"][0], 1e-12))
+            row["vs_best_baseline"] = paired(smart, best)
+        out.append(row)
+    return out
 
 
 def _find(groups, task, pattern, method, ablation=None):
@@ -85,7 +140,7 @@ def goals(groups: list[dict], task: str = "digits") -> dict:
             if g["task"] == task
             and g["pattern"] == pattern
             and g["ablation"] is None
-            and g["method"] not in ("smart", "dense")
+            and g["method"] not in ("smart", "smart_frozen", "dense")
             and g["valid"]
         ]
         if smart and baselines:
@@ -109,19 +164,41 @@ def _pct(ms: tuple[float, float]) -> str:
     return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
 
 
+def _pct_ci(mean: float, half: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * half:.2f}" if half == half else f"{100 * mean:.2f}"
+
+
+def _paired_text(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    return f"{100 * p['diff']:+.2f} ± {100 * p['ci95']:.2f} ({p['verdict']}, {len(p['seeds'])} seeds)"
+
+
 def markdown_table(summary: dict) -> str:
     """Main rows (no ablations), then ablations, then the goals."""
     head = "| task | pattern | method | seeds | val err % | test err % | sparsity | valid |\n|---|---|---|---|---|---|---|---|"
-    lines = ["**Quality (mean ± std over seeds; error = 1 - accuracy)**", "", head]
+    lines = ["**Quality (mean ± 95% t-interval over seeds; error = 1 - accuracy)**", "", head]
     ablations = ["", "**SMART ablations (digits)**", "", head.replace("| method |", "| variant |")]
     for g in summary["groups"]:
         name = g["method"] if g["ablation"] is None else g["ablation"]
         line = (
-            f"| {g['task']} | {g['pattern'] or '-'} | {name} | {len(g['seeds'])} | {_pct(g['val_err'])} | "
-            f"{_pct(g['test_err'])} | {g['sparsity'][0]:.4f} | {'yes' if g['valid'] else 'NO'} |"
+            f"| {g['task']} | {g['pattern'] or '-'} | {name} | {len(g['seeds'])} | "
+            f"{_pct_ci(g['val_err'][0], g['val_err_ci95'])} | {_pct_ci(g['test_err'][0], g['test_err_ci95'])} | "
+            f"{g['sparsity'][0]:.4f} | {'yes' if g['valid'] else 'NO'} |"
         )
         (lines if g["ablation"] is None else ablations).append(line)
     out = lines + (ablations if len(ablations) > 4 else [])
+    out += ["", "**SMART - other, test error points, paired by seed (mean ± 95% t-interval)**", ""]
+    out += [
+        "| task | pattern | vs its frozen prior | best baseline | vs best baseline | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in summary.get("comparisons", []):
+        ratio = f"{c['ratio']:.3f}" if "ratio" in c else "-"
+        out.append(
+            f"| {c['task']} | {c['pattern']} | {_paired_text(c.get('vs_frozen_prior'))} | "
+            f"{c.get('best_baseline', '-')} | {_paired_text(c.get('vs_best_baseline'))} | {ratio} |"
+        )
     out += ["", "**Goals (test error ratios)**", "", "| goal | ratio | met |", "|---|---|---|"]
     for key, goal in summary["goals"].items():
         best = f" (best baseline: {goal['best_baseline']})" if "best_baseline" in goal else ""
@@ -140,6 +217,7 @@ METHOD_COLORS = {
     "wanda": "tab:purple",
     "movement": "tab:green",
     "smart": "tab:red",
+    "smart_frozen": "tab:olive",
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["layer_keep_units", "reserved_units", "global_weight_budget"]
+__all__ = ["annealed_budget", "budget_progress", "global_weight_budget", "layer_keep_units", "reserved_units"]
 
 
 def _check_sparsity(sparsity: float) -> None:
@@ -40,3 +40,24 @@ def global_weight_budget(total_weights: int, sparsity: float) -> float:
     """Weights the whole group keeps: ``round((1 - sparsity) * total_weights)``."""
     _check_sparsity(sparsity)
     return float(round((1.0 - sparsity) * total_weights))
+
+
+def budget_progress(step: int, total_steps: int, anneal_fraction: float) -> float:
+    """Budget anneal progress ``p_b`` at search ``step`` of ``total_steps``: 0 keeps everything, 1 is the target.
+
+    ``p_b = 1 - (1 - min(1, step / (anneal_fraction * total_steps)))**3`` (Zhu & Gupta's cubic sparsity schedule:
+    fast early, gentle near the target); ``anneal_fraction = 0`` gives 1 from the first step (no anneal).
+    """
+    if not 0.0 <= anneal_fraction <= 1.0:
+        raise ValueError(f"anneal_fraction must be in [0, 1], got {anneal_fraction}; e.g. 2/3, or 0 for no anneal.")
+    if anneal_fraction == 0.0:
+        return 1.0
+    p = min(1.0, max(0.0, step / max(anneal_fraction * total_steps, 1e-12)))
+    return 1.0 - (1.0 - p) ** 3
+
+
+def annealed_budget(k_target: float, capacity: float, progress: float) -> float:
+    """The budget at anneal ``progress`` in [0, 1]: ``capacity - (capacity - k_target) * progress`` (linear in the
+    progress, so the *kept* amount follows `budget_progress`'s cubic). ``capacity`` is what "keep everything" means:
+    ``m`` for an N:M row, the unit count of a layer budget, the total weight cost of a global group."""
+    return capacity - (capacity - k_target) * min(1.0, max(0.0, progress))

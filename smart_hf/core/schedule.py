@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["DynamicState", "dynamic_update", "temperature_at"]
+__all__ = ["DynamicState", "auto_temperature", "dynamic_update", "temperature_at"]
 
 MIN_TEMPERATURE = 1e-6  # the operator is tested down to here
 _BINARY_ENOUGH = 1e-4  # fractionality below which there is nothing left to escape from
@@ -60,3 +60,30 @@ def dynamic_update(
     stuck = fractionality > _BINARY_ENOUGH and fractionality > state.ref_fractionality * (1.0 - min_decrease)
     scale = state.scale * cut if stuck else state.scale
     return DynamicState(scale=scale, ref_fractionality=fractionality, ref_step=step), stuck
+
+
+def auto_temperature(fractionality_at, target: float, lo: float = 1e-6, hi: float = 1e4, iters: int = 40) -> float:
+    """The temperature at which ``fractionality_at(tau)`` (mean ``min(f, 1 - f)`` of a soft top-k, which grows with
+    tau) equals ``target``: bisection on ``log tau`` over ``[lo, hi]``.
+
+    The target is capped at half the fractionality at ``hi`` (about the uniform mask's ``min(k/N, 1 - k/N)``): at 90%
+    sparsity no mask is more fractional than 0.1, and "0.05" then means "half as fractional as uniform".
+    Returns 1.0 when even ``lo`` leaves the mask above the target (tied scores, e.g. ``score_init="constant"``:
+    their mask is ``k/N`` at every tau, so only the dynamic rule's jitter can break them), and ``hi`` for a group
+    whose mask is binary at every tau (it keeps everything).
+    """
+    if not 0.0 < target < 0.5:
+        raise ValueError(f"target fractionality must be in (0, 0.5), got {target}; e.g. 0.05.")
+    target = min(target, 0.5 * fractionality_at(hi))
+    if target <= 0.0:
+        return hi
+    if fractionality_at(lo) > target:
+        return 1.0
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    for _ in range(iters):
+        mid = 0.5 * (log_lo + log_hi)
+        if fractionality_at(math.exp(mid)) > target:
+            log_hi = mid
+        else:
+            log_lo = mid
+    return math.exp(0.5 * (log_lo + log_hi))

@@ -32,6 +32,7 @@ from transformers import TrainerCallback
 from ..artifact.invariants import check_sparsity
 from ..lifecycle import apply_hard_masks_, get_smart_state, harden, reinit_scores, update_temperature
 from ..report import sparsity_report
+from .collapse import CollapseMonitor, SearchCollapsedError
 from .training_args import SmartTrainingArguments, stage_lengths
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ STAGES = ("pretrain", "search", "finetune")  # what `SmartCallback.stage_at` ret
 # ``smart/stage`` in the logs is numeric (every report_to backend plots numbers): 1, 2, 3
 _STAGE_LOG_VALUE = {name: i + 1 for i, name in enumerate(STAGES)}
 VERIFY_CHOICES = ("raise", "warn", "off")
+COLLAPSE_CHOICES = ("raise", "warn", "off")
 
 
 class SmartCallback(TrainerCallback):
@@ -53,6 +55,8 @@ class SmartCallback(TrainerCallback):
         calibration_data: input batches for ``score_init="activation"`` at the start of the search.
         verify_sparsity: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a failed end-of-training
             `check_sparsity` does (see the module docstring).
+        collapse_action: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a detected collapse does
+            (`smart_hf.training.collapse`); `SmartTrainingArguments.collapse_action` wins when the args are those.
     """
 
     def __init__(
@@ -62,9 +66,15 @@ class SmartCallback(TrainerCallback):
         search_fraction: float = 0.4,
         calibration_data=None,
         verify_sparsity: str = "raise",
+        collapse_action: str = "raise",
     ):
         if verify_sparsity not in VERIFY_CHOICES:
             raise ValueError(f"verify_sparsity must be one of {VERIFY_CHOICES}, got {verify_sparsity!r}.")
+        if collapse_action not in COLLAPSE_CHOICES:
+            raise ValueError(f"collapse_action must be one of {COLLAPSE_CHOICES}, got {collapse_action!r}.")
+        self.collapse_action = collapse_action
+        self.collapse_monitor: CollapseMonitor | None = None
+        self.collapse_warned_step = -1
         self.verify_sparsity = verify_sparsity
         self.verification: dict | None = None  # the last end-of-training check_sparsity result
         self.pretrain_steps, self.search_steps, self.search_fraction = pretrain_steps, search_steps, search_fraction
@@ -92,6 +102,7 @@ class SmartCallback(TrainerCallback):
                 layer.smart_scores.requires_grad_(False)
         elif state.global_step < self.stages[0]:
             smart.set_mode("dense")
+        self._start_collapse_monitor(args, model)
         self._enter_step(model, state.global_step, optimizer)
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -100,6 +111,8 @@ class SmartCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if get_smart_state(model).is_hard:
             apply_hard_masks_(model)
+        if self.collapse_monitor is not None:
+            self._check_collapse(state.global_step)
 
     def on_save(self, args, state, control, model=None, **kwargs):
         """Only pruned (hardened) checkpoints may be "best": a dense or mid-search checkpoint that won
@@ -113,6 +126,9 @@ class SmartCallback(TrainerCallback):
                 state.best_global_step = None
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.collapse_monitor is not None:
+            self.collapse_monitor.detach()
+            self.collapse_monitor = None
         if not get_smart_state(model).is_hard:
             self.harden_masks(model, optimizer)
         if self.verify_sparsity != "off":
@@ -152,6 +168,47 @@ class SmartCallback(TrainerCallback):
         logs.update(extra)
         if state.log_history:
             state.log_history[-1].update(extra)
+
+    # --- collapse detection (smart_hf/training/collapse.py) ---
+    def _start_collapse_monitor(self, args, model) -> None:
+        if isinstance(args, SmartTrainingArguments):
+            self.collapse_action = args.collapse_action
+        if self.collapse_action != "off" and self.collapse_monitor is None:
+            self.collapse_monitor = CollapseMonitor()
+            self.collapse_monitor.attach(model)
+
+    def _check_collapse(self, step: int) -> None:
+        """After every optimizer step: update the window's verdict; in the search and fine-tune stages a collapse is
+        logged and, with ``collapse_action="raise"``, stops the run with an error naming the fixes."""
+        monitor = self.collapse_monitor
+        status = monitor.status()
+        if status["top_share"] == status["top_share"]:  # not NaN: the window is full
+            self.extra_logs["smart/top_class_share"] = status["top_share"]
+        jumped = monitor.loss_jumped(status["loss"])  # in the dense stage this only records the reference
+        if self.stage_at(max(step - 1, 0)) == "pretrain":
+            return
+        if jumped and step - self.collapse_warned_step >= monitor.window:
+            self.collapse_warned_step = step
+            logger.warning(
+                "smart_hf: training loss %.4f is over %.0fx the lowest seen (%.4f) at step %d; watch for a collapse.",
+                status["loss"],
+                monitor.loss_ratio,
+                monitor.best_loss,
+                step,
+            )
+        if not status["collapsed"]:
+            return
+        message = (
+            f"smart_hf: the pruned model predicts one class for {status['top_share']:.0%} of the last "
+            f"{monitor.window} training examples (that class is {status['label_share']:.0%} of their labels) at step "
+            f"{step}: the structure search collapsed. Fixes: keep tau_start='auto' and lower tau_start_fractionality "
+            "(e.g. 0.02), keep budget_anneal > 0 (e.g. 2/3, the default), lower score_learning_rate, or fine-tune "
+            "dense first (pretrain_steps); collapse_action='warn' only logs this."
+        )
+        if self.collapse_action == "raise":
+            raise SearchCollapsedError(message)
+        logger.warning(message)
+        monitor.reset_window()
 
     # --- stage transitions ---
     def _enter_step(self, model, step: int, optimizer) -> None:

@@ -47,6 +47,15 @@ class SmartTrainingArguments(TrainingArguments):
         },
     )
     distill_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the distillation."})
+    # --- collapse detection ---
+    collapse_action: str = field(
+        default="raise",
+        metadata={
+            "help": "What a collapse (the pruned classifier predicts one class for at least 98 percent of the last "
+            "256 training examples after it once did not) does: 'raise' (stop with an error naming the fixes), "
+            "'warn' (log), 'off' (no check)."
+        },
+    )
     # --- reporting ---
     log_hardening_jump: bool = field(
         default=True, metadata={"help": "Evaluate just before and after hardening and log the eval-loss jump."}
@@ -70,6 +79,8 @@ class SmartTrainingArguments(TrainingArguments):
             raise ValueError(f"score_learning_rate must be > 0 and finite, got {self.score_learning_rate}; e.g. 1e-2.")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}; 0 turns distillation off.")
+        if self.collapse_action not in ("raise", "warn", "off"):
+            raise ValueError(f"collapse_action must be 'raise', 'warn' or 'off', got {self.collapse_action!r}.")
         if not 0.0 < self.distill_temperature < math.inf:
             raise ValueError(f"distill_temperature must be > 0 and finite, got {self.distill_temperature}; e.g. 2.0.")
 
