@@ -27,7 +27,7 @@ from .state import SmartState, build_groups
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_smart_shapes", "find_targets", "prepare_model", "unit_settings_for"]
+__all__ = ["adapter_module_names", "check_smart_shapes", "find_targets", "prepare_model", "unit_settings_for"]
 
 HEAD_NAME_PARTS = frozenset(
     {
@@ -44,6 +44,16 @@ HEAD_NAME_PARTS = frozenset(
         "head",
     }
 )
+
+
+def adapter_module_names(model: nn.Module) -> list[str]:
+    """Names of the PEFT adapter layers (LoRA & co.) in ``model``, recognised by PEFT's layer interface
+    (``get_base_layer`` and ``active_adapters``) rather than by importing peft, an optional dependency."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if callable(getattr(type(module), "get_base_layer", None)) and hasattr(type(module), "active_adapters")
+    ]
 
 
 def _matches(name: str, entries: list[str] | None) -> bool:
@@ -168,6 +178,13 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
         )
     if hasattr(model, STATE_MODULE_NAME):
         raise ValueError("model is already prepared for SMART; call squash(model) first or start from a fresh model.")
+    adapters = adapter_module_names(model)
+    if adapters:  # the default targets would include the adapters' own Linear layers
+        raise ValueError(
+            f"model already has PEFT adapters ({adapters[0]}, ...); SMART would prune the adapters themselves. "
+            "Prepare the base first, then add LoRA: model = prepare_model(base, config); "
+            "model = smart_hf.integrations.peft.get_peft_model(model, lora_config)."
+        )
     targets = find_targets(model, config)
     for name, module, _, _ in targets:
         if not torch.isfinite(module.weight).all():

@@ -8,10 +8,15 @@ A global budget couples every targeted layer through one shift ``t``, so masks c
 * the budget groups: each N:M layer and each per-layer-budget layer is its own group; global-budget layers with the
   same sparsity share one.
 
-Masks are computed once per model forward: a forward pre-hook on the root model opens a cache, the first layer of a
-group to run computes the whole group (one soft top-k), later layers read their slice, and a forward hook drops the
-cache (and with it the autograd graph) after the forward. A layer called outside a root forward computes its group
-on the spot, uncached: slower, never stale.
+Soft masks are computed once per model forward, in a forward pre-hook on the root model, for every group (one soft
+top-k each); the layers read their slice. Solving them there, before any block runs, is what makes activation
+(gradient) checkpointing work: a block that the backward pass re-runs (`torch.utils.checkpoint`, transformers'
+``gradient_checkpointing_enable``) must compute exactly what its forward computed, so it must not solve a top-k
+itself -- which would record other tensors than its forward did, move the warm start and recount the
+fractionality. The masks therefore stay cached after the forward, for those recomputations; the next root forward
+replaces them. A reentrant checkpoint back-propagates every re-run block on its own, so a block re-run that way
+gets the forward's mask value with an autograd graph of its own (`SmartState._replay_mask`). A layer called outside
+a root forward (and outside a backward pass) computes its group on the spot, uncached: slower, never stale.
 """
 
 from __future__ import annotations
@@ -94,6 +99,12 @@ def _top_units(scores: torch.Tensor, q: int) -> torch.Tensor:
     return keep.index_fill_(0, torch.topk(scores, q, sorted=False).indices, True)
 
 
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass, where activation checkpointing re-runs blocks (the test FSDP2's own
+    hooks use)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 class SmartState(nn.Module):
     """Model-level SMART state. Created by `prepare_model`; use the lifecycle functions rather than this class."""
 
@@ -117,11 +128,18 @@ class SmartState(nn.Module):
         for gi, group in enumerate(groups):
             for li, layer in enumerate(group.layers):
                 layer._smart_slot = (gi, li)  # a plain attribute, so deepcopy/pickle keep it right
-        self._cache: dict | None = None
+        self._cache: dict | None = None  # group index -> masks of the last root forward (`begin_forward`)
+        self._in_root_forward = False
+        self._replayed: set[tuple[int, int]] = set()  # slots a reentrant checkpoint read without gradients
         self._frac: dict[int, tuple[torch.Tensor, int]] = {}
         self._mode, self._tau = _SOFT, tau0
         self.hook_handles: list = []
         self.register_load_state_dict_post_hook(_sync_after_load)  # a module-level function: picklable
+
+    def __getstate__(self):
+        # the cached masks carry their forward's autograd graph, which deepcopy / pickle cannot copy (a teacher
+        # snapshot, an EMA copy); a copy starts without them, as before its first forward
+        return {**super().__getstate__(), "_cache": None, "_replayed": set(), "_in_root_forward": False}
 
     @property
     def layers(self) -> list:
@@ -209,11 +227,16 @@ class SmartState(nn.Module):
 
     # --- root forward hooks ---
     def begin_forward(self, *_args, **_kwargs) -> None:
+        """Root forward pre-hook: solve every group's soft masks now, outside any checkpointed block."""
         self.sync_from_buffers()
-        self._cache = {}
+        self._cache, self._replayed, self._in_root_forward = {}, set(), True
+        if self._mode == _SOFT:
+            for gi in range(len(self.groups)):
+                self._cache[gi] = self.soft_group_masks(gi)
 
     def end_forward(self, *_args, **_kwargs) -> None:
-        self._cache = None
+        # the masks stay cached for the backward pass's recomputations; the next root forward replaces them
+        self._in_root_forward = False
         if self._frac:
             total = sum(s.double().to(self.last_fractionality.device) for s, _ in self._frac.values())
             self.last_fractionality.copy_(total / max(sum(c for _, c in self._frac.values()), 1))
@@ -227,12 +250,33 @@ class SmartState(nn.Module):
         if self._mode == _HARD:
             return layer.smart_mask
         gi, li = layer._smart_slot
-        if self._cache is not None and gi in self._cache:
-            return self._cache[gi][li]
+        cached = self._cache.get(gi) if self._cache is not None else None
+        if cached is not None and self._in_root_forward:
+            if cached[li].requires_grad and not torch.is_grad_enabled():  # a reentrant checkpoint's no-grad pass
+                self._replayed.add((gi, li))
+            return cached[li]
+        if cached is not None and _in_backward():  # activation checkpointing re-runs the layer
+            return self._replay_mask(gi, li) if (gi, li) in self._replayed else cached[li]
         masks = self.soft_group_masks(gi)
-        if self._cache is not None:
+        if self._in_root_forward and self._cache is not None:
             self._cache[gi] = masks
         return masks[li]
+
+    def _replay_mask(self, gi: int, li: int) -> torch.Tensor:
+        """The mask for a reentrant checkpoint's recomputation: the forward's value with a graph of its own.
+
+        A reentrant checkpoint back-propagates every re-run block separately, so the blocks cannot share the group's
+        graph into the scores (the first would free it). The group is solved again from the same scores (warm-started
+        at the forward's shift, so the solver stops at once): the value returned is the forward's exactly, the
+        gradient that of the new solve. The warm start and the fractionality record stay as the forward left them.
+        """
+        group = self.groups[gi]
+        shift_x, frac = group.shift_x, dict(self._frac)
+        try:
+            fresh = self.soft_group_masks(gi)[li]
+        finally:
+            group.shift_x, self._frac = shift_x, frac
+        return self._cache[gi][li].detach() + (fresh - fresh.detach())
 
     def soft_group_masks(self, gi: int) -> list[torch.Tensor]:
         group = self.groups[gi]

@@ -29,6 +29,7 @@ LAYERS = [
     ("smart_hf.inject", "smart_hf.lifecycle"),
     ("smart_hf.slim",),
     ("smart_hf.artifact",),
+    ("smart_hf.integrations",),
     ("smart_hf.training",),
     ("smart_hf.cli",),
     ("smart_hf._aliases", "smart_hf"),  # the package root re-exports everything

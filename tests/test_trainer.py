@@ -164,7 +164,7 @@ def test_callback_in_plain_trainer_matches_smart_trainer(tmp_path):
         model=plain_model,
         args=plain_args,
         train_dataset=tiny_dataset(),
-        callbacks=[SmartCallback(pretrain_steps=4, search_steps=10)],
+        callbacks=[SmartCallback(pretrain_steps=4, search_steps=10, squash_at_end=False, save_pruned_to=None)],
     )
     plain.train()
     masks_a = [layer.smart_mask for layer in sh.get_smart_state(smart.model).layers]
@@ -236,7 +236,7 @@ def test_hardening_logs_the_eval_loss_jump(tmp_path, as_dict):
     eval_dataset = {"validation": data, "test": data} if as_dict else data
     trainer = SmartTrainer(
         model=tiny_vit(),
-        args=smart_args(tmp_path, max_steps=16, log_hardening_jump=True),
+        args=smart_args(tmp_path, max_steps=16, log_hardening_jump=True, eval_strategy="steps", eval_steps=100),
         smart_config=sh.SmartConfig(),
         train_dataset=tiny_dataset(),
         eval_dataset=eval_dataset,
@@ -276,3 +276,73 @@ def test_resume_true_without_a_complete_checkpoint_is_a_clear_error(tmp_path):
     )
     with pytest.raises(ValueError, match="found no complete checkpoint"):
         trainer.train(resume_from_checkpoint=True)
+
+
+def _callback_trainer(tmp_path, callback, **kw):
+    model = sh.prepare_model(tiny_vit(), sh.SmartConfig(sparsity=0.5))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-3,
+        seed=0,
+        **kw,
+    )
+    return Trainer(model=model, args=args, train_dataset=tiny_dataset(), callbacks=[callback])
+
+
+def test_callback_users_get_a_stock_artifact(tmp_path):
+    """A stock Trainer with SmartCallback, used as any Trainer: the pruned artifact appears in output_dir/pruned,
+    and the Trainer's own save_model() writes plain, stock-loadable pruned weights (the callback squashed the model
+    at the end of training), never smart_scores / smart_mask / smart_state keys."""
+    callback = SmartCallback(search_steps=6)
+    trainer = _callback_trainer(tmp_path, callback)
+    trainer.train()
+    assert callback.pruned_dir == str(tmp_path / "pruned")
+    sh.check_sparsity(callback.pruned_dir)
+    trainer.save_model(str(tmp_path / "saved"))
+    for folder in (tmp_path / "pruned", tmp_path / "saved"):
+        loaded = ViTForImageClassification.from_pretrained(folder)
+        assert not any(k.startswith("smart_") or ".smart_" in k for k in loaded.state_dict())
+        for key, value in loaded.state_dict().items():
+            assert torch.equal(value, trainer.model.state_dict()[key]), key
+    sh.check_sparsity(str(tmp_path / "saved"))
+    assert not hasattr(trainer.model, "smart_state")
+    with pytest.raises(ValueError, match="squash_at_end=False"):
+        trainer.train()
+
+
+def test_callback_can_keep_the_smart_state(tmp_path):
+    callback = SmartCallback(search_steps=6, save_pruned_to=None, squash_at_end=False)
+    trainer = _callback_trainer(tmp_path, callback)
+    trainer.train()
+    assert callback.pruned_dir is None and not (tmp_path / "pruned").exists()
+    assert sh.get_smart_state(trainer.model).is_hard
+
+
+class EvalSteps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_hardening_jump_runs_no_evaluation_the_user_did_not_ask_for(tmp_path):
+    """log_hardening_jump=True (the default) with eval_strategy='no': no evaluation runs at the hardening step
+    (pretrain 4 + search 10), no jump is logged."""
+    counter = EvalSteps()
+    trainer = SmartTrainer(
+        model=tiny_vit(),
+        args=smart_args(tmp_path, max_steps=16, log_hardening_jump=True, eval_strategy="no"),
+        smart_config=sh.SmartConfig(),
+        train_dataset=tiny_dataset(),
+        eval_dataset=tiny_dataset(16),
+        callbacks=[counter],
+    )
+    trainer.train()
+    assert 14 not in counter.steps
+    assert not any("smart/eval_loss_before_hardening" in e for e in trainer.state.log_history)

@@ -22,6 +22,8 @@ from transformers import (
     DeiTForImageClassification,
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     ResNetConfig,
     ResNetForImageClassification,
     ViTConfig,
@@ -87,3 +89,52 @@ MODELS = {
     "gpt2": (tiny_gpt2, text_inputs, AutoModelForCausalLM),
     "resnet": (tiny_resnet, resnet_inputs, AutoModelForImageClassification),
 }
+
+
+def tiny_llama():
+    """Llama-style decoder: gate/up/down MLP, grouped-query attention (4 query heads, 2 key/value heads), tied
+    input/output embeddings."""
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+    )
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over ``w0 .. w96`` plus pad/eos/unk (ids 0, 1, 2), built in memory (no Hub)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(97)])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def text_dataset(n: int = 32, words: int = 12):
+    """``n`` random sentences of ``tiny_tokenizer`` words in a ``text`` column (what TRL's SFTTrainer takes)."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 97, (n, words), generator=g)
+    return Dataset.from_dict({"text": [" ".join(f"w{int(i)}" for i in row) for row in ids]})
+
+
+def lm_dataset(n: int = 16, length: int = 8):
+    """Tokenised causal-LM examples (``input_ids`` = ``labels``) for the stock Trainer."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 100, (n, length), generator=g)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()}).with_format("torch")

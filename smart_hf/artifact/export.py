@@ -21,7 +21,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from ..config import SmartConfig
 from ..constants import REPORT_NAME, is_smart_name
 from ..distributed import has_sharded_parameters
-from ..inject import prepare_model
+from ..inject import adapter_module_names, prepare_model
 from ..lifecycle import get_smart_state, is_prepared, pruning_metadata, unwrap_model
 from ..metadata import PruningMetadata, slim_summary
 from ..metadata import read as read_metadata
@@ -29,6 +29,7 @@ from ..metadata import write as write_metadata
 from ..report import sparsity_report
 from .atomic import staged_directory
 from .card import metrics_from_log_history, write_model_card
+from .invariants import refilled_layers
 from .plots import save_plots as write_plots
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,13 @@ def save_pruned(
         if root is None:  # not rank 0: it took part in the gather, rank 0 writes
             return str(output_dir)
     config = getattr(root, "config", None)
+    adapters = adapter_module_names(root)
+    if adapters:
+        raise ValueError(
+            f"save_pruned got a model with PEFT adapters ({adapters[0]}, ...); merge them first, keeping the sparsity: "
+            "merged = smart_hf.integrations.peft.merge_and_unload(peft_model); save_pruned(merged, folder). (To keep "
+            "the adapter separate, save it with peft_model.save_pretrained.)"
+        )
     if is_prepared(root):
         state = get_smart_state(root)
         metadata, report = pruning_metadata(state)
@@ -94,6 +102,7 @@ def save_pruned(
             "save_pruned needs a model prepared with smart_hf.prepare_model, or a squashed SMART model "
             "(with config.smart_hf); for a plain model use model.save_pretrained."
         )
+    _check_weights_obey_masks(report, metadata, is_prepared(root))
     # a kill mid-save leaves the previous artifact intact
     with staged_directory(output_dir, replace=replace_folder) as folder:
         _write_weights(root, config, metadata, folder)
@@ -115,6 +124,24 @@ def save_pruned(
         if save_plots:
             write_plots(report, log_history or [], folder, stages)
     return str(output_dir)
+
+
+def _check_weights_obey_masks(report: dict, metadata: PruningMetadata, prepared: bool) -> None:
+    """Refuse to write an artifact whose report would disagree with its weights: non-zero weights in pruned units
+    of a hardened model (PEFT's own merge_and_unload, or a training step not followed by apply_hard_masks_), or a
+    squashed model whose zeros were refilled. Refused rather than repaired: re-masking would silently drop
+    whatever update put the values there."""
+    problems = [f"{row['name']}: {p}" for row in report["layers"] for p in row["problems"]]
+    if not prepared:
+        problems += refilled_layers(report["layers"], metadata)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ValueError(
+            f"save_pruned refuses to write weights that contradict the pruning masks ({shown}). A LoRA merge with "
+            "PEFT's merge_and_unload, or a training step not followed by smart_hf.apply_hard_masks_, writes into "
+            "pruned weights. Merge with smart_hf.integrations.peft.merge_and_unload (it re-applies the masks and "
+            "reports what they removed), or zero them with smart_hf.apply_hard_masks_(model) (prepared model)."
+        )
 
 
 def _write_weights(root: nn.Module, config, metadata: PruningMetadata, folder: str) -> None:

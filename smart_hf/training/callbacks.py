@@ -14,6 +14,13 @@ callback already logs). Success logs ``smart_hf: sparsity verified ...`` at INFO
 raises ValueError (``verify_sparsity="raise"``, the default: ``train()`` then fails before a broken artifact can be
 saved), or is only logged (``"warn"``); ``"off"`` skips the check. The result is kept in ``self.verification``.
 
+Then the callback hands over the artifact, so that a Trainer which knows nothing of SMART still produces it: it writes
+the pruned, stock-loadable model with its report and card to ``<output_dir>/pruned`` (``save_pruned_to``; the path is
+kept in ``self.pruned_dir``) and squashes the model in place (``squash_at_end``), so that the Trainer's own
+``save_model()`` / ``push_to_hub()`` also write plain pruned weights, never raw SMART state. A PEFT model is left as
+it is (merge it with `smart_hf.integrations.peft.merge_and_unload`); `SmartTrainer` turns both off (its
+``save_model`` writes the artifact, and it keeps the SMART state).
+
 The model must be prepared (`prepare_model`) before the Trainer creates its optimizer. `SmartTrainer` adds this
 callback itself, first in the list, so the smart metrics it adds to ``logs`` reach every ``report_to`` backend.
 
@@ -25,12 +32,26 @@ measures the hardening jump) subclasses it and extends `begin_search` / `harden_
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from transformers import TrainerCallback
 
+from ..artifact.export import save_pruned
 from ..artifact.invariants import check_sparsity
-from ..lifecycle import apply_hard_masks_, get_smart_state, harden, reinit_scores, update_temperature
+from ..distributed import has_sharded_parameters
+from ..inject import adapter_module_names
+from ..lifecycle import (
+    apply_hard_masks_,
+    get_smart_state,
+    harden,
+    is_prepared,
+    reinit_scores,
+    squash,
+    unwrap_model,
+    update_temperature,
+)
+from ..metadata import read as read_metadata
 from ..report import sparsity_report
 from .collapse import CollapseMonitor, SearchCollapsedError
 from .training_args import SmartTrainingArguments, stage_lengths
@@ -57,6 +78,9 @@ class SmartCallback(TrainerCallback):
             `check_sparsity` does (see the module docstring).
         collapse_action: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a detected collapse does
             (`smart_hf.training.collapse`); `SmartTrainingArguments.collapse_action` wins when the args are those.
+        save_pruned_to: sub-folder of ``args.output_dir`` for the end-of-training artifact (``None``: none).
+        squash_at_end: squash the model in place after training (see the module docstring); ``False`` keeps the
+            SMART state, to train on or to call `save_pruned` yourself.
     """
 
     def __init__(
@@ -67,6 +91,8 @@ class SmartCallback(TrainerCallback):
         calibration_data=None,
         verify_sparsity: str = "raise",
         collapse_action: str = "raise",
+        save_pruned_to: str | None = "pruned",
+        squash_at_end: bool = True,
     ):
         if verify_sparsity not in VERIFY_CHOICES:
             raise ValueError(f"verify_sparsity must be one of {VERIFY_CHOICES}, got {verify_sparsity!r}.")
@@ -77,6 +103,8 @@ class SmartCallback(TrainerCallback):
         self.collapse_warned_step = -1
         self.verify_sparsity = verify_sparsity
         self.verification: dict | None = None  # the last end-of-training check_sparsity result
+        self.save_pruned_to, self.squash_at_end = save_pruned_to, squash_at_end
+        self.pruned_dir: str | None = None  # where on_train_end wrote the pruned artifact
         self.pretrain_steps, self.search_steps, self.search_fraction = pretrain_steps, search_steps, search_fraction
         self.calibration_data = calibration_data
         self.stages: tuple[int, int, int] | None = None
@@ -96,10 +124,18 @@ class SmartCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.stages = stage_lengths(state.max_steps, *self._stage_args(args))
-        smart = get_smart_state(model)
+        smart = _smart_state_of(model)
         if smart.is_hard:  # resumed in the fine-tune stage
             for layer in smart.layers:
                 layer.smart_scores.requires_grad_(False)
+        elif not all(layer.smart_scores.requires_grad for layer in smart.layers):
+            raise ValueError(
+                "the SMART mask scores are frozen (requires_grad=False), so the structure search cannot learn; "
+                "PEFT's get_peft_model (also what SFTTrainer(peft_config=...) calls) freezes every parameter but the "
+                "adapters. Add LoRA with smart_hf.integrations.peft.get_peft_model(model, lora_config), which keeps "
+                "the scores trainable, and pass that model to the Trainer (or smart_hf.harden(model) first to train "
+                "adapters on fixed masks)."
+            )
         elif state.global_step < self.stages[0]:
             smart.set_mode("dense")
         self._start_collapse_monitor(args, model)
@@ -125,7 +161,7 @@ class SmartCallback(TrainerCallback):
             if hasattr(state, "best_global_step"):  # transformers >= 5.x keeps the step too
                 state.best_global_step = None
 
-    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_train_end(self, args, state, control, model=None, optimizer=None, processing_class=None, **kwargs):
         if self.collapse_monitor is not None:
             self.collapse_monitor.detach()
             self.collapse_monitor = None
@@ -133,6 +169,34 @@ class SmartCallback(TrainerCallback):
             self.harden_masks(model, optimizer)
         if self.verify_sparsity != "off":
             self._verify(model)
+        self._hand_over_artifact(args, state, model, processing_class)
+
+    def _hand_over_artifact(self, args, state, model, processing_class) -> None:
+        """``<output_dir>/<save_pruned_to>``, then the model squashed in place (see the module docstring)."""
+        if adapter_module_names(unwrap_model(model)):
+            logger.info(
+                "smart_hf: the model has PEFT adapters; write the pruned artifact with merged = "
+                "smart_hf.integrations.peft.merge_and_unload(model); smart_hf.save_pruned(merged, folder)"
+            )
+            return
+        sharded = has_sharded_parameters(model)
+        if self.save_pruned_to and (args.should_save or sharded):  # FSDP2: every rank joins the gather
+            self.pruned_dir = os.path.join(args.output_dir, self.save_pruned_to)
+            save_pruned(
+                model,
+                self.pruned_dir,
+                processing_class=processing_class,
+                log_history=state.log_history,
+                save_plots=getattr(args, "save_plots", True),
+                stages=self.stages,
+                replace_folder=True,
+            )
+            logger.info("smart_hf: pruned, stock-loadable model written to %s", self.pruned_dir)
+        if self.squash_at_end:
+            if sharded:
+                logger.warning("smart_hf: not squashing an FSDP-sharded model; save it with smart_hf.save_pruned")
+            else:
+                squash(unwrap_model(model))
 
     def _verify(self, model) -> None:
         try:
@@ -154,8 +218,8 @@ class SmartCallback(TrainerCallback):
         )
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        if logs is None or model is None or self.stages is None:
-            return
+        if logs is None or model is None or self.stages is None or not is_prepared(model):
+            return  # (not prepared: squashed at the end of training, before the Trainer's last log)
         smart = get_smart_state(model)
         extra = {
             "smart/stage": _STAGE_LOG_VALUE[self.stage_at(max(state.global_step - 1, 0))],
@@ -236,6 +300,17 @@ class SmartCallback(TrainerCallback):
         self.extra_logs["smart/fractionality_at_hardening"] = get_smart_state(model).fractionality()
         harden(model)
         _zero_pruned_optimizer_state(model, optimizer)
+
+
+def _smart_state_of(model):
+    """`get_smart_state`, naming the fix for a model this callback squashed at the end of an earlier ``train()``."""
+    if not is_prepared(model) and read_metadata(unwrap_model(model)):
+        raise ValueError(
+            "this model is already pruned and squashed (SmartCallback squashes it at the end of train()); to search "
+            "again prepare a fresh model, or pass SmartCallback(squash_at_end=False) to keep the SMART state after "
+            "training."
+        )
+    return get_smart_state(model)
 
 
 @torch.no_grad()

@@ -122,8 +122,11 @@ class SmartTrainer(Trainer):
             self.teacher_model = teacher.eval().requires_grad_(False)
 
     def _first_eval_loss(self) -> float | None:
-        """The eval loss, when ``log_hardening_jump`` asks for it and there is an eval set (else ``None``)."""
+        """The eval loss, when ``log_hardening_jump`` asks for it, there is an eval set and the run evaluates at all
+        (``eval_strategy != "no"``: a run without evaluations gets none from here); else ``None``."""
         if self.eval_dataset is None or not self.args.log_hardening_jump:
+            return None
+        if str(getattr(self.args.eval_strategy, "value", self.args.eval_strategy)) == "no":
             return None
         metrics = self.evaluate()
         # one eval set logs "eval_loss"; a dict of them logs "eval_<first name>_loss" first
@@ -327,7 +330,8 @@ class _TrainerStages(SmartCallback):
     distillation teacher before the search starts, and (``log_hardening_jump``) the eval loss around hardening."""
 
     def __init__(self, trainer: SmartTrainer, calibration_data=None):
-        super().__init__(calibration_data=calibration_data)
+        # SmartTrainer.save_model writes the artifact, and the model keeps its SMART state after train()
+        super().__init__(calibration_data=calibration_data, save_pruned_to=None, squash_at_end=False)
         self._trainer = trainer
 
     def begin_search(self, model) -> None:

@@ -58,7 +58,11 @@ class SmartTrainingArguments(TrainingArguments):
     )
     # --- reporting ---
     log_hardening_jump: bool = field(
-        default=True, metadata={"help": "Evaluate just before and after hardening and log the eval-loss jump."}
+        default=True,
+        metadata={
+            "help": "Evaluate just before and after hardening and log the eval-loss jump; only in runs that "
+            "evaluate (eval_strategy is not 'no'): a run without evaluations gets none from it."
+        },
     )
     save_plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib) with save_model."})
 
