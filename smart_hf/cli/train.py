@@ -6,6 +6,7 @@ import json
 import logging
 import os
 
+from datasets import ClassLabel
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -17,11 +18,14 @@ from transformers import (
 from ..report import sparsity_report
 from ..training.trainer import SmartTrainer
 from . import data as smart_data
+from .data import tokenize_splits
 from .metrics import make_compute_metrics
+from .splits import TEXT_COLUMNS, complete_splits, encode_labels, find_label_column, pick_column
 
 logger = logging.getLogger(__name__)
 
 IMAGE_DATASETS = {"digits", "imagefolder"}
+TEXT_FILE_DATASETS = {"csv", "json"}
 
 
 def _model_path(model_args) -> str | None:
@@ -31,23 +35,68 @@ def _model_path(model_args) -> str | None:
     return path
 
 
-def load_splits(data_args, model_path: str | None):
-    """``(DatasetDict with train/validation/test, num_labels, processing_class)``."""
-    name = data_args.dataset
+def model_config(model_args, model_path: str | None):
+    """The model's config before the labels are known: pretrained, a config folder / id, or a model type."""
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    source = model_path or model_args.config_name
+    if source:
+        config = AutoConfig.from_pretrained(source, **overrides)
+    elif model_args.model_type is None:
+        raise ValueError(
+            "set model_name_or_path (pretrained), or config_name (a config folder) or model_type to train from scratch."
+        )
+    else:
+        config = AutoConfig.for_model(model_args.model_type, **overrides)
+    if config.architectures is None:  # transformers 5 iterates it when a type maps to several head classes
+        config.architectures = []
+    return config
+
+
+def _processor_source(model_args, model_path: str | None) -> str | None:
+    return model_args.tokenizer_name or model_path or model_args.config_name
+
+
+def _image_processor(source: str | None, config):
+    """The model's image processor, or (none saved with it) a plain resize + normalise to the config's image size."""
+    from transformers import AutoImageProcessor, ViTImageProcessorPil
+
+    if source:
+        try:
+            return AutoImageProcessor.from_pretrained(source)
+        except (OSError, ValueError) as err:  # a config-only folder: no preprocessor_config.json
+            logger.warning("smart_hf: no image processor in %s (%s); using a plain one.", source, type(err).__name__)
+    size = getattr(config, "image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    channels = getattr(config, "num_channels", 3)
+    logger.info("smart_hf: image processor: resize to %dx%d, %d channel(s), mean/std 0.5", height, width, channels)
+    return ViTImageProcessorPil(
+        size={"height": height, "width": width}, image_mean=[0.5] * channels, image_std=[0.5] * channels
+    )
+
+
+def load_splits(data_args, model_args, config):
+    """``(DatasetDict with train/validation/test, class names, processing_class)``."""
+    name, model_path = data_args.dataset, _model_path(model_args)
+    holdout = {"val_fraction": data_args.val_fraction, "test_fraction": data_args.test_fraction}
     if name == "digits":
         ds = smart_data.load_digits_splits(image_size=data_args.image_size, num_channels=data_args.num_channels)
-        return ds, 10, None
+        return ds, ds["train"].features["labels"].names, None
+    source = _processor_source(model_args, model_path)
     if name == "imagefolder":
-        from transformers import AutoImageProcessor
-
         if data_args.data_dir is None:
             raise ValueError("dataset='imagefolder' needs data_dir (a folder with one sub-folder per class).")
-        processor = AutoImageProcessor.from_pretrained(model_path) if model_path else None
-        ds = smart_data.load_image_folder(data_args.data_dir, processor)
-        return ds, len(ds["train"].features["labels"].names), processor
-    if model_path is None:
-        raise ValueError(f"dataset={name!r} is text: set model_name_or_path so a tokenizer can be loaded.")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+        processor = _image_processor(source, config)
+        mode = "L" if getattr(config, "num_channels", 3) == 1 else "RGB"
+        ds = smart_data.load_image_folder(
+            data_args.data_dir, processor, label_column=data_args.label_column, image_mode=mode,
+            seed=data_args.split_seed, **holdout,
+        )  # fmt: skip
+        return ds, ds["train"].features[_label_feature(ds["train"])].names, processor
+    if source is None:
+        raise ValueError(
+            f"dataset={name!r} is text: set model_name_or_path (or tokenizer_name) so a tokenizer can be loaded."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(source)
     if name == "tweet_sentiment":
         ds = smart_data.load_tweet_sentiment(
             tokenizer,
@@ -56,32 +105,40 @@ def load_splits(data_args, model_path: str | None):
             val_size=data_args.val_size,
             test_size=data_args.test_size,
         )
-        return ds, 2, tokenizer
+        return ds, ds["train"].features["labels"].names, tokenizer
+    if name in TEXT_FILE_DATASETS:
+        ds, names = smart_data.load_text_files(
+            tokenizer, data_args.train_file, data_args.validation_file, data_args.test_file,
+            text_column=data_args.text_column, label_column=data_args.label_column,
+            max_length=data_args.max_length, seed=data_args.split_seed, **holdout,
+        )  # fmt: skip
+        return ds, names, tokenizer
     return _hub_text_splits(data_args, tokenizer)
+
+
+def _label_feature(dataset) -> str:
+    """The `ClassLabel` column the image-folder loader kept (its transform renames it ``labels`` on access)."""
+    return next(name for name, feature in dataset.features.items() if isinstance(feature, ClassLabel))
 
 
 def _hub_text_splits(data_args, tokenizer):
     from datasets import load_dataset
 
     raw = load_dataset(data_args.dataset, data_args.dataset_config)
-    val_name = "validation" if "validation" in raw else "test"
-    test = raw["test"] if "test" in raw else raw[val_name]
-    if min(test[data_args.label_column]) < 0:  # GLUE-style hidden test labels (-1): score on validation instead
-        test = raw[val_name]
-    splits = {"train": raw["train"], "validation": raw[val_name], "test": test}
-
-    def tokenize(batch):
-        enc = tokenizer(
-            batch[data_args.text_column], truncation=True, padding="max_length", max_length=data_args.max_length
+    text = pick_column(raw["train"].column_names, data_args.text_column, TEXT_COLUMNS, "text", "text_column")
+    label = find_label_column(raw["train"], data_args.label_column)
+    if "test" in raw and min(raw["test"][label]) < 0:
+        # GLUE-style hidden test labels (-1): hold a labelled test split out of train instead
+        logger.info(
+            "smart_hf: the test split of %s has no labels (-1); a test split is held out of train instead.",
+            data_args.dataset,
         )
-        enc["labels"] = batch[data_args.label_column]
-        return enc
-
-    from datasets import DatasetDict
-
-    ds = DatasetDict({k: v.map(tokenize, batched=True, remove_columns=v.column_names) for k, v in splits.items()})
-    num_labels = raw["train"].features[data_args.label_column].num_classes
-    return ds.with_format("torch"), num_labels, tokenizer
+        del raw["test"]
+    raw = complete_splits(
+        encode_labels(raw, label), label, data_args.val_fraction, data_args.test_fraction, data_args.split_seed
+    )
+    names = raw["train"].features[label].names
+    return tokenize_splits(raw, tokenizer, text, label, data_args.max_length), names, tokenizer
 
 
 def check_splits_not_empty(ds, dataset_name: str) -> None:
@@ -95,27 +152,33 @@ def check_splits_not_empty(ds, dataset_name: str) -> None:
             )
 
 
-def build_model(model_args, dataset: str, num_labels: int, model_path: str | None):
+def build_model(model_args, dataset: str, config, label_names, model_path: str | None):
+    """The classifier: ``config`` with one output per class name, pretrained weights when ``model_path`` is set."""
     auto = AutoModelForImageClassification if dataset in IMAGE_DATASETS else AutoModelForSequenceClassification
-    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
     if model_path:
-        return auto.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True, **overrides)
-    if model_args.model_type is None:
-        raise ValueError("set model_name_or_path (pretrained) or model_type (train from scratch).")
-    config = AutoConfig.for_model(model_args.model_type, num_labels=num_labels, **overrides)
-    if config.architectures is None:  # transformers 5 iterates it when a type maps to several head classes
-        config.architectures = []
+        return auto.from_pretrained(model_path, config=config, ignore_mismatched_sizes=True)
     return auto.from_config(config)
+
+
+def _check_columns_kept(data_args, training_args) -> None:
+    """An image folder's transform reads the raw ``image`` / label columns, which the Trainer would drop."""
+    if data_args.dataset == "imagefolder" and training_args.remove_unused_columns:
+        logger.info("smart_hf: dataset='imagefolder' keeps the raw image columns: remove_unused_columns=False.")
+        training_args.remove_unused_columns = False
 
 
 def run_training(model_args, data_args, smart_config, training_args, command: list[str] | None = None) -> dict:
     """Train, evaluate dense (at the start of the search) and pruned, save the pruned model; returns the summary.
     ``command``: the command line that reproduces the run, shown in the model card (token values redacted)."""
     model_path = _model_path(model_args)
-    ds, num_labels, processing_class = load_splits(data_args, model_path)
+    config = model_config(model_args, model_path)
+    ds, label_names, processing_class = load_splits(data_args, model_args, config)
     check_splits_not_empty(ds, data_args.dataset)
+    _check_columns_kept(data_args, training_args)
     set_seed(training_args.seed)  # the Trainer seeds only after the model exists: seed its initialisation too
-    model = build_model(model_args, data_args.dataset, num_labels, model_path)
+    model = build_model(model_args, data_args.dataset, config, label_names, model_path)
     dense_params = sum(p.numel() for p in model.parameters())
     trainer = SmartTrainer(
         model=model,

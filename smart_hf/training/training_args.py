@@ -20,6 +20,15 @@ class SmartTrainingArguments(TrainingArguments):
     hard mask for the rest of ``max_steps`` / ``num_train_epochs``.
     """
 
+    # --- logging: a short run's plot gets points too (TrainingArguments logs every 500 steps) ---
+    logging_steps: float = field(
+        default=0.02,
+        metadata={
+            "help": "Log every X optimizer steps (an int), or a fraction of the run's steps in (0, 1). Default "
+            "0.02: about 50 log points whatever the run's length. With eval_strategy='steps' and eval_steps unset, "
+            "evaluation runs 10 times per run (eval_steps=0.1), not at every log."
+        },
+    )
     # --- stages ---
     pretrain_steps: int = field(
         default=0, metadata={"help": "Dense optimizer steps before the structure search (stage 1; 0 = start pruned)."}
@@ -67,6 +76,10 @@ class SmartTrainingArguments(TrainingArguments):
     save_plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib) with save_model."})
 
     def __post_init__(self):
+        if self.eval_steps is None and self.logging_steps == 0.02 and self.eval_strategy == "steps":
+            # TrainingArguments evaluates at every log when eval_steps is unset: 50 surprise evaluations here.
+            # load_best_model_at_end needs evaluations where checkpoints are saved.
+            self.eval_steps = self.save_steps if self.load_best_model_at_end else 0.1
         super().__post_init__()
         for name in ("pretrain_steps", "search_steps"):
             _check_number(name, getattr(self, name), integral=True)
