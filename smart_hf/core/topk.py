@@ -296,9 +296,9 @@ def mask_fractionality(mask: torch.Tensor) -> float:
 #   2. Newton from t = 0: t <- t - (S - k) / S', S = sum f, S' = sum f (1 - f); row sums by a matrix-vector product
 #      (a sum along a 4-long last dim is ~5x slower on CPU). From the midpoint it needs <= 3 steps for |S - k| <= 1e-6
 #      in float32 (1e-12 in float64) on every case tried, 0-1 once tau is small (the rows are saturated).
-#   3. every row is checked; a row that is not within the tolerance (none in practice; NaN/Inf scores) goes through
-#      the general safeguarded solver, which also raises the usual error for non-finite scores. So the result sums
-#      to k exactly as before, whatever the input.
+#   3. every row is checked; a row that is not within the tolerance (none in practice) goes through the general
+#      safeguarded solver, so the result sums to k exactly as before, whatever the input. NaN/Inf scores are caught
+#      first by one sum over all scores (an Inf would otherwise just saturate to 0 or 1) and get the usual error.
 _SHORT_MAX_ITER = 8
 
 
@@ -381,11 +381,12 @@ class _ShortRowsTopK(torch.autograd.Function):
         n = scores.shape[-1]
         work = _work_dtype(scores)
         x = scores.detach().reshape(-1, n).to(work)
+        if not math.isfinite(float(x.sum())):  # one read-only pass; an Inf score would just saturate to 0 or 1
+            _check_scores(scores, "soft_topk")  # raises for NaN/Inf (a finite sum that overflowed passes)
         center = _kth_midpoint(x, k)
         d = torch.sub(x, center.unsqueeze(-1)).div_(tau)
         t, f, ok = _newton_short_rows(d, k)
-        if not bool(ok.all()):  # NaN/Inf scores (raises here) or a row Newton did not settle: the general solver
-            _check_scores(scores, "soft_topk")
+        if not bool(ok.all()):  # a row Newton did not settle: the general solver
             bad = (~ok).nonzero().squeeze(-1)
             ones = torch.ones(1, n, dtype=torch.float64, device=x.device)
             kk = torch.full((bad.numel(), 1), float(k), dtype=torch.float64, device=x.device)
