@@ -21,6 +21,10 @@ implicit function theorem gives ``dt/dz_j = -c_j s_j / sum_l c_l s_l``, so the v
 
 written out in a custom autograd Function (equivalent to the re-parameterisation
 ``t_rep = t* - sum_j c_j s_j (z_j - stopgrad(z_j)) / sum_j c_j s_j`` but without a float64 autograd graph).
+
+Short rows (N:M groups: 2..64 units, unit costs, one integer k for every row) take a vectorised path with the same
+result and gradient: each row is centred on the midpoint of its k-th and (k+1)-th score, which keeps the shift O(1)
+so float32 suffices, then Newton from 0 (see the notes above `_ShortRowsTopK`).
 """
 
 from __future__ import annotations
