@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
+import smart_hf.state as state_module
 from smart_hf import SmartConfig, apply_hard_masks_, harden, prepare_model, soft_topk
 
 from ._common import RESULTS_DIR, environment, result_header, source_state, write_json
@@ -68,15 +69,17 @@ def log(msg: str) -> None:
 
 
 class _CountSigmoid(TorchFunctionMode):
-    """Counts ``torch.sigmoid`` calls: every Newton/bisection evaluation of the shift solve is one, plus one for the
-    output (two with grad: the no-grad weights and the differentiable output)."""
+    """Counts sigmoid passes (``torch.sigmoid`` and the in-place ``Tensor.sigmoid_``): every Newton/bisection
+    evaluation of the shift solve is one, plus one for the output of the general solver."""
+
+    _SIGMOIDS = (torch.sigmoid, torch.Tensor.sigmoid, torch.Tensor.sigmoid_)
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.sigmoid:
+        if func in self._SIGMOIDS:
             self.count += 1
         return func(*args, **(kwargs or {}))
 
@@ -227,31 +230,45 @@ def bench_overhead(
     }
 
 
+def _all_masks(state) -> list[torch.Tensor]:
+    """Every layer's soft mask as one root forward computes them: through the per-forward cache (N:M layers of one
+    shape share one solve)."""
+    state.begin_forward()
+    try:
+        return [state.unit_mask(layer) for layer in state.layers]
+    finally:
+        state.end_forward()
+
+
 def _mask_cost(model, repeats: dict) -> dict:
     """Time of computing every soft mask of a prepared model once (what one search-mode forward adds), without and
     with the backward through the top-k; plus the number of soft_topk calls and solver evaluations per forward."""
     state = model.smart_state
-    groups = range(len(state.groups))
     gen = torch.Generator().manual_seed(0)
-    probes = [[torch.randn(layer.smart_layout.score_shape, generator=gen) for layer in g.layers] for g in state.groups]
+    probes = [torch.randn(layer.smart_layout.score_shape, generator=gen) for layer in state.layers]
 
     def forward():
         with torch.no_grad():
-            for gi in groups:
-                state.soft_group_masks(gi)
+            _all_masks(state)
 
     def forward_backward():
-        loss = sum((m * p).sum() for gi in groups for m, p in zip(state.soft_group_masks(gi), probes[gi]))
+        loss = sum((m * p).sum() for m, p in zip(_all_masks(state), probes))
         loss.backward()
         for layer in state.layers:
             layer.smart_scores.grad = None
 
-    with _CountSigmoid() as counter:
-        forward()
+    calls = []
+    real = state_module.soft_topk
+    state_module.soft_topk = lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs)
+    try:
+        with _CountSigmoid() as counter:
+            forward()
+    finally:
+        state_module.soft_topk = real
     fwd = time_fn(forward, **repeats)
     fwd_bwd = time_fn(forward_backward, **repeats)
     return {
-        "soft_topk_calls": len(state.groups),
+        "soft_topk_calls": len(calls),
         "sigmoid_passes": counter.count,
         "forward": _summary_ms(fwd),
         "forward_backward": _summary_ms(fwd_bwd),

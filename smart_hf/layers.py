@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.pytorch_utils import Conv1D
 
 from .constants import MASK_NAME, SCORES_NAME
@@ -31,7 +32,15 @@ __all__ = [
 ]
 
 # Plain attributes (outside _parameters/_buffers) that prepare_model and the mask code set on a layer.
-_SMART_ATTRIBUTES = ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot", "_smart_pruned_entries")
+_SMART_ATTRIBUTES = (
+    "smart_layout",
+    "smart_base_class",
+    "_smart_state",
+    "_smart_slot",
+    "_smart_pruned_entries",
+    "_smart_clean",  # the hard-stage forward's record of clean weights (SmartLayerMixin.smart_weight)
+    "_smart_pruned",  # the cached boolean pruned entries (SmartLayerMixin._smart_zero_pruned_)
+)
 
 
 class SmartLayerMixin:
@@ -50,22 +59,85 @@ class SmartLayerMixin:
         return self._smart_state.unit_mask(self)
 
     def smart_weight(self) -> torch.Tensor:
-        """The weight the layer computes with: ``weight * expand(mask)`` (plain weight in dense mode)."""
+        """The weight the layer computes with: ``weight * expand(mask)`` (plain weight in dense mode).
+
+        Hard stage: when nothing has written to the weight or the mask since `smart_apply_hard_mask_` zeroed the
+        pruned weights, ``weight * mask == weight`` exactly, so the weight is used as is and only its gradient is
+        masked (`_MaskedGradient`). Otherwise -- an optimizer step, ``load_state_dict`` or a hand edit since the last
+        re-masking, e.g. a loop that forgot `apply_hard_masks_` -- the masked product is computed as before.
+        """
         unit_mask = self.smart_unit_mask()
         if unit_mask is None:
             return self.weight
+        if unit_mask is self.smart_mask and self.__dict__.get("_smart_clean") == self._smart_clean_key():
+            return _MaskedGradient.apply(self.weight, self)
         return self.smart_layout.apply(self.weight, unit_mask)
+
+    def _smart_clean_key(self) -> tuple:
+        """What changes whenever the weight or the mask may have changed: the in-place version counters and storages
+        of both, and the number of optimizer steps taken in this process (a fused optimizer writes without bumping
+        the version counter)."""
+        weight, mask = self.weight, self.smart_mask
+        return (weight.data_ptr(), weight._version, mask.data_ptr(), mask._version, _OPTIMIZER_STEPS[0])
 
     @torch.no_grad()
     def smart_apply_hard_mask_(self) -> None:
         """Set the pruned weights to exactly zero in place (keeps them zero through fine-tuning, including a NaN or
-        Inf that an overflowing optimizer step wrote into one)."""
-        self.smart_layout.zero_pruned_(self.weight, self.smart_mask)
+        Inf that an overflowing optimizer step wrote into one), and remember that they are (see `smart_weight`)."""
+        self._smart_zero_pruned_(self.weight)
+        _count_optimizer_steps()
+        self.__dict__["_smart_clean"] = self._smart_clean_key()
+
+    def _smart_zero_pruned_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Fill the pruned entries of the weight-shaped ``tensor`` with 0 in place (a fill, so NaN/Inf go too).
+        Blocks use the views of the small unit mask; other patterns a boolean weight-shaped view kept while the mask
+        is unchanged (the N:M mask is as large as the weight: comparing it with 0 every step is a pass of its own)."""
+        layout, mask = self.smart_layout, self.smart_mask
+        if layout.pattern == "block" and layout.block_shape != (1, 1):
+            return layout.zero_pruned_(tensor, mask)
+        key = (mask.data_ptr(), mask._version, tensor.device)
+        cached = self.__dict__.get("_smart_pruned")
+        if cached is None or cached[0] != key:
+            cached = (key, layout.expand(mask.to(tensor.device) == 0))
+            self.__dict__["_smart_pruned"] = cached
+        return tensor.masked_fill_(cached[1], 0)
 
     def extra_repr(self) -> str:
         layout = self.smart_layout
         detail = {"block": f"block={layout.block_shape}", "channel": "channel", "nm": f"{layout.n}:{layout.m}"}
         return f"{super().extra_repr()}, smart={detail[layout.pattern]}"
+
+
+# Optimizer steps taken in this process, counted by a global step post-hook registered on the first re-masking: the
+# weights of the hard stage are "clean" (pruned entries exactly zero) only until the next step.
+_OPTIMIZER_STEPS = [0]
+_STEP_HOOK = []
+
+
+def _step_taken(*_args, **_kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+def _count_optimizer_steps() -> None:
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_post_hook(_step_taken))
+
+
+class _MaskedGradient(torch.autograd.Function):
+    """Identity in the forward, ``grad * mask`` in the backward: the hard-stage weight when its pruned entries are
+    already zero. The gradient equals that of ``weight * mask`` (pruned entries get exactly 0), so gradient clipping
+    and the optimizer moments see the same values as with the masked product; the forward skips a weight-sized
+    multiply and its saved copy."""
+
+    @staticmethod
+    def forward(ctx, weight, layer):
+        ctx.layer = layer
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad if grad.is_contiguous() else grad.contiguous()  # the weight gradient of a matmul/conv is fresh
+        return ctx.layer._smart_zero_pruned_(grad), None
 
 
 class SmartLinear(SmartLayerMixin, nn.Linear):

@@ -176,7 +176,12 @@ def harden(model: nn.Module) -> None:
 
 @torch.no_grad()
 def apply_hard_masks_(model: nn.Module) -> None:
-    """Multiply every pruned weight by its hard mask in place (call after each fine-tune optimizer step)."""
+    """Set every pruned weight to exactly zero in place (call after each fine-tune optimizer step).
+
+    It also records that the weights are clean, so the following forwards use each weight as is and mask only its
+    gradient (`SmartLayerMixin.smart_weight`); until it is called again after an optimizer step (or any write to a
+    weight or mask), layers multiply the weight by the mask, so skipping it never computes with pruned weights.
+    """
     state = get_smart_state(model)
     if not state.is_hard:
         raise ValueError("apply_hard_masks_ needs hardened masks; call smart_hf.harden(model) first.")

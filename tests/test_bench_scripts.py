@@ -11,6 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from tiny_models import tiny_vit
+
+from benchmarks.overhead import previous_code_paths
+from smart_hf import SmartConfig, harden, prepare_model
+from smart_hf.core import topk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,12 +121,32 @@ def test_bench_overhead_smoke(tmp_path):
     proc = _run_benchmark("overhead", ["--smoke", "--threads", "1", "--out", str(out)])
     assert "| variant |" in proc.stdout
     data = json.loads(out.read_text())
-    variants = data["variants"]
-    assert {"dense", "block4x4@0.5/search", "block4x4@0.5/finetune", "nm2:4/search", "nm2:4/finetune"} == set(variants)
-    for v in variants.values():
-        assert v["median_ms"] > 0 and v["steps"] == len(v["all_ms"]) >= 1
-    assert variants["dense"]["ratio_of_medians"] == pytest.approx(1.0)
-    assert set(data["goals"]) == {f"{p}/{s}" for p in ("block4x4@0.5", "nm2:4") for s in ("search", "finetune")}
+    assert set(data["shapes"]) == {"17tok", "197tok"}  # both token counts, side by side in one run
+    stages = {f"{p}/{s}" for p in ("block4x4@0.5", "nm2:4") for s in ("search", "finetune")}
+    for shape in data["shapes"].values():
+        variants = shape["variants"]
+        assert {"dense"} | stages == set(variants)
+        for v in variants.values():
+            assert v["median_ms"] > 0 and v["steps"] == len(v["all_ms"]) >= 1
+        assert variants["dense"]["ratio_of_medians"] == pytest.approx(1.0)
+        assert set(shape["goals"]) == stages
+    assert data["shapes"]["197tok"]["tokens"] == 197 and data["shapes"]["17tok"]["tokens"] == 17
+
+
+def test_bench_overhead_previous_code_paths_patch_and_restore():
+    """``--previous`` times the library's pre-issue-13 code paths by patching: they must really be taken inside
+    the context (the general N:M solve, the masked hard forward) and be undone after it."""
+    model = prepare_model(tiny_vit(), SmartConfig(pattern="nm"))
+    harden(model)
+    layer = model.smart_state.layers[0]
+    scores = torch.randn(8, 4)
+    assert topk._short_rows_apply(scores, 2, None)
+    assert layer.smart_weight().data_ptr() == layer.weight.data_ptr()
+    with previous_code_paths():
+        assert not topk._short_rows_apply(scores, 2, None)
+        assert layer.smart_weight().data_ptr() != layer.weight.data_ptr()
+    assert topk._short_rows_apply(scores, 2, None)
+    assert layer.smart_weight().data_ptr() == layer.weight.data_ptr()
 
 
 def test_bench_quality_minilm_smoke(tmp_path):

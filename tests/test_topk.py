@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smart_hf.core import topk
 from smart_hf.core.topk import hard_topk, mask_fractionality, soft_topk, solve_shift
 
 TAUS = [10.0, 1.0, 0.1, 1e-2, 1e-4, 1e-6]
@@ -290,3 +291,79 @@ def test_property_hard_topk(rows, n, k_frac, ties, seed):
         kept, dropped = x[r][h[r].bool()], x[r][~h[r].bool()]
         if kept.numel() and dropped.numel():
             assert kept.min() >= dropped.max()
+
+
+# --- the short-row path (N:M groups: rows of 2..64, unit costs, one integer k) ---
+
+
+def _nm_scores(rows: int, m: int, scale: float, dtype, seed: int = 0) -> torch.Tensor:
+    """Random rows with exact ties mixed in: two equal middle scores, a whole row equal, three equal."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, m, generator=g, dtype=torch.float64) * scale).to(dtype)
+    x[: rows // 8, 1] = x[: rows // 8, 2]
+    x[rows // 8 : rows // 4] = x[rows // 8 : rows // 4, :1]
+    x[rows // 4 : rows // 3, :3] = x[rows // 4 : rows // 3, :1]
+    return x
+
+
+def _general(x, k, tau):
+    """The general solver (a tensor k is never taken by the short-row path)."""
+    return soft_topk(x, torch.tensor(float(k)), tau)
+
+
+@pytest.mark.parametrize("m", [4, 8])
+@pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_short_rows_equal_the_general_solver_and_keep_k(m, tau, scale):
+    for dtype, tol in [(torch.float32, 2e-6), (torch.float64, 1e-10)]:
+        x = _nm_scores(600, m, scale, dtype)
+        # the general solver forms x / tau + t in float64: its own rounding is ~eps * |x| / tau in the exponent
+        agree = tol + 4 * torch.finfo(torch.float64).eps * float(x.abs().max()) / tau
+        for k in range(1, m):
+            f = soft_topk(x, k, tau)
+            assert f.dtype == dtype and f.shape == x.shape
+            assert (f.double().sum(-1) - k).abs().max() <= tol, (dtype, k)
+            assert (f - _general(x, k, tau)).abs().max() <= agree, (dtype, k)
+
+
+def test_short_rows_shift_reproduces_the_mask():
+    x = _nm_scores(300, 4, 1.0, torch.float64)
+    for tau in [2.0, 0.1, 1e-3]:
+        f, t = soft_topk(x, 2, tau, return_shift=True)
+        assert t.shape == (300,) and t.dtype == torch.float64
+        torch.testing.assert_close(torch.sigmoid(x / tau + t.unsqueeze(-1)), f, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_short_rows_gradient_is_exact(k):
+    x = _nm_scores(6, 4, 1.0, torch.float64).requires_grad_()
+    for tau in [2.0, 0.5, 0.05]:
+        assert torch.autograd.gradcheck(lambda s, tau=tau: soft_topk(s, k, tau), (x,))
+        u = torch.randn(6, 4, dtype=torch.float64)
+        (grad_fast,) = torch.autograd.grad((soft_topk(x, k, tau) * u).sum(), x)
+        (grad_general,) = torch.autograd.grad((_general(x, k, tau) * u).sum(), x)
+        torch.testing.assert_close(grad_fast, grad_general, atol=1e-10, rtol=0)
+        assert grad_fast.sum(-1).abs().max() < 1e-10  # the budget is kept to first order
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_short_rows_half_precision_scores(dtype):
+    x = _nm_scores(200, 4, 1.0, torch.float32).to(dtype).requires_grad_()
+    f = soft_topk(x, 2, 0.1)
+    assert f.dtype == torch.float32 and (f.double().sum(-1) - 2).abs().max() < 2e-6
+    (f * torch.randn_like(f)).sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+
+
+def test_short_rows_unsettled_rows_take_the_general_solver(monkeypatch):
+    """With no Newton steps allowed, every row that is not settled at t = 0 goes through the safeguarded solver:
+    the answer is the same; NaN scores still raise the usual error."""
+    x = _nm_scores(400, 4, 1.0, torch.float32)
+    expected = soft_topk(x, 2, 0.3)
+    monkeypatch.setattr(topk, "_SHORT_MAX_ITER", 0)
+    f = soft_topk(x, 2, 0.3)
+    assert (f.double().sum(-1) - 2).abs().max() <= 2e-6
+    torch.testing.assert_close(f, expected, atol=2e-6, rtol=0)
+    x[7, 1] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        soft_topk(x, 2, 0.3)
