@@ -31,7 +31,14 @@ __all__ = [
 ]
 
 # Plain attributes (outside _parameters/_buffers) that prepare_model and the mask code set on a layer.
-_SMART_ATTRIBUTES = ("smart_layout", "smart_base_class", "_smart_state", "_smart_slot", "_smart_pruned_entries")
+_SMART_ATTRIBUTES = (
+    "smart_layout",
+    "smart_base_class",
+    "_smart_state",
+    "_smart_slot",
+    "_smart_pruned_entries",
+    "_smart_coupled",  # the owner layer of a coupled set (smart_hf.coupling.CoupledBinding)
+)
 
 
 class SmartLayerMixin:
@@ -59,8 +66,12 @@ class SmartLayerMixin:
     @torch.no_grad()
     def smart_apply_hard_mask_(self) -> None:
         """Set the pruned weights to exactly zero in place (keeps them zero through fine-tuning, including a NaN or
-        Inf that an overflowing optimizer step wrote into one)."""
+        Inf that an overflowing optimizer step wrote into one). The owner of a coupled set also zeroes the pruned
+        units' producer rows and BatchNorm entries (`smart_hf.coupling`)."""
         self.smart_layout.zero_pruned_(self.weight, self.smart_mask)
+        binding = self.__dict__.get("_smart_coupled")
+        if binding is not None:
+            binding.zero_partners_(self.smart_mask)
 
     def extra_repr(self) -> str:
         layout = self.smart_layout
