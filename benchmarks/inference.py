@@ -15,6 +15,14 @@ For a DeiT-tiny-shaped ViT (192 hidden, 12 layers, 224px, 197 tokens) and a Mini
   channels *and* whole attention heads removed (DeiT-tiny has 3 heads: ``--head-sparsity 0.5`` keeps
   ``round(1.5) = 2``; MiniLM keeps 6 of 12).
 
+* ``coupled``: ``SmartConfig(pattern="coupled")`` at ``--sparsity`` = the fraction of the encoder's per-token MACs
+  removed (linears + the attention matmuls at the benchmark's sequence length, ``coupled_tokens``), one global
+  budget over FFN neurons and attention heads (`smart_hf.coupling`), ``slim(model, mode="per_layer")``: every
+  pruned unit removed from every layer it spans.
+* ``coupled-uniform``: the same with ``budget="layer"`` (the same count of neurons / heads in every block) and
+  ``slim(model, mode="uniform")`` -- stock ``from_pretrained`` loads it where the config can express the sizes
+  (ViT/DeiT: FFN and heads; BERT: FFN only, its heads stay masked and are listed in ``coupled-uniform_left_masked``).
+
 ``--models resnet-50`` (not in the default list: seconds per forward on a small CPU) benchmarks a ResNet-50 (224px)
 with variants ``dense`` and ``slim`` (``channel`` masks, ``slim(model, mode="per_layer")``: conv -> BN -> conv chains).
 Its BatchNorm statistics are randomised so that pruned channels emit constants of both signs, as in a trained net:
@@ -53,9 +61,9 @@ from .macs import attention_macs
 warnings.filterwarnings("ignore", message=".*Sparse BSR tensor support is in beta.*")
 
 
-VARIANTS = ("dense", "squashed", "bsr", "slim", "slim-heads")
+VARIANTS = ("dense", "squashed", "bsr", "slim", "slim-heads", "coupled", "coupled-uniform")
 SMOKE_VARIANTS = ("dense", "squashed", "bsr", "slim")
-CNN_VARIANTS = ("dense", "slim")
+CNN_VARIANTS = ("dense", "slim", "coupled")
 
 
 def build(name: str, smoke: bool):
@@ -230,8 +238,28 @@ def variants(name: str, smoke: bool, sparsity: float, block: int, wanted: tuple[
         info["heads_kept_per_layer"] = [h["after"] for h in summary["heads"]]
         info["heads_params_removed"] = summary["params_removed"]
         models["slim-heads"] = heads
+    for variant, budget, mode in (("coupled", "global", "per_layer"), ("coupled-uniform", "layer", "uniform")):
+        if variant in wanted:  # sparsity = fraction of the encoder's per-token MACs (linears + attention) removed
+            coupled = fresh()
+            sh.prepare_model(
+                coupled,
+                sh.SmartConfig(pattern="coupled", sparsity=sparsity, budget=budget, coupled_tokens=tokens(name, smoke)),
+            )
+            summary = sh.slim(coupled, mode=mode)
+            info[f"{variant}_params_removed"] = summary["params_removed"]
+            info[f"{variant}_left_masked"] = [entry["name"] for entry in summary["left_masked"]]
+            models[variant] = coupled
     models = {k: v for k, v in models.items() if k in wanted}
     return make_inputs, models, info
+
+
+def tokens(name: str, smoke: bool) -> int:
+    """Sequence length of the benchmark inputs (the length a coupled head's attention cost is counted at)."""
+    if name == "resnet-50":
+        return 0
+    if name == "deit-tiny":
+        return 17 if smoke else 197
+    return 16 if smoke else 128
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,11 +32,20 @@ class SmartConfig:
     --help` prints them); `__post_init__` validates them once and names the fix for every invalid value."""
 
     # --- what a unit is ---
-    pattern: Literal["block", "channel", "nm"] = field(
+    pattern: Literal["block", "channel", "nm", "coupled"] = field(
         default="block",
         metadata={
             "help": "Structural unit: 'block' (r x c weight blocks; (1,1) = unstructured), 'channel' (output "
-            "channels) or 'nm' (keep n of every m consecutive input weights, the 2:4 GPU layout)."
+            "channels), 'nm' (keep n of every m consecutive input weights, the 2:4 GPU layout) or 'coupled' "
+            "(FFN neurons, attention heads / KV groups and CNN inner channels spanning their layers, removed whole "
+            "by slim; sparsity = fraction of their cost removed)."
+        },
+    )
+    coupled_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "pattern='coupled': sequence length whose attention matmuls (2 * tokens * head_dim MACs per "
+            "token and query head) are added to a head's cost; 0 counts weights only (= linear MACs per token)."
         },
     )
     block_shape: list[int] = field(
@@ -179,6 +188,7 @@ class SmartConfig:
             )
 
     def _validate_rest(self):
+        self._validate_coupled()
         _choice("budget", self.budget, BUDGETS)
         _choice("score_init", self.score_init, SCORE_INITS)
         _choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
@@ -213,6 +223,16 @@ class SmartConfig:
             raise ValueError("set either target_modules or target_regex, not both (combine them into one regex).")
         if self.target_modules is not None and len(self.target_modules) == 0:
             raise ValueError("target_modules is an empty list; leave it unset (None) to target the default layers.")
+
+    def _validate_coupled(self):
+        if self.coupled_tokens < 0:
+            raise ValueError(f"coupled_tokens must be >= 0, got {self.coupled_tokens}; e.g. 197 for ViT-224/16.")
+        coupled = [o for o in self.overrides or [] if o.get("pattern") == "coupled"]
+        if coupled or (self.pattern == "coupled" and self.overrides):
+            raise ValueError(
+                "pattern='coupled' finds its units (FFN neurons, heads, conv channels) over whole layer groups and "
+                "takes no overrides; drop `overrides` (use budget='layer' for the same count in every block)."
+            )
 
     def unit_settings(self, override: dict | None = None) -> UnitSettings:
         """The unit settings of the top level, or of one override layered over it."""
@@ -308,7 +328,7 @@ def _validate_search(config) -> None:
         raise ValueError(f"budget_anneal must be in [0, 1], got {config.budget_anneal}; e.g. 2/3, or 0 for none.")
 
 
-_INT_FIELDS = ("n", "m", "calibration_batches", "dynamic_window", "score_seed")
+_INT_FIELDS = ("n", "m", "calibration_batches", "dynamic_window", "score_seed", "coupled_tokens")
 _REAL_FIELDS = (
     "sparsity",
     "min_layer_density",

@@ -10,7 +10,7 @@ STATE_MODULE_NAME = "smart_state"
 CONFIG_NAME = "smart_config.json"
 REPORT_NAME = "smart_sparsity.json"
 
-PATTERNS = ("block", "channel", "nm")
+PATTERNS = ("block", "channel", "nm", "coupled")
 BUDGETS = ("global", "layer")
 SCORE_INITS = ("magnitude", "activation", "constant")
 TEMPERATURE_SCHEDULES = ("dynamic", "exponential", "cosine", "linear", "constant")

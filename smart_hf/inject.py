@@ -21,6 +21,7 @@ from torch import nn
 from .config import SmartConfig, UnitSettings
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
 from .core.granularity import UnitLayout, layer_kind
+from .coupling import bind_owners, coupled_targets
 from .layers import attach_smart_layer, detach_smart_layer, is_smart_layer
 from .scores import collect_activation_stats, init_scores_
 from .state import SmartState, build_groups
@@ -98,8 +99,12 @@ def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Mo
     """The modules `prepare_model` would prune, as ``(name, module, layout, sparsity)``.
 
     A selected module whose dims do not divide the block (or ``m``) is skipped with a warning naming it, or raises if
-    the user named it explicitly; an explicitly named module of an unsupported type raises too.
+    the user named it explicitly; an explicitly named module of an unsupported type raises too. With
+    ``pattern="coupled"`` the targets are the owners (consumers) of the coupled sets (`smart_hf.coupling`).
     """
+    if config.pattern == "coupled":
+        chosen = coupled_targets(model, lambda name, module: _selected(model, name, module, config)[0])
+        return [(name, module, layout, config.sparsity) for name, module, layout in chosen]
     targets, skipped = [], []
     for name, module in model.named_modules():
         if name == "" or name.split(".")[-1] == STATE_MODULE_NAME:
@@ -210,6 +215,8 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
 
 def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers: list, act_stats) -> None:
     """Build the budget groups and the `SmartState`, register the hooks and initialise the scores."""
+    if config.pattern == "coupled":  # before the groups: a coupled unit's budget cost spans its partners
+        bind_owners(model, [t[0] for t in targets], layers, config.coupled_tokens)
     state = SmartState(config, build_groups(layers, [t[3] for t in targets], config.budget, config.min_layer_density))
     # state.layers is in budget-group order, which differs from model order once N:M/per-layer groups mix with a
     # global one: keep the names (and the activation statistics) aligned with state.layers, not with `targets`

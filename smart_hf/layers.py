@@ -40,6 +40,7 @@ _SMART_ATTRIBUTES = (
     "_smart_pruned_entries",
     "_smart_clean",  # the hard-stage forward's record of clean weights (SmartLayerMixin.smart_weight)
     "_smart_pruned",  # the cached boolean pruned entries (SmartLayerMixin._smart_zero_pruned_)
+    "_smart_coupled",  # the owner layer of a coupled set (smart_hf.coupling.CoupledBinding)
 )
 
 
@@ -85,6 +86,9 @@ class SmartLayerMixin:
         """Set the pruned weights to exactly zero in place (keeps them zero through fine-tuning, including a NaN or
         Inf that an overflowing optimizer step wrote into one), and remember that they are (see `smart_weight`)."""
         self._smart_zero_pruned_(self.weight)
+        binding = self.__dict__.get("_smart_coupled")
+        if binding is not None:  # the owner of a coupled set also zeroes its partners (`smart_hf.coupling`)
+            binding.zero_partners_(self.smart_mask)
         _count_optimizer_steps()
         self.__dict__["_smart_clean"] = self._smart_clean_key()
 

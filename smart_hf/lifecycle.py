@@ -18,6 +18,7 @@ from torch import nn
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
 from .core.budget import budget_progress
 from .core.schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
+from .coupling import coupled_records
 from .distributed import is_sharded, whole_parameters, zero_own_rows_
 from .layers import detach_smart_layer
 from .metadata import PruningMetadata, SparsityReport, build
@@ -234,4 +235,8 @@ def pruning_metadata(state: SmartState) -> tuple[PruningMetadata, SparsityReport
     """What a pruned artifact records about itself (``config.smart_hf``, see `smart_hf.metadata`) and the report
     it was built from (what ``smart_sparsity.json`` holds)."""
     report = sparsity_report(state)
-    return build(state.smart_config.to_dict(), report), report
+    metadata = build(state.smart_config.to_dict(), report)
+    records = coupled_records(state.layers)
+    if records:  # the sets a check or `slim` must see whole (the partners are not SMART layers)
+        metadata["coupled"] = records
+    return metadata, report

@@ -78,6 +78,7 @@ class PruningMetadata(TypedDict, total=False):
     sparsity: float
     layers: dict[str, LayerEntry]
     slim: dict[str, Any]
+    coupled: list[dict[str, Any]]  # pattern="coupled": {"set": CoupledSet.to_dict(), "unit_cost"} per owner
 
 
 def build(smart_config: dict[str, Any], report: SparsityReport) -> PruningMetadata:

@@ -34,7 +34,12 @@ def unit_importance(layer: nn.Module, input_sq: torch.Tensor | None = None) -> t
     sq = w3.square()
     if input_sq is not None:
         sq = sq * _input_sq_per_weight(layer, input_sq.to(sq.device).float())
-    return (layout.unit_sum(sq) / layout.unit_cost).sqrt()
+    total = layout.unit_sum(sq)
+    binding = layer.__dict__.get("_smart_coupled")
+    if binding is not None and input_sq is None:  # a coupled unit's magnitude spans every layer it removes
+        total = total + binding.partner_square_sums().reshape(total.shape).to(total.device)
+        return (total / binding.unit_cost).sqrt()  # a constant scale: only the per-layer ranking matters
+    return (total / layout.unit_cost).sqrt()
 
 
 def _input_sq_per_weight(layer: nn.Module, input_sq: torch.Tensor) -> torch.Tensor:

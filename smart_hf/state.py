@@ -61,6 +61,13 @@ class BudgetGroup:
         return float(sum(layer.smart_layout.num_weights for layer in self.layers))
 
 
+def unit_budget_cost(layer) -> int:
+    """What one unit of ``layer`` costs in a global budget: its weights (``smart_layout.unit_cost``), or for the
+    owner of a coupled set the cost of the whole unit over every layer it spans (`smart_hf.coupling`)."""
+    binding = layer.__dict__.get("_smart_coupled")
+    return layer.smart_layout.unit_cost if binding is None else binding.unit_cost
+
+
 def build_groups(layers: list, sparsities: list[float], budget: str, min_layer_density: float) -> list[BudgetGroup]:
     """Group prepared layers by how their budget is shared. Raises if a global budget cannot honour the guard."""
     groups, shared = [], {}
@@ -73,9 +80,9 @@ def build_groups(layers: list, sparsities: list[float], budget: str, min_layer_d
         else:
             shared.setdefault(sparsity, []).append(layer)
     for sparsity, members in shared.items():
-        total = sum(m.smart_layout.num_weights for m in members)
+        total = sum(m.smart_layout.num_units * unit_budget_cost(m) for m in members)
         reserved = [reserved_units(m.smart_layout.num_units, min_layer_density) for m in members]
-        reserved_cost = sum(q * m.smart_layout.unit_cost for q, m in zip(reserved, members))
+        reserved_cost = sum(q * unit_budget_cost(m) for q, m in zip(reserved, members))
         k = global_weight_budget(total, sparsity)
         if reserved_cost > k:
             raise ValueError(
@@ -365,7 +372,7 @@ class SmartState(nn.Module):
         if group.cost is None or group.cost.device != device:  # fixed per group: build once
             group.cost = torch.cat(
                 [
-                    torch.full((layer.smart_layout.num_units,), float(layer.smart_layout.unit_cost), device=device)
+                    torch.full((layer.smart_layout.num_units,), float(unit_budget_cost(layer)), device=device)
                     for layer in group.layers
                 ]
             )

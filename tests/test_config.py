@@ -27,7 +27,7 @@ INVALID = [
     ({"block_shape": [4, -1]}, "e.g. [4, 4]"),
     ({"block_shape": [4]}, "two positive ints"),
     ({"block_shape": [2, 2, 2]}, "two positive ints"),
-    ({"pattern": "row"}, "choose one of ['block', 'channel', 'nm']"),
+    ({"pattern": "row"}, "choose one of ['block', 'channel', 'nm', 'coupled']"),
     ({"budget": "local"}, "choose one of ['global', 'layer']"),
     ({"score_init": "random"}, "choose one of ['magnitude', 'activation', 'constant']"),
     ({"temperature_schedule": "step"}, "choose one of"),

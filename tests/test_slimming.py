@@ -546,3 +546,16 @@ def test_bench_inference_builds_the_head_and_resnet_slim_variants():
             tokens = (models[variant].config.image_size // models[variant].config.patch_size) ** 2 + 1
             expected = attention_macs(tokens, 1, block["head_dim"])
             assert bench.attention_flops_macs(models[variant], inputs) == expected
+
+
+def test_bench_inference_builds_the_coupled_variants_with_every_unit_removed():
+    """``coupled`` (per-layer slim) executes exactly the FLOP-ratio ideal: no pruned weight is left in place."""
+    for name in ("deit-tiny", "minilm-l6"):
+        make_inputs, models, info = bench.variants(name, True, 0.5, 8, ("dense", "coupled", "coupled-uniform"), 0.5)
+        inputs = make_inputs(2)
+        dense_flops, _ = bench.flops(models["dense"], inputs)
+        executed, ideal = bench.flops(models["coupled"], inputs)
+        assert info["coupled_left_masked"] == [] and executed == ideal < dense_flops
+        executed, ideal = bench.flops(models["coupled-uniform"], inputs)
+        assert ideal <= executed < dense_flops
+        assert bench.weight_bytes(models["coupled"]) < bench.weight_bytes(models["dense"])

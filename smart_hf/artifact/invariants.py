@@ -46,6 +46,7 @@ from ..metadata import slim_summary
 from ..report import layer_report, sparsity_report
 from ..slim import load_slim, slimmed_widths
 from ..state import SmartState
+from .coupled_invariants import coupled_budget_problems
 
 __all__ = ["budget_problems", "check_sparsity", "refilled_layers"]
 
@@ -71,8 +72,16 @@ def check_sparsity(model_or_state_dict, smart_config_or_metadata=None) -> dict:
     Returns the `sparsity_report` dict plus ``"budget"`` (one entry per budget group: ``kind``, ``sparsity``,
     ``layers``, ``expected``, ``found``, ``ok``) and ``"verified": True``.
     """
-    report, config, artifact_errors = _report_and_config(model_or_state_dict, smart_config_or_metadata)
-    budget, budget_errors = budget_problems(report["layers"], config)
+    report, config, artifact_errors, model = _report_and_config(model_or_state_dict, smart_config_or_metadata)
+    if config.pattern == "coupled":  # units span layers no report row describes: check the sets on the model
+        if model is None:
+            raise ValueError(
+                "a pattern='coupled' artifact is checked on its model or folder, not a state dict; pass the model "
+                "(or the folder written by save_pruned)."
+            )
+        budget, budget_errors = coupled_budget_problems(model, config)
+    else:
+        budget, budget_errors = budget_problems(report["layers"], config)
     problems = [f"{row['name']}: {p}" for row in report["layers"] for p in row["problems"]]
     problems += budget_errors + artifact_errors
     if problems:
@@ -83,7 +92,7 @@ def check_sparsity(model_or_state_dict, smart_config_or_metadata=None) -> dict:
     return {**report, "budget": budget, "verified": True}
 
 
-def _report_and_config(obj, target) -> tuple[dict, SmartConfig, list[str]]:
+def _report_and_config(obj, target) -> tuple[dict, SmartConfig, list[str], nn.Module | None]:
     """(report, target config, problems of the artifact itself) for any input `check_sparsity` accepts."""
     if isinstance(obj, (str, os.PathLike)):
         return _folder_report(obj, target)
@@ -93,12 +102,14 @@ def _report_and_config(obj, target) -> tuple[dict, SmartConfig, list[str]]:
         obj = unwrap_model(obj)  # DDP / accelerate wrappers hold the prepared model under .module
     state = obj if isinstance(obj, SmartState) else getattr(obj, STATE_MODULE_NAME, None)
     if isinstance(state, SmartState):
-        return sparsity_report(state), _target_config(target, state.smart_config), []
+        return sparsity_report(state), _target_config(target, state.smart_config), [], state
     meta = read_metadata(obj) if hasattr(obj, "config") else None
     if isinstance(obj, nn.Module) and meta:
         report = sparsity_report(obj)
         refilled = refilled_layers(report["layers"], meta)
-        return _unslimmed(report, slim_summary(meta)), _target_config(target, meta["config"]), refilled
+        if not meta.get("coupled"):  # coupled sets are checked whole on the model, not per layer row
+            report = _unslimmed(report, slim_summary(meta))
+        return report, _target_config(target, meta["config"]), refilled, obj
     raise ValueError(
         f"check_sparsity needs a prepared or squashed SMART model, a save_pruned folder or a state dict with "
         f"metadata; got {type(obj).__name__} without SMART state or config.smart_hf (was it pruned with smart_hf?)."
@@ -115,13 +126,13 @@ def _target_config(target, recorded) -> SmartConfig:
     return recorded if isinstance(recorded, SmartConfig) else SmartConfig.from_dict(recorded)
 
 
-def _folder_report(path, target) -> tuple[dict, SmartConfig, list[str]]:
+def _folder_report(path, target) -> tuple[dict, SmartConfig, list[str], nn.Module | None]:
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(f"{path!r} holds no config.json; pass the folder written by smart_hf.save_pruned.")
     model = load_slim(path)
     if not read_metadata(model):
         raise ValueError(f"{path!r} has no smart_hf entry in config.json: it was not written by smart_hf.save_pruned.")
-    report, config, problems = _report_and_config(model, target)
+    report, config, problems, model = _report_and_config(model, target)
     written = os.path.join(path, REPORT_NAME)
     if os.path.isfile(written):  # the report written at save time must describe the weights that were stored
         with open(written, encoding="utf-8") as fh:
@@ -132,7 +143,7 @@ def _folder_report(path, target) -> tuple[dict, SmartConfig, list[str]]:
                 f"{REPORT_NAME} records {saved_total['zeros']} zeros of {saved_total['weights']} targeted weights, "
                 f"the stored weights hold {stored_total['zeros']} of {stored_total['weights']}"
             )
-    return report, config, problems
+    return report, config, problems, model
 
 
 def _state_dict_report(state_dict: Mapping, target) -> tuple[dict, SmartConfig, list[str]]:
@@ -162,7 +173,7 @@ def _state_dict_report(state_dict: Mapping, target) -> tuple[dict, SmartConfig, 
         "total": {"weights": weights, "zeros": zeros, "sparsity": zeros / max(weights, 1)},
     }
     refilled = refilled_layers(rows, meta)
-    return _unslimmed(report, slim_summary(meta)), _target_config(None, meta["config"]), refilled
+    return _unslimmed(report, slim_summary(meta)), _target_config(None, meta["config"]), refilled, None
 
 
 def refilled_layers(rows: list[dict], meta: Mapping) -> list[str]:

@@ -20,6 +20,7 @@ from ..training.trainer import SmartTrainer
 from . import data as smart_data
 from .data import tokenize_splits
 from .metrics import make_compute_metrics
+from .slim_table import coupled_artifact_rows, format_artifact_rows
 from .splits import TEXT_COLUMNS, complete_splits, encode_labels, find_label_column, pick_column
 
 logger = logging.getLogger(__name__)
@@ -195,6 +196,16 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
     trainer.save_model()
     report = sparsity_report(trainer.model)
     summary = _summary(trainer.dense_metrics or {}, pruned, report, dense_params)
+    if smart_config.pattern == "coupled" and training_args.should_save:  # what a user came for: smaller, faster
+        summary["artifact"] = coupled_artifact_rows(
+            trainer.model,
+            lambda: build_model(model_args, data_args.dataset, num_labels, model_path),
+            training_args.output_dir,
+            ds["test"],
+            training_args.per_device_eval_batch_size,
+            smart_config.budget,
+            training_args.output_dir,
+        )
     if training_args.should_save:
         with open(os.path.join(training_args.output_dir, "smart_summary.json"), "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
@@ -237,4 +248,6 @@ def format_summary(summary: dict) -> str:
         f"sparsity of the targeted weights: {summary['targeted_sparsity']:.4f} "
         f"(pattern valid: {summary['pattern_valid']})"
     )
+    if summary.get("artifact"):
+        lines += format_artifact_rows(summary["artifact"])
     return "\n".join(lines)

@@ -35,10 +35,11 @@ import torch
 from torch import nn
 
 from ..lifecycle import is_prepared, squash
-from ..metadata import PruningMetadata, slim_summary, with_slim
+from ..metadata import PruningMetadata, set_layer_shape, slim_summary, with_slim
 from ..metadata import require as require_metadata
 from ..metadata import write as write_metadata
 from .cnn import chain_candidates, slim_conv_chain
+from .coupled import coupled_widths, slim_coupled
 from .ffn import apply_ffn, plan_ffn, uniform_ffn_size
 from .heads import apply_heads, plan_heads, uniform_heads_error
 
@@ -93,6 +94,8 @@ def slim(model: nn.Module, mode: str = "uniform") -> dict:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     meta = with_slim(_slim_metadata(model), {})  # a private copy: layer shapes are edited in place below
+    if meta.get("coupled"):
+        return _slim_coupled(model, meta, mode)
     config, layers = model.config, meta["layers"]
     params_before = sum(p.numel() for p in model.parameters())
     ffn_plans, notes = plan_ffn(model, layers)
@@ -125,6 +128,24 @@ def slim(model: nn.Module, mode: str = "uniform") -> dict:
     write_metadata(model, with_slim(meta, summary))
     for entry in left:
         logger.info("smart_hf: slim left %s masked in place (%s)", entry["name"], entry["reason"])
+    return {**summary, "left_masked": left}
+
+
+def _slim_coupled(model: nn.Module, meta: PruningMetadata, mode: str) -> dict:
+    """`slim` of a ``pattern="coupled"`` model (`smart_hf.slim.coupled`): summary ``{"mode", "coupled": [{"set",
+    "after"}], "config": {changed config attributes}, "params_*"}``."""
+    params_before = sum(p.numel() for p in model.parameters())
+    done, left, changes = slim_coupled(model, meta["coupled"], mode)
+    for record in meta["coupled"]:  # a conv owner can also lose rows as the producer of the next set
+        owner, entry = record["set"]["owner"], meta["layers"].get(record["set"]["owner"])
+        if entry is not None:
+            set_layer_shape(meta["layers"], owner, model.get_submodule(owner).weight.shape)
+            out_axis = 1 if entry["kind"] == "conv1d" else 0  # its blocks span every output row
+            entry["block_shape"] = [entry["shape"][out_axis], entry["block_shape"][1]]
+    params_after = sum(p.numel() for p in model.parameters())
+    summary = {"mode": mode, "pairs": [], "heads": [], "convs": [], "coupled": done, "config": changes}
+    summary.update(params_before=params_before, params_after=params_after, params_removed=params_before - params_after)
+    write_metadata(model, with_slim(meta, summary))
     return {**summary, "left_masked": left}
 
 
@@ -166,4 +187,6 @@ def slimmed_widths(slim_meta: dict) -> dict[str, dict[str, tuple[int, int]]]:
     for chain in slim_meta.get("convs", []):
         widths.setdefault(chain["conv"], {})["out"] = (chain["before"], chain["after"])
         widths.setdefault(chain["consumer"], {})["in"] = (chain["before"], chain["after"])
+    for name, change in coupled_widths(slim_meta.get("coupled", [])).items():
+        widths.setdefault(name, {}).update(change)
     return widths

@@ -20,6 +20,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from ..metadata import read as read_metadata
 from ..metadata import slim_summary
 from .cnn import resize_chain_for_load
+from .coupled import resize_coupled_for_load
 from .ffn import resize_ffn_for_load
 from .heads import resize_heads_for_load
 
@@ -71,6 +72,8 @@ def _load_slim(path, auto_class, **kwargs) -> nn.Module:
         resize_heads_for_load(model, record)
     for record in slim_meta.get("convs", []):
         resize_chain_for_load(model, record)
+    for record in slim_meta.get("coupled", []):
+        resize_coupled_for_load(model, record)
     state = safetensors.torch.load_file(os.path.join(path, SAFE_WEIGHTS_NAME))
     model.load_state_dict(state, strict=True)
     if hasattr(model, "tie_weights"):

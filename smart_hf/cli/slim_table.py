@@ -1,0 +1,138 @@
+"""What the main job's final table adds for coupled units: the slim artifact against the dense model, measured.
+
+For ``pattern="coupled"`` the trained model is squashed and slimmed (``mode="uniform"`` for ``budget="layer"``,
+stock-loadable where the config can express the sizes; else ``"per_layer"``, loaded with `smart_hf.load_slim`) and
+written to ``<output_dir>/slim``. Three models are then compared on one batch of the test split: the dense
+architecture (a fresh model built from the same config: its cost does not depend on the weight values), the pruned
+artifact with its zeros stored in place, and the slim artifact. Per model: parameters, size of ``model.safetensors``
+and the median forward latency over ``repeats`` rounds, timed round-robin (one forward of each model per round) so a
+shared machine's load hits all three alike; the 1-minute load average is recorded with them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+from ..artifact.export import save_pruned
+from ..lifecycle import get_smart_state, squash
+from ..slim import slim
+
+__all__ = ["coupled_artifact_rows", "format_artifact_rows"]
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _file_mb(folder: str) -> float:
+    return os.path.getsize(os.path.join(folder, WEIGHTS_FILE)) / 2**20
+
+
+@torch.no_grad()
+def cost_removed(model: nn.Module) -> float:
+    """Fraction of the coupled units' budget cost (weights, + attention MACs with ``coupled_tokens``) the hard masks
+    remove, over every targeted set of a prepared ``model``."""
+    state = get_smart_state(model)
+    total = kept = 0.0
+    for gi, group in enumerate(state.groups):
+        for layer, mask in zip(group.layers, state.binary_group_masks(gi)):
+            cost = layer.__dict__["_smart_coupled"].unit_cost
+            total += cost * mask.numel()
+            kept += cost * float(mask.sum())
+    return 1.0 - kept / max(total, 1.0)
+
+
+def _latency_ms(models: dict[str, nn.Module], inputs: dict, repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model(**inputs)  # warm-up
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(**inputs)
+                times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _batch(dataset, size: int, device) -> dict:
+    rows = dataset[: min(size, len(dataset))]
+    return {k: v.to(device) for k, v in rows.items() if k != "labels" and torch.is_tensor(v)}
+
+
+def coupled_artifact_rows(
+    model: nn.Module,
+    dense_factory,
+    output_dir: str,
+    test_dataset,
+    batch_size: int,
+    budget: str,
+    artifact_dir: str | None,
+    repeats: int = 20,
+) -> dict:
+    """Slim a copy of the trained (prepared) ``model``, save it under ``output_dir/slim`` and measure it against the
+    dense architecture (``dense_factory()``) and the pruned artifact in ``artifact_dir`` (see module docstring).
+    Returns ``{"dense"|"pruned"|"slim": {"parameters", "file_mb", "latency_ms"}, "slim_dir", "slim_mode",
+    "max_abs_logit_diff", "loadavg_1m", "batch"}``."""
+    mode = "uniform" if budget == "layer" else "per_layer"
+    removed = cost_removed(model)
+    pruned = squash(copy.deepcopy(model)).eval()
+    slim_model = copy.deepcopy(pruned)
+    summary = slim(slim_model, mode=mode)
+    slim_dir = os.path.join(output_dir, "slim")
+    save_pruned(slim_model, slim_dir, save_plots=False, replace_folder=True)
+    dense = dense_factory().to(next(pruned.parameters()).device).eval()
+    inputs = _batch(test_dataset, batch_size, next(pruned.parameters()).device)
+    with torch.inference_mode():
+        diff = float((pruned(**inputs).logits - slim_model.eval()(**inputs).logits).abs().max())
+    latency = _latency_ms({"dense": dense, "pruned": pruned, "slim": slim_model}, inputs, repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        dense.save_pretrained(tmp)
+        dense_mb = _file_mb(tmp)
+    files = {"dense": dense_mb, "pruned": _file_mb(artifact_dir) if artifact_dir else None, "slim": _file_mb(slim_dir)}
+    models = {"dense": dense, "pruned": pruned, "slim": slim_model}
+    rows = {
+        name: {
+            "parameters": sum(p.numel() for p in m.parameters()),
+            "nonzero_parameters": sum(int((p != 0).sum()) for p in m.parameters()),
+            "file_mb": files[name],
+            "latency_ms": latency[name],
+        }
+        for name, m in models.items()
+    }
+    return {
+        **rows,
+        "cost_removed": removed,
+        "slim_dir": slim_dir,
+        "slim_mode": mode,
+        "left_masked": len(summary["left_masked"]),
+        "max_abs_logit_diff": diff,
+        "loadavg_1m": os.getloadavg()[0],
+        "batch": len(next(iter(inputs.values()))),
+    }
+
+
+def format_artifact_rows(extra: dict) -> list[str]:
+    """Table lines: parameters, file size and latency of dense / pruned / slim, and the speed-up over dense."""
+    lines = [
+        f"coupled units: {100 * extra['cost_removed']:.1f}% of their cost removed",
+        f"{'artifact':<10}{'params':>12}{'non-zero':>12}{'file MB':>10}{'latency ms':>12}{'speed-up':>10}",
+    ]
+    for name in ("dense", "pruned", "slim"):
+        row = extra[name]
+        size = "n/a" if row["file_mb"] is None else f"{row['file_mb']:.2f}"
+        lines.append(
+            f"{name:<10}{row['parameters']:>12,}{row['nonzero_parameters']:>12,}{size:>10}{row['latency_ms']:>12.2f}"
+            f"{extra['dense']['latency_ms'] / row['latency_ms']:>9.2f}x"
+        )
+    lines.append(
+        f"slim ({extra['slim_mode']}) in {extra['slim_dir']}: outputs == pruned (max |logit diff| "
+        f"{extra['max_abs_logit_diff']:.1e}); latency: median forward of a batch of {extra['batch']} test examples, "
+        f"round-robin, load average {extra['loadavg_1m']:.1f}"
+    )
+    return lines
