@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -180,6 +181,7 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
     _check_columns_kept(data_args, training_args)
     set_seed(training_args.seed)  # the Trainer seeds only after the model exists: seed its initialisation too
     model = build_model(model_args, data_args.dataset, config, label_names, model_path)
+    dense_config = copy.deepcopy(model.config)  # training, squash and slim edit the model's own config
     dense_params = sum(p.numel() for p in model.parameters())
     trainer = SmartTrainer(
         model=model,
@@ -199,7 +201,7 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
     if smart_config.pattern == "coupled" and training_args.should_save:  # what a user came for: smaller, faster
         summary["artifact"] = coupled_artifact_rows(
             trainer.model,
-            lambda: build_model(model_args, data_args.dataset, num_labels, model_path),
+            lambda: build_model(model_args, data_args.dataset, dense_config, label_names, model_path),
             training_args.output_dir,
             ds["test"],
             training_args.per_device_eval_batch_size,
