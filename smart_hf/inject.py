@@ -229,7 +229,7 @@ def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers:
         object.__setattr__(layer, "_smart_state", state)
     state.hook_handles = [
         model.register_forward_pre_hook(state.begin_forward),
-        model.register_forward_hook(state.end_forward),
+        model.register_forward_hook(state.end_forward, always_call=True),  # also after a forward that raised
         model.register_load_state_dict_pre_hook(check_smart_shapes),  # removed by squash with the others
     ]
     init_scores_(state, config, act_stats)

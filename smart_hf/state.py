@@ -206,16 +206,36 @@ class SmartState(nn.Module):
     @torch.no_grad()
     def calibrate_temperatures_(self, target: float) -> list[float]:
         """``tau_start="auto"``: give every group the start temperature at which its soft mask, at the target budget,
-        has mean ``min(f, 1 - f)`` equal to ``target`` (`auto_temperature`); the schedule then runs relative to it."""
-        taus = [auto_temperature(partial(self._target_fractionality, gi), target) for gi in range(len(self.groups))]
+        has mean ``min(f, 1 - f)`` equal to ``target`` (`auto_temperature`); the schedule then runs relative to it.
+        The N:M groups of one row shape share one temperature, calibrated on all their rows together: the same
+        budget rule holds in every one of them, and a shared temperature lets the forward solve their rows in one
+        batch (`_soft_nm_batch`)."""
+        taus = [1.0] * len(self.groups)
+        for members in self._temperature_sets():
+            tau = auto_temperature(partial(self._target_fractionality, members), target)
+            for gi in members:
+                taus[gi] = tau
         for group in self.groups:
             group.shift_x = None
         self.set_group_temperatures(taus)
         return taus
 
-    def _target_fractionality(self, gi: int, tau: float) -> float:
-        """Mean ``min(f, 1 - f)`` of group ``gi``'s soft mask at temperature ``tau`` and the target budget."""
-        masks = self._soft_masks(gi, tau, self.groups[gi].k, warm=False)
+    def _temperature_sets(self) -> list[list[int]]:
+        """Indices of the groups that share a start temperature: each layer / global group alone, and the N:M
+        groups by (n, row length, dtype, device)."""
+        sets, nm = [], {}
+        for gi, group in enumerate(self.groups):
+            if group.kind == "nm":
+                scores = group.layers[0].smart_scores
+                nm.setdefault((group.k, tuple(scores.shape[1:]), scores.dtype, scores.device), []).append(gi)
+            else:
+                sets.append([gi])
+        return sets + list(nm.values())
+
+    def _target_fractionality(self, members: list[int], tau: float) -> float:
+        """Mean ``min(f, 1 - f)`` over the soft masks of groups ``members`` at temperature ``tau`` and the target
+        budget."""
+        masks = [m for gi in members for m in self._soft_masks(gi, tau, self.groups[gi].k, warm=False)]
         return float(sum(torch.minimum(m, 1 - m).sum() for m in masks) / sum(m.numel() for m in masks))
 
     @property

@@ -85,3 +85,13 @@ def test_casting_the_model_keeps_the_state_buffers_exact():
     state = get_smart_state(model)
     assert state.temperature.dtype == torch.float64 and float(state.temperature) == 1e-4
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_a_forward_that_raises_still_closes_the_root_forward():
+    """The root forward hook runs even when the forward raises (``always_call``): the state does not stay "inside a
+    forward", where a later direct layer call would be served the failed forward's cached masks."""
+    model = prepare_model(tiny_vit(), SmartConfig(pattern="block", block_shape=[4, 4], sparsity=0.5))
+    state = get_smart_state(model)
+    with pytest.raises(Exception):  # noqa: B017 -- any error of the model's own forward
+        model(pixel_values=torch.zeros(1, 1, 1, 1))
+    assert state._in_root_forward is False

@@ -50,14 +50,21 @@ def test_auto_temperature_hits_the_target_fractionality():
 
 @pytest.mark.parametrize("kwargs", [{"pattern": "nm"}, {"block_shape": [2, 4], "sparsity": 0.75}])
 def test_default_start_fractionality_is_the_target(kwargs):
+    """Every budget group starts at the target fractionality; the N:M groups of one row shape share one temperature
+    (one batched solve per forward), calibrated on all their rows together."""
     model = prepare_model(tiny_vit(), SmartConfig(**kwargs))
     state = get_smart_state(model)
     assert state.smart_config.tau_start is None  # the default is "auto"
-    for gi, group in enumerate(state.groups):
-        masks = state._soft_masks(gi, state.group_temperature(gi), group.k, warm=False)
+    sets = state._temperature_sets()
+    for members in sets:
+        masks = [m for gi in members for m in state._soft_masks(gi, state.group_temperature(gi), state.groups[gi].k)]
         frac = sum(float(torch.minimum(m, 1 - m).detach().sum()) for m in masks) / sum(m.numel() for m in masks)
         assert frac == pytest.approx(0.05, rel=1e-2)
-    assert len(set(state._group_tau)) > 1 or len(state.groups) == 1  # one temperature per budget group
+        assert len({state._group_tau[gi] for gi in members}) == 1
+    if kwargs.get("pattern") == "nm":
+        assert len(sets) == 1 and len(sets[0]) == len(state.groups) > 1  # all N:M layers of the ViT: one set
+    else:
+        assert len(set(state._group_tau)) == len(state.groups)  # one temperature per budget group
 
 
 @pytest.mark.parametrize(
