@@ -208,6 +208,8 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
             smart_config.budget,
             training_args.output_dir,
         )
+        # the report counts the owners' zeros only; a coupled unit also zeroes its producer rows and BN entries
+        summary["pruned"]["nonzero_parameters"] = summary["artifact"]["pruned"]["nonzero_parameters"]
     if training_args.should_save:
         with open(os.path.join(training_args.output_dir, "smart_summary.json"), "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
