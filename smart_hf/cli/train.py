@@ -10,9 +10,11 @@ import os
 from datasets import ClassLabel
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    ViTImageProcessorPil,
     set_seed,
 )
 
@@ -60,8 +62,6 @@ def _processor_source(model_args, model_path: str | None) -> str | None:
 
 def _image_processor(source: str | None, config):
     """The model's image processor, or (none saved with it) a plain resize + normalise to the config's image size."""
-    from transformers import AutoImageProcessor, ViTImageProcessorPil
-
     if source:
         try:
             return AutoImageProcessor.from_pretrained(source)
