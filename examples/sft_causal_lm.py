@@ -23,6 +23,7 @@ from trl import SFTConfig, SFTTrainer
 
 import smart_hf as sh
 from smart_hf import SmartCallback
+from smart_hf.integrations.peft import get_peft_model, merge_and_unload
 
 
 @dataclass
@@ -62,9 +63,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     model = sh.prepare_model(model, smart_config)
     if script.use_lora:
-        from peft import LoraConfig
-
-        from smart_hf.integrations.peft import get_peft_model, merge_and_unload
+        from peft import LoraConfig  # optional: only this path needs peft
 
         model = get_peft_model(model, LoraConfig(r=script.lora_r, target_modules=script.lora_target_modules))
     callback = SmartCallback()
@@ -75,7 +74,9 @@ def main(argv: list[str] | None = None) -> str:
     pruned_dir = os.path.join(sft_config.output_dir, "pruned")
     if script.use_lora:
         merged = merge_and_unload(model)
-        sh.save_pruned(merged, pruned_dir, processing_class=tokenizer, log_history=trainer.state.log_history)
+        sh.save_pruned(
+            merged, pruned_dir, processing_class=tokenizer, log_history=trainer.state.log_history, replace_folder=True
+        )
     print(sh.format_report(sh.check_sparsity(pruned_dir)))
     return pruned_dir
 

@@ -137,7 +137,8 @@ class SmartState(nn.Module):
                 layer._smart_slot = (gi, li)  # a plain attribute, so deepcopy/pickle keep it right
         self._cache: dict | None = None  # group index -> masks of the last root forward (`begin_forward`)
         self._in_root_forward = False
-        self._replayed: set[tuple[int, int]] = set()  # slots a reentrant checkpoint read without gradients
+        # slots a reentrant checkpoint read without gradients; kept across forwards (two forwards, one backward)
+        self._replayed: set[tuple[int, int]] = set()
         self._frac: dict[int, tuple[torch.Tensor, int]] = {}
         self._mode, self._tau = _SOFT, tau0
         self.hook_handles: list = []
@@ -256,7 +257,7 @@ class SmartState(nn.Module):
     def begin_forward(self, *_args, **_kwargs) -> None:
         """Root forward pre-hook: solve every group's soft masks now, outside any checkpointed block."""
         self.sync_from_buffers()
-        self._cache, self._replayed, self._in_root_forward = {}, set(), True
+        self._cache, self._in_root_forward = {}, True
         if self._mode == _SOFT:
             for gi, group in enumerate(self.groups):
                 if gi in self._cache:  # solved with an earlier N:M group of the same batch

@@ -75,6 +75,24 @@ def test_checkpointed_search_matches_plain(name, mode):
         assert torch.equal(a.shift_x, b.shift_x)  # the recomputations did not move the warm start
 
 
+@pytest.mark.parametrize("mode", list(CHECKPOINTING))
+def test_two_forwards_one_backward(mode):
+    """Two forwards (a contrastive or preference loss) and one backward: the recomputations of the first forward's
+    blocks read the second forward's masks, which are the same (same scores, same temperature)."""
+    grads = {}
+    for name, checkpointing in (("plain", None), ("ckpt", CHECKPOINTING[mode])):
+        torch.manual_seed(0)
+        model = sh.prepare_model(tiny_models.tiny_llama(), sh.SmartConfig(**CONFIG))
+        if checkpointing is not None:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        model.train()
+        a, b = tiny_models.text_inputs(2), tiny_models.text_inputs(2)
+        (model(**a, labels=a["input_ids"]).loss + model(**b, labels=b["input_ids"]).loss).backward()
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    for n, g in grads["plain"].items():
+        assert (grads["ckpt"][n] - g).norm() <= 1e-5 * g.norm() + 1e-12, n
+
+
 def test_layer_called_alone_sees_new_scores():
     """Masks stay cached after the forward for the backward's recomputations, yet a layer called on its own after
     an optimizer step uses the new scores, never the cached masks."""
