@@ -238,10 +238,11 @@ def main(argv=None) -> int:
     if min(args.steps, args.rounds, args.layers) < 1 or args.skip < 0:
         raise ValueError("--steps, --rounds and --layers must be >= 1 and --skip >= 0")
     torch.set_num_threads(args.threads)
+    env = environment(threads=args.threads)  # before the run: its load average is the one at the start
     start = time.perf_counter()
     result = run(args)
     payload = {
-        **result_header("overhead", args.smoke, argv, environment(threads=args.threads)),
+        **result_header("overhead", args.smoke, argv, env),
         "setup": {
             "layers": args.layers,
             "steps": args.steps,
