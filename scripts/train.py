@@ -6,7 +6,7 @@ accelerate launch scripts/train.py --config recipes/minilm_tweets_2of4.yaml
 
 import sys
 
-from smart_hf.cli.main import main
+from smart_hf.cli.commands import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["train", *sys.argv[1:]]))

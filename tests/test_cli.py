@@ -27,8 +27,8 @@ from transformers import (
 import smart_hf as sh
 import smart_hf.cli.train as run
 from smart_hf import SmartTrainer, SmartTrainingArguments
+from smart_hf.cli.commands import main, parse_recipe
 from smart_hf.cli.data import _read_tweets, minilm_path
-from smart_hf.cli.main import main, parse_recipe
 from smart_hf.report import sparsity_report
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))

@@ -296,7 +296,7 @@ def test_squash_and_deepcopy_keep_no_stale_bindings():
 def test_coupled_recipe_reports_the_slim_artifact_against_dense(tmp_path):
     from pathlib import Path
 
-    from smart_hf.cli.main import parse_recipe
+    from smart_hf.cli.commands import parse_recipe
     from smart_hf.cli.train import format_summary, run_training
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "deit_digits_coupled.yaml"

@@ -11,7 +11,7 @@ from transformers import AutoModelForImageClassification
 
 import smart_hf as sh
 from smart_hf.artifact.export import save_pruned
-from smart_hf.cli.main import main
+from smart_hf.cli.commands import main
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 import smart_hf as sh
-from smart_hf.cli.main import parse_recipe
+from smart_hf.cli.commands import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

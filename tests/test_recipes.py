@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smart_hf.cli.main import parse_recipe
+from smart_hf.cli.commands import parse_recipe
 from smart_hf.cli.train import run_training
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -1,6 +1,7 @@
-"""The ``smart-hf`` command line (`main`), the recipe runner (`train`), its offline data loaders (`data`) and the
-offline `evaluate` metrics it uses (`metrics`)."""
+"""The ``smart-hf`` command line (`commands`; its entry point `main` is re-exported here), the recipe runner
+(`train`), its data loaders (`data`, `splits`), the main job's artifact table (`slim_table`) and the offline
+`evaluate` metrics it uses (`metrics`)."""
 
-from .main import DataArguments, ModelArguments, export_artifact, main, make_parser, parse_recipe
+from .commands import DataArguments, ModelArguments, export_artifact, main, make_parser, parse_recipe
 
 __all__ = ["DataArguments", "ModelArguments", "export_artifact", "main", "make_parser", "parse_recipe"]
