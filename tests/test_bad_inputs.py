@@ -23,7 +23,9 @@ from torch import nn
 from transformers import AutoModelForImageClassification
 
 import smart_hf as sh
-from smart_hf import cli, run
+from smart_hf.artifact import card
+from smart_hf.cli import main as cli
+from smart_hf.cli import train as run
 from smart_hf.config import SmartConfig
 from smart_hf.constants import CONFIG_NAME
 from smart_hf.training.training_args import SmartTrainingArguments, stage_lengths
@@ -579,9 +581,9 @@ def test_unsafe_load_scanner_flags_what_it_should():
 
 
 def _python_sources() -> list[str]:
-    """Every .py file under smart_hf/ and scripts/, relative to the repository root."""
+    """Every .py file under smart_hf/, scripts/, benchmarks/ and examples/, relative to the repository root."""
     found = []
-    for folder in ("smart_hf", "scripts"):
+    for folder in ("smart_hf", "scripts", "benchmarks", "examples"):
         for root, _, names in os.walk(os.path.join(ROOT, folder)):
             found += [os.path.relpath(os.path.join(root, n), ROOT) for n in names if n.endswith(".py")]
     return sorted(found)
@@ -625,7 +627,7 @@ def test_trainer_checkpoint_round_trips_through_safetensors(tmp_path):
     assert any(k.endswith("smart_scores") for k in state) and any(k.endswith("smart_mask") for k in state)
     twin = sh.prepare_model(tiny_vit(), SmartConfig(score_noise=0.1, score_seed=5))
     twin.load_state_dict(state)
-    assert sh.get_smart_state(twin).mode_name == "hard" and sh.get_smart_state(twin)._tau == 0.0123
+    assert sh.get_smart_state(twin).mode_name == "hard" and sh.get_smart_state(twin).tau == 0.0123
     for key, value in model.state_dict().items():
         torch.testing.assert_close(twin.state_dict()[key], value, rtol=0, atol=0, equal_nan=True)
     model.eval(), twin.eval()
@@ -654,19 +656,22 @@ def test_training_arguments_never_show_the_token(tmp_path, caplog):
     ids=["separate_value", "equals_form"],
 )
 def test_cli_never_logs_or_writes_the_token(tmp_path, monkeypatch, caplog, argv):
-    from smart_hf import hub
-
-    monkeypatch.setattr(hub, "_COMMAND_LINE", None)
     seen = {}
-    monkeypatch.setattr(run, "run_training", lambda *parsed: seen.setdefault("args", parsed[-1]))
+
+    def fake_run_training(*parsed, command=None):
+        seen.update(args=parsed[-1], command=command)
+
+    monkeypatch.setattr(cli, "run_training", fake_run_training)
     base = ["train", "--model_type", "vit", "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
     with caplog.at_level(logging.DEBUG):
         assert cli.main(base + argv) == 0
     assert seen["args"].hub_token == SECRET  # it did reach the trainer's arguments
     assert SECRET not in caplog.text
     model = _hardened()
-    card = hub.model_card(model.config, {"config": {}, "layers": {}}, sh.sparsity_report(model))
-    assert "--hub_token" in str(card) and "***" in str(card) and SECRET not in str(card)
+    written = card.model_card(
+        model.config, {"config": {}, "layers": {}}, sh.sparsity_report(model), command=seen["command"]
+    )
+    assert "--hub_token" in str(written) and "***" in str(written) and SECRET not in str(written)
 
 
 def test_saved_trainer_output_holds_no_token(tmp_path):
