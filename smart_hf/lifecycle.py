@@ -187,6 +187,13 @@ def apply_hard_masks_(model: nn.Module) -> None:
     if not state.is_hard:
         raise ValueError("apply_hard_masks_ needs hardened masks; call smart_hf.harden(model) first.")
     for layer in state.layers:
+        if is_sharded(layer.weight) and "_smart_coupled" in layer.__dict__:
+            # the owner zeroes its partners' rows in other (differently sharded) layers: not done shard-wise yet
+            raise ValueError(
+                "pattern='coupled' does not support FSDP-sharded models yet (the pruned units' rows in the other "
+                "layers of a coupled set would not be zeroed); train it with DDP or in one process, or use "
+                "pattern='channel' under FSDP."
+            )
         if is_sharded(layer.weight):  # FSDP2: each rank zeroes the pruned entries of its own rows
             zero_own_rows_(layer.weight, _pruned_entries(layer))
         else:

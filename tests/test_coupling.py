@@ -312,3 +312,14 @@ def test_coupled_recipe_reports_the_slim_artifact_against_dense(tmp_path):
     assert all(artifact[k]["latency_ms"] > 0 for k in ("dense", "pruned", "slim"))
     assert "latency ms" in format_summary(summary)
     assert sh.check_sparsity(artifact["slim_dir"])["verified"]
+
+
+def test_fsdp_sharded_coupled_models_are_refused_with_the_fix(monkeypatch):
+    """Under FSDP2 a rank only re-masks its own rows of the owner; the partners' rows would stay: refused clearly."""
+    import smart_hf.lifecycle as lifecycle
+
+    model = sh.prepare_model(tiny_vit(), sh.SmartConfig(pattern="coupled", sparsity=0.5))
+    sh.harden(model)
+    monkeypatch.setattr(lifecycle, "is_sharded", lambda tensor: True)  # as if fully_shard had run
+    with pytest.raises(ValueError, match="does not support FSDP-sharded models yet.*use pattern='channel'"):
+        sh.apply_hard_masks_(model)
