@@ -121,9 +121,9 @@ class SmartConfig:
     tau_start: float | None = field(
         default=None,
         metadata={
-            "help": "Temperature at the start of structure search. None or 'auto' (default): each budget group "
-            "starts at the temperature where its soft mask's fractionality is tau_start_fractionality, and the "
-            "schedule runs relative to it (tau_end is then a ratio to that start)."
+            "help": "Temperature at the start of structure search. Unset (None; 'auto' in Python or JSON): each "
+            "budget group starts at the temperature where its soft mask's fractionality is tau_start_fractionality, "
+            "and the schedule runs relative to it (tau_end is then a ratio to that start)."
         },
     )
     tau_end: float = field(

@@ -39,6 +39,23 @@ def test_collapse_needs_one_class_predictions_after_a_healthy_window():
     assert monitor.status()["collapsed"]
 
 
+def test_a_dense_stage_stuck_on_one_class_does_not_make_the_search_a_collapse():
+    model, monitor = _FakeClassifier().train(), CollapseMonitor(window=64)
+    monitor.attach(model)
+    labels = [0, 1] * 32
+    _feed(model, labels, labels)  # a random head predicts both classes ...
+    assert not monitor.status()["collapsed"]
+    _feed(model, [0] * 64, labels)  # ... then the dense stage settles on the majority class
+    monitor.status()
+    monitor.start_search()
+    _feed(model, [0] * 64, labels)
+    assert not monitor.status()["collapsed"]  # the search did not break a model that worked
+    _feed(model, labels, labels)
+    monitor.status()
+    _feed(model, [0] * 64, labels)
+    assert monitor.status()["collapsed"]  # once it works in the search, falling to one class is a collapse
+
+
 def test_one_class_data_is_not_a_collapse_and_eval_forwards_are_ignored():
     model, monitor = _FakeClassifier().train(), CollapseMonitor(window=64)
     monitor.attach(model)

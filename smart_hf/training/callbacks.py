@@ -293,6 +293,8 @@ class SmartCallback(TrainerCallback):
         Subclasses extend it to act on the still-dense model first."""
         reinit_scores(model, self.calibration_data)
         get_smart_state(model).set_mode("soft")
+        if self.collapse_monitor is not None:
+            self.collapse_monitor.start_search()
         logger.info("smart_hf: structure search begins")
 
     def harden_masks(self, model, optimizer) -> None:

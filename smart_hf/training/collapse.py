@@ -47,6 +47,7 @@ class CollapseMonitor:
         self.labels: deque = deque(maxlen=window)
         self.losses: deque = deque(maxlen=max(1, window // 16))
         self.healthy_seen = False
+        self.last_healthy = False  # the verdict of the last full window: not one-class
         self.best_loss = math.inf
         self.handle = None
 
@@ -91,7 +92,15 @@ class CollapseMonitor:
         one_class = out["top_share"] >= self.one_class_share and out["label_share"] <= self.max_label_share
         out["collapsed"] = one_class and self.healthy_seen
         self.healthy_seen |= not one_class
+        self.last_healthy = not one_class
         return out
+
+    def start_search(self) -> None:
+        """The search begins: forget the dense stage's predictions, and count as "once worked" only a dense model
+        whose last full window was not one-class (a dense stage that never left the majority class is not a
+        collapse of the search)."""
+        self.healthy_seen = self.last_healthy
+        self.reset_window()
 
     def loss_jumped(self, loss: float) -> bool:
         """Whether ``loss`` is ``loss_ratio`` times the lowest windowed loss seen so far (and remember it)."""
