@@ -1,7 +1,7 @@
 """SMART pruning of a causal LM with TRL's SFTTrainer and SmartCallback, driven by one YAML recipe.
 
-    python examples/sft_causal_lm.py recipes/smollm2_135m_2of4_sft.yaml               # NEEDS THE HUB
-    python examples/sft_causal_lm.py recipes/smollm2_135m_2of4_sft.yaml --max_steps 20  # any field on the CLI
+    python examples/sft_causal_lm.py recipes/trl/smollm2_135m_2of4_sft.yaml               # NEEDS THE HUB
+    python examples/sft_causal_lm.py recipes/trl/smollm2_135m_2of4_sft.yaml --max_steps 20  # any field on the CLI
 
 The recipe holds the fields of three dataclasses: `ScriptArguments` (model, data, optional LoRA), `SmartConfig`
 (what and how to prune) and TRL's `SFTConfig` (training; its default keeps gradient checkpointing on, which SMART

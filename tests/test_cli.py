@@ -29,6 +29,7 @@ import smart_hf.cli.train as run
 from smart_hf import SmartTrainer, SmartTrainingArguments
 from smart_hf.cli.commands import main, parse_recipe
 from smart_hf.cli.data import _read_tweets, minilm_path
+from smart_hf.constants import PATTERNS
 from smart_hf.report import sparsity_report
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
@@ -38,7 +39,7 @@ DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "deit_digits_
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_parses(recipe):
     model_args, data_args, smart_config, training_args = parse_recipe(str(recipe))
-    assert training_args.output_dir and smart_config.pattern in ("block", "channel", "nm")
+    assert training_args.output_dir and smart_config.pattern in PATTERNS
 
 
 def test_command_line_overrides_recipe():

@@ -120,7 +120,7 @@ def test_causal_lm_recipe_runs_offline_at_smoke_size(tmp_path):
         "use_lora": "true",
         "lora_r": 4,
     }
-    argv = [str(ROOT / "recipes" / "smollm2_135m_2of4_sft.yaml")]
+    argv = [str(ROOT / "recipes" / "trl" / "smollm2_135m_2of4_sft.yaml")]
     for key, value in smoke.items():
         argv += [f"--{key}", str(value)]
     pruned = script.main(argv)

@@ -28,6 +28,8 @@ from .splits import TEXT_COLUMNS, complete_splits, encode_labels, find_label_col
 
 logger = logging.getLogger(__name__)
 
+PROCESSOR_FILE = "preprocessor_config.json"  # what save_pretrained of an image processor writes
+
 IMAGE_DATASETS = {"digits", "imagefolder"}
 TEXT_FILE_DATASETS = {"csv", "json"}
 
@@ -62,10 +64,18 @@ def _processor_source(model_args, model_path: str | None) -> str | None:
 
 def _image_processor(source: str | None, config):
     """The model's image processor, or (none saved with it) a plain resize + normalise to the config's image size."""
-    if source:
+    config_only = source and os.path.isdir(source) and not os.path.isfile(os.path.join(source, PROCESSOR_FILE))
+    if config_only:  # checked first: transformers < 5.2x cannot even try AutoImageProcessor without torchvision
+        logger.warning("smart_hf: no image processor in %s (no %s); using a plain one.", source, PROCESSOR_FILE)
+    elif source:
         try:
             return AutoImageProcessor.from_pretrained(source)
-        except (OSError, ValueError) as err:  # a config-only folder: no preprocessor_config.json
+        except ImportError as err:
+            raise ValueError(
+                f"the image processor of {source} needs torchvision with this transformers version; install "
+                "torchvision (pip install torchvision) or a newer transformers, whose PIL image processors need none."
+            ) from err
+        except (OSError, ValueError) as err:  # no preprocessor_config.json on the Hub either
             logger.warning("smart_hf: no image processor in %s (%s); using a plain one.", source, type(err).__name__)
     size = getattr(config, "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else tuple(size)
