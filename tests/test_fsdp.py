@@ -148,13 +148,18 @@ def test_every_rank_sees_the_same_scores_and_masks(runs):
 
 def test_sharded_run_matches_one_process_with_the_same_global_batch(runs):
     """Gradients are means of two half-batch means, reduce-scattered: equal up to float rounding (Adam amplifies it).
-    Measured on this CPU: scores within 6.2e-5 (block, global budget) and 1.3e-5 (2:4) over the search, weights
-    within 1.3e-7, identical hard masks. Without the mean reduction of the gathered scores' gradient the global
-    block run was off by 0.46 in the scores and 32 of 1024 mask units."""
+    Measured on this CPU with the old fixed start temperature: scores within 6.2e-5 (block, global budget) and
+    1.3e-5 (2:4) over the search, weights within 1.3e-7, identical hard masks. With the automatic start temperature
+    (issue 12) tau is small and the score gradients scale with 1/tau: over 5 steps 2:4 drifted by up to 1.1e-3 (about
+    3% of the 16,384 scores above 1e-5, the 99th percentile 6e-5, the median 0; score LR 5e-2), the block run stayed
+    within 3.3e-7, and the hard masks were identical.
+    Without the mean reduction of the gathered scores' gradient the global block run was off by 0.46 in the scores
+    and 32 of 1024 mask units: both bounds below catch that."""
     _, (r0, _), one = runs
     assert torch.allclose(r0["initial"], one["initial"], atol=1e-6)
     for two_step, one_step in zip(r0["search"], one["search"]):
-        assert float((two_step - one_step).abs().max()) < 1e-3
+        diff = (two_step - one_step).abs()
+        assert float(diff.max()) < 1e-2 and float(diff.kthvalue(int(0.99 * diff.numel())).values) < 2e-4
     assert torch.equal(r0["masks"], one["masks"])
     for name, weight in one["weights"].items():
         assert torch.allclose(r0["weights"][name], weight, atol=1e-4), name
