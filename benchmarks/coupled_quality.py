@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -43,6 +44,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import smart_hf as sh
+from benchmarks.quality import run as quality_run
 from benchmarks.quality.core import (
     SmartMethod,
     Task,
@@ -60,61 +62,17 @@ METHODS = ("dense", "smart", "tp_magnitude", "tp_taylor")
 
 
 def digits_task(smoke: bool, layers: int) -> Task:
-    """DeiT-tiny width (hidden 192, 3 heads, MLP 768; ``layers`` blocks) from scratch on 8x8 digits, patch 2."""
-    from transformers import ViTConfig, ViTForImageClassification
-
-    from smart_hf.cli.data import load_digits_splits
-
-    shape = dict(hidden_size=192, num_hidden_layers=layers, num_attention_heads=3, intermediate_size=768)
-    if smoke:
-        shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    config = ViTConfig(image_size=8, patch_size=2, num_channels=1, num_labels=10, **shape)
-    ds = load_digits_splits(image_size=8, num_channels=1)
-    splits = {s: ds[s][:] for s in ds}
-
-    def build(seed: int):
-        torch.manual_seed(seed)
-        return ViTForImageClassification(config)
-
-    steps = (3, 4) if smoke else (240, 120)
-    return Task("digits-deit", build, splits, 32, 5e-4, 0.05, steps[0], steps[1], 2 if smoke else 10, extra={"T": 17})
+    """The quality benchmark's digits task (`benchmarks.quality.run.digits_task`) with a 120-step window; the
+    attention cost of a head counts 17 tokens."""
+    task = quality_run.digits_task(smoke, 1.0, layers)
+    return dataclasses.replace(task, window=task.window if smoke else 120, extra={"T": 17})
 
 
 def minilm_task(smoke: bool, layers: int) -> Task:
-    """Pretrained MiniLM-L6 (smoke: a tiny random BERT) on binary tweet sentiment, seq 48."""
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        BertConfig,
-        BertForSequenceClassification,
-    )
-
-    from smart_hf.cli.data import load_tweet_sentiment, minilm_path
-
-    path = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    sizes = dict(train_size=64, val_size=32, test_size=32) if smoke else {}
-    ds = load_tweet_sentiment(tokenizer, max_length=48, **sizes)
-    splits = {s: ds[s][:] for s in ds}
-
-    def build(seed: int):
-        torch.manual_seed(seed)
-        if smoke:
-            cfg = BertConfig(
-                vocab_size=tokenizer.vocab_size,
-                hidden_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=64,
-                num_labels=2,
-            )
-            return BertForSequenceClassification(cfg)
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-
-    steps = (3, 4) if smoke else (100, 120)
-    return Task(
-        "minilm-tweets", build, splits, 16, 5e-5, 0.01, steps[0], steps[1], 2 if smoke else 10, 128, extra={"T": 48}
-    )
+    """The quality benchmark's MiniLM tweets task (`benchmarks.quality.run.minilm_task`, 5,000 test tweets) with a
+    120-step window; the attention cost of a head counts 48 tokens."""
+    task = quality_run.minilm_task(smoke, 1.0)
+    return dataclasses.replace(task, window=task.window if smoke else 120, extra={"T": 48})
 
 
 TASKS = {"digits": digits_task, "minilm": minilm_task}

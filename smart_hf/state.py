@@ -58,7 +58,8 @@ class BudgetGroup:
             return float(self.layers[0].smart_layout.m)
         if self.kind == "layer":
             return float(self.layers[0].smart_layout.num_units)
-        return float(sum(layer.smart_layout.num_weights for layer in self.layers))
+        # the group's own cost units: weights, or for coupled owners the whole units' cost (`unit_budget_cost`)
+        return float(sum(layer.smart_layout.num_units * unit_budget_cost(layer) for layer in self.layers))
 
 
 def unit_budget_cost(layer) -> int:

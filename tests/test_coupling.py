@@ -323,3 +323,16 @@ def test_fsdp_sharded_coupled_models_are_refused_with_the_fix(monkeypatch):
     monkeypatch.setattr(lifecycle, "is_sharded", lambda tensor: True)  # as if fully_shard had run
     with pytest.raises(ValueError, match="does not support FSDP-sharded models yet.*use pattern='channel'"):
         sh.apply_hard_masks_(model)
+
+
+def test_the_budget_anneal_starts_from_keeping_every_coupled_unit():
+    """A coupled global group's "keep everything" is the total cost of its units (not the owners' weights alone):
+    at the start of the anneal the soft masks keep every unit, and the first search forward runs."""
+    model = sh.prepare_model(tiny_vit(), sh.SmartConfig(pattern="coupled", sparsity=0.5))
+    state = sh.get_smart_state(model)
+    group = state.groups[0]
+    assert group.capacity() == sum(layer.smart_layout.num_units * layer._smart_coupled.unit_cost for layer in group.layers)
+    state.set_budget_progress(0.0)
+    model(**vit_inputs())
+    masks = state.soft_group_masks(0)
+    assert min(float(m.min()) for m in masks) > 0.99
