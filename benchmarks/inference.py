@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from torch import nn
 
 import smart_hf as sh
 from smart_hf.artifact.kernels import BSRLinear
+from smart_hf.cli.slim_table import round_robin_latency_ms
 from smart_hf.slim.heads import find_attention_blocks, head_pruning_overrides
 
 from ._common import environment, result_header, write_json
@@ -181,22 +181,6 @@ def peak_forward_bytes(model: nn.Module, inputs: dict) -> int:
     return int(peak)
 
 
-def latency_ms(models: dict[str, nn.Module], inputs: dict, repeats: int) -> dict[str, list[float]]:
-    """Per variant, ``repeats`` forward times in ms, measured round-robin (one forward of every variant per round,
-    after one warm-up each): on a shared machine every variant sees the same background load, so the ratios between
-    variants stay meaningful even when the absolute times are not."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for model in models.values():
-            model(**inputs)  # warm-up
-        for _ in range(repeats):
-            for name, model in models.items():
-                t0 = time.perf_counter()
-                model(**inputs)
-                times[name].append(1e3 * (time.perf_counter() - t0))
-    return times
-
-
 def variants(name: str, smoke: bool, sparsity: float, block: int, wanted: tuple[str, ...], head_sparsity: float):
     """The pruned variants of one model at one sparsity (same random weights), plus facts about them."""
     torch.manual_seed(0)
@@ -288,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             make_inputs, models, info = variants(name, args.smoke, sparsity, args.block, kinds, args.head_sparsity)
             for batch in args.batches:
                 inputs = make_inputs(batch)
-                base, all_times = None, latency_ms(models, inputs, args.repeats)
+                base, all_times = None, round_robin_latency_ms(models, inputs, args.repeats)
                 for variant, model in models.items():
                     times = all_times[variant]
                     dense_flops, nnz_flops = flops(model, inputs)

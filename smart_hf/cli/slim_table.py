@@ -24,7 +24,7 @@ from ..artifact.export import save_pruned
 from ..lifecycle import get_smart_state, squash
 from ..slim import slim
 
-__all__ = ["coupled_artifact_rows", "format_artifact_rows"]
+__all__ = ["coupled_artifact_rows", "format_artifact_rows", "round_robin_latency_ms"]
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -47,7 +47,10 @@ def cost_removed(model: nn.Module) -> float:
     return 1.0 - kept / max(total, 1.0)
 
 
-def _latency_ms(models: dict[str, nn.Module], inputs: dict, repeats: int) -> dict[str, float]:
+def round_robin_latency_ms(models: dict[str, nn.Module], inputs: dict, repeats: int) -> dict[str, list[float]]:
+    """Per model, ``repeats`` forward times in ms, measured round-robin (one forward of every model per round, after
+    one warm-up each): on a shared machine every model sees the same background load, so the ratios between them stay
+    meaningful even when the absolute times are not. `benchmarks.inference` times its variants with it too."""
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for model in models.values():
@@ -57,7 +60,7 @@ def _latency_ms(models: dict[str, nn.Module], inputs: dict, repeats: int) -> dic
                 start = time.perf_counter()
                 model(**inputs)
                 times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _batch(dataset, size: int, device) -> dict:
@@ -90,7 +93,8 @@ def coupled_artifact_rows(
     inputs = _batch(test_dataset, batch_size, next(pruned.parameters()).device)
     with torch.inference_mode():
         diff = float((pruned(**inputs).logits - slim_model.eval()(**inputs).logits).abs().max())
-    latency = _latency_ms({"dense": dense, "pruned": pruned, "slim": slim_model}, inputs, repeats)
+    times = round_robin_latency_ms({"dense": dense, "pruned": pruned, "slim": slim_model}, inputs, repeats)
+    latency = {name: statistics.median(values) for name, values in times.items()}
     with tempfile.TemporaryDirectory() as tmp:
         dense.save_pretrained(tmp)
         dense_mb = _file_mb(tmp)
