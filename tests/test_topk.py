@@ -293,7 +293,7 @@ def test_property_hard_topk(rows, n, k_frac, ties, seed):
             assert kept.min() >= dropped.max()
 
 
-# --- the short-row path (N:M groups: rows of 2..64, unit costs, one integer k) ---
+# --- the short-row path (N:M groups: rows of 2..64, unit costs, one k; fractional during the budget anneal) ---
 
 
 def _nm_scores(rows: int, m: int, scale: float, dtype, seed: int = 0) -> torch.Tensor:
@@ -308,7 +308,7 @@ def _nm_scores(rows: int, m: int, scale: float, dtype, seed: int = 0) -> torch.T
 
 def _general(x, k, tau):
     """The general solver (a tensor k is never taken by the short-row path)."""
-    return soft_topk(x, torch.tensor(float(k)), tau)
+    return soft_topk(x, torch.tensor(float(k), dtype=torch.float64), tau)
 
 
 @pytest.mark.parametrize("m", [4, 8])
@@ -324,6 +324,41 @@ def test_short_rows_equal_the_general_solver_and_keep_k(m, tau, scale):
             assert f.dtype == dtype and f.shape == x.shape
             assert (f.double().sum(-1) - k).abs().max() <= tol, (dtype, k)
             assert (f - _general(x, k, tau)).abs().max() <= agree, (dtype, k)
+
+
+@pytest.mark.parametrize("m", [4, 8])
+@pytest.mark.parametrize("tau", TAUS)
+def test_short_rows_fractional_k_equal_the_general_solver(m, tau):
+    """The budget anneal asks N:M rows for a fractional k (m -> n): the short-row path takes it (centred on the
+    ceil(k)-th score) and agrees with the general solver, keeping the budget, for k near 0, near m and near an
+    integer too."""
+    for dtype, tol in [(torch.float32, 2e-6), (torch.float64, 1e-10)]:
+        x = _nm_scores(600, m, 1.0, dtype, seed=3)
+        agree = tol + 4 * torch.finfo(torch.float64).eps * float(x.abs().max()) / tau
+        for k in [0.01, 0.5, 1.5, 2 + 1e-7, 2.7, m - 0.5, m - 1e-3]:
+            assert topk._short_rows_apply(x, k, None)
+            f = soft_topk(x, k, tau)
+            assert f.dtype == dtype and f.shape == x.shape
+            assert (f.double().sum(-1) - k).abs().max() <= tol, (dtype, k)
+            assert (f - _general(x, k, tau)).abs().max() <= agree, (dtype, k)
+
+
+@pytest.mark.parametrize("k", [0.4, 2.5, 3.9])
+def test_short_rows_fractional_k_gradient_is_exact(k):
+    x = _nm_scores(6, 4, 1.0, torch.float64).requires_grad_()
+    for tau in [2.0, 0.5, 0.05]:
+        assert torch.autograd.gradcheck(lambda s, tau=tau: soft_topk(s, k, tau), (x,))
+        u = torch.randn(6, 4, dtype=torch.float64)
+        (grad_fast,) = torch.autograd.grad((soft_topk(x, k, tau) * u).sum(), x)
+        (grad_general,) = torch.autograd.grad((_general(x, k, tau) * u).sum(), x)
+        torch.testing.assert_close(grad_fast, grad_general, atol=1e-10, rtol=0)
+
+
+def test_short_rows_path_refuses_what_it_cannot_solve():
+    x = torch.randn(8, 4)
+    for k in [0, 4, 0.0, 4.0, math.nan, math.inf, True, torch.tensor(2.0)]:
+        assert not topk._short_rows_apply(x, k, None), k
+    assert not topk._short_rows_apply(x, 2, torch.ones(4))  # costs: the general solver
 
 
 def test_short_rows_shift_reproduces_the_mask():

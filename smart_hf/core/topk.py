@@ -22,9 +22,9 @@ implicit function theorem gives ``dt/dz_j = -c_j s_j / sum_l c_l s_l``, so the v
 written out in a custom autograd Function (equivalent to the re-parameterisation
 ``t_rep = t* - sum_j c_j s_j (z_j - stopgrad(z_j)) / sum_j c_j s_j`` but without a float64 autograd graph).
 
-Short rows (N:M groups: 2..64 units, unit costs, one integer k for every row) take a vectorised path with the same
-result and gradient: each row is centred on the midpoint of its k-th and (k+1)-th score, which keeps the shift O(1)
-so float32 suffices, then Newton from 0 (see the notes above `_ShortRowsTopK`).
+Short rows (N:M groups: 2..64 units, unit costs, one k for every row) take a vectorised path with the same result
+and gradient: each row is centred on the midpoint of its k-th and (k+1)-th score (a fractional k: on its ceil(k)-th
+score), which keeps the shift O(1) so float32 suffices, then Newton (see the notes above `_ShortRowsTopK`).
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def soft_topk(
     """
     _check_tau(tau)
     if _short_rows_apply(scores, k, cost):  # N:M groups: the vectorised solve below, no float64 copy
-        f, t = _ShortRowsTopK.apply(scores, int(k), float(tau), return_shift)
+        f, t = _ShortRowsTopK.apply(scores, float(k), float(tau), return_shift)
         return (f, t) if return_shift else f
     _check_scores(scores, "soft_topk")
     n = scores.shape[-1]
@@ -296,8 +296,10 @@ def mask_fractionality(mask: torch.Tensor) -> float:
 #      sort), d = (x - c) / tau in the scores' precision. Near the threshold x - c is exact (Sterbenz), so d is as
 #      accurate as float32 allows, and the root t of sum_i sigmoid(d_i + t) = k is O(1): |t| <= log(m - 1) + tiny for
 #      m = 4 (measured; the d's are symmetric around 0 at the k / k+1 boundary). So float32 is enough -- the general
-#      solver needs float64 because it works with x / tau + t, both ~1e6 at tau = 1e-6.
-#   2. Newton from t = 0: t <- t - (S - k) / S', S = sum f, S' = sum f (1 - f); row sums by a matrix-vector product
+#      solver needs float64 because it works with x / tau + t, both ~1e6 at tau = 1e-6. A fractional k (the budget
+#      anneal of N:M: k falls from m to n) centres on the ceil(k)-th score instead and starts at t = logit(frac(k)),
+#      the root once the other units are saturated; |t| <= log(m - 1) + |logit(frac(k))| + tiny.
+#   2. Newton from t = 0 (or logit(frac(k))): t <- t - (S - k) / S', S = sum f, S' = sum f (1 - f); row sums by a matrix-vector product
 #      (a sum along a 4-long last dim is ~5x slower on CPU). From the midpoint it needs <= 3 steps for |S - k| <= 1e-6
 #      in float32 (1e-12 in float64) on every case tried, 0-1 once tau is small (the rows are saturated).
 #   3. every row is checked; a row that is not within the tolerance (none in practice) goes through the general
@@ -307,38 +309,59 @@ _SHORT_MAX_ITER = 8
 
 
 def _short_rows_apply(scores, k, cost) -> bool:
-    """Whether `soft_topk` takes the short-row path: unit costs, rows of 2..64, one integer k with 0 < k < m."""
+    """Whether `soft_topk` takes the short-row path: unit costs, rows of 2..64, one number k with 0 < k < m (a
+    fractional k is what the budget anneal asks for while it tightens an N:M pattern)."""
     if cost is not None or not isinstance(scores, torch.Tensor) or not torch.is_floating_point(scores):
         return False
     n = scores.shape[-1] if scores.dim() else 0
     if not 2 <= n <= _SHORT_ROW or scores.numel() == 0 or isinstance(k, bool) or not isinstance(k, (int, float)):
         return False
-    return float(k).is_integer() and 0 < k < n
+    return math.isfinite(k) and 0 < k < n
+
+
+def _kth_largest(x: torch.Tensor, j: int) -> torch.Tensor:
+    """The ``j``-th largest entry (1-based) of each row of ``x`` ``(R, m)``. For m = 4: the winners ``hi`` and losers
+    ``lo`` of the pairs (0, 2), (1, 3); the max is max(hi), the min min(lo), the middle two are min(hi) and max(lo)
+    (the first comparisons of a 4-sorting network), no sort. Other m: a sort."""
+    m = x.shape[-1]
+    if m != 4:
+        return torch.sort(x, dim=-1, descending=True).values[:, j - 1]
+    a, b = x[:, :2], x[:, 2:]
+    hi, lo = torch.maximum(a, b), torch.minimum(a, b)
+    if j == 1:
+        return torch.maximum(hi[:, 0], hi[:, 1])
+    if j == 4:
+        return torch.minimum(lo[:, 0], lo[:, 1])
+    hi_min, lo_max = torch.minimum(hi[:, 0], hi[:, 1]), torch.maximum(lo[:, 0], lo[:, 1])
+    return torch.maximum(hi_min, lo_max) if j == 2 else torch.minimum(hi_min, lo_max)
 
 
 def _kth_midpoint(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``(x_(k) + x_(k+1)) / 2`` per row of ``x`` ``(R, m)``, ``x_(j)`` the j-th largest. For m = 4: the winners ``hi``
-    and losers ``lo`` of the pairs (0, 2), (1, 3); the max is max(hi), the min min(lo), the middle two are min(hi)
-    and max(lo) (the first comparisons of a 4-sorting network). Other m: a sort."""
+    """``(x_(k) + x_(k+1)) / 2`` per row of ``x`` ``(R, m)``, ``x_(j)`` the j-th largest (see `_kth_largest`)."""
     if x.shape[-1] != 4:
         ranked = torch.sort(x, dim=-1, descending=True).values
         return 0.5 * (ranked[:, k - 1] + ranked[:, k])
-    a, b = x[:, :2], x[:, 2:]
-    hi, lo = torch.maximum(a, b), torch.minimum(a, b)
-    hi_min, lo_max = torch.minimum(hi[:, 0], hi[:, 1]), torch.maximum(lo[:, 0], lo[:, 1])
-    if k == 2:
-        pair = (hi_min, lo_max)
-    elif k == 1:
-        pair = (torch.maximum(hi[:, 0], hi[:, 1]), torch.maximum(hi_min, lo_max))
-    else:
-        pair = (torch.minimum(hi_min, lo_max), torch.minimum(lo[:, 0], lo[:, 1]))
-    return torch.add(*pair).mul_(0.5)
+    return torch.add(_kth_largest(x, k), _kth_largest(x, k + 1)).mul_(0.5)
+
+
+def _short_row_start(x: torch.Tensor, k: float) -> tuple[torch.Tensor, float]:
+    """Centre and starting shift of the short-row Newton solve of ``sum_i sigmoid((x_i - centre) / tau + t) = k``.
+
+    Integer ``k``: the midpoint of the k-th and (k+1)-th largest scores, ``t = 0`` (the rows are symmetric around the
+    k / k+1 boundary). Fractional ``k`` (budget anneal): the ``ceil(k)``-th largest score, the one unit that is
+    partly on once tau is small, and ``t = logit(k - floor(k))`` -- the root when the other units are saturated.
+    """
+    if float(k).is_integer():
+        return _kth_midpoint(x, int(k)), 0.0
+    whole = math.floor(k)
+    return _kth_largest(x, whole + 1), math.log((k - whole) / (1.0 - (k - whole)))
 
 
 def _newton_short_rows(
-    d: torch.Tensor, k: int, t: torch.Tensor | None = None, iters: int = _SHORT_MAX_ITER
+    d: torch.Tensor, k: float, t: torch.Tensor | float = 0.0, iters: int = _SHORT_MAX_ITER, bound: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Solve ``sum_i sigmoid(d_i + t) = k`` per row of the centred ``d`` ``(R, m)`` by Newton from ``t`` (default 0).
+    """Solve ``sum_i sigmoid(d_i + t) = k`` per row of the centred ``d`` ``(R, m)`` by Newton from ``t`` (a number:
+    the same start for every row, default 0; or an ``(R, 1)`` tensor).
 
     Returns ``(t (R, 1), f = sigmoid(d + t), ok (R,) bool)``; ``ok`` is False for the rows not within the tolerance
     (``1e-6`` in float32, ``1e-12`` in float64) after ``iters`` steps. Steps are taken on all rows while more than half
@@ -349,11 +372,14 @@ def _newton_short_rows(
     rows, m = d.shape
     ones = torch.ones(m, dtype=d.dtype, device=d.device)
     tol = 1e-12 * m if d.dtype == torch.float64 else 1e-6
-    bound = 2.0 * math.log(m) + 2.0  # the root is within log(m - 1) + tiny of 0; a clamp stops wild first steps
-    if t is None:
-        t, f = torch.zeros(rows, 1, dtype=d.dtype, device=d.device), torch.sigmoid(d)
-    else:
-        f = torch.add(d, t).sigmoid_()
+    # the root is within log(m - 1) + tiny of 0 for an integer k (midpoint centre), within that plus |logit(k -
+    # floor(k))| for a fractional one (`_short_row_start`); a clamp stops wild first steps
+    if bound is None:
+        start = float(t.abs().max()) if torch.is_tensor(t) and t.numel() else (0.0 if torch.is_tensor(t) else abs(t))
+        bound = 2.0 * math.log(m) + 2.0 + start
+    if not torch.is_tensor(t):
+        t = torch.full((rows, 1), float(t), dtype=d.dtype, device=d.device)
+    f = torch.add(d, t).sigmoid_()
     square = None
     for it in range(iters + 1):
         total = torch.mv(f, ones)
@@ -364,7 +390,7 @@ def _newton_short_rows(
             break
         if 2 * unsettled <= rows:  # finish the few unsettled rows on their own
             idx = (~ok).nonzero().squeeze(-1)
-            t_a, f_a, ok_a = _newton_short_rows(d[idx], k, t[idx], iters - it)
+            t_a, f_a, ok_a = _newton_short_rows(d[idx], k, t[idx], iters - it, bound)
             t[idx], f[idx], ok[idx] = t_a, f_a, ok_a
             break
         square = torch.mul(f, f, out=square)
@@ -376,7 +402,7 @@ def _newton_short_rows(
 
 
 class _ShortRowsTopK(torch.autograd.Function):
-    """`soft_topk` for rows of 2..64 units with unit costs and one integer ``k`` (see the notes above); the backward is
+    """`soft_topk` for rows of 2..64 units with unit costs and one ``k`` (see the notes above); the backward is
     `_SoftTopK`'s exact implicit gradient with the row sums as matrix-vector products. Returns ``(f, t)`` with ``t``
     the float64 shift in ``f = sigmoid(x / tau + t)`` (not differentiable)."""
 
@@ -387,9 +413,9 @@ class _ShortRowsTopK(torch.autograd.Function):
         x = scores.detach().reshape(-1, n).to(work)
         if not math.isfinite(float(x.sum())):  # one read-only pass; an Inf score would just saturate to 0 or 1
             _check_scores(scores, "soft_topk")  # raises for NaN/Inf (a finite sum that overflowed passes)
-        center = _kth_midpoint(x, k)
+        center, start = _short_row_start(x, k)
         d = torch.sub(x, center.unsqueeze(-1)).div_(tau)
-        t, f, ok = _newton_short_rows(d, k)
+        t, f, ok = _newton_short_rows(d, k, start)
         if not bool(ok.all()):  # a row Newton did not settle: the general solver
             bad = (~ok).nonzero().squeeze(-1)
             ones = torch.ones(1, n, dtype=torch.float64, device=x.device)
