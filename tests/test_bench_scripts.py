@@ -201,3 +201,32 @@ def test_bench_coupled_quality_smoke(tmp_path):
             assert abs(row["macs_removed"] - row["fraction"]) < 0.05, row
         elif row["method"] != "dense":  # Torch-Pruning is matched to it in whole channels/heads: coarse at smoke size
             assert 0.2 < row["macs_removed"] < 0.8, row
+
+
+def test_bench_recipes_smoke(tmp_path):
+    """A shipped recipe through the real CLI in its own process; the row carries the summary's numbers and the
+    majority-class floor the collapse check compares against."""
+    out = tmp_path / "recipes.json"
+    proc = _run_benchmark("recipes", ["--smoke", "--threads", "1", "--out", str(out)])
+    assert "| deit_digits_block | 1 |" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "recipes" and data["smoke"] is True
+    (row,) = data["rows"]
+    assert row["returncode"] == 0 and "error" not in row, row
+    assert abs(row["sparsity"] - 0.5) < 1e-3 and row["pattern_valid"]
+    assert 0.09 < row["majority"] < 0.12 and row["collapsed"] == (row["pruned_test"] <= row["majority"] + 0.05)
+    assert data["summary"]["deit_digits_block"]["runs"] == 1
+
+
+def test_bench_recipes_records_a_failed_run_and_collapse_rule():
+    from benchmarks.recipes import mark_collapse, summarise
+
+    rows = [
+        mark_collapse({"recipe": "r", "seed": 0, "seconds": 60.0, "pruned_test": 0.72, "majority": 0.70}, 0.05),
+        mark_collapse({"recipe": "r", "seed": 1, "seconds": 60.0, "pruned_test": 0.86, "majority": 0.70}, 0.05),
+        mark_collapse({"recipe": "r", "seed": 2, "seconds": 30.0, "error": "SearchCollapsedError: ..."}, 0.05),
+    ]
+    assert [row.get("collapsed") for row in rows] == [True, False, None]
+    entry = summarise(rows)["r"]
+    assert (entry["runs"], entry["failed"], entry["collapsed"]) == (3, 1, 1)
+    assert entry["pruned_test"]["n"] == 2 and abs(entry["pruned_test"]["mean"] - 0.79) < 1e-12

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import os
+from collections import Counter
 
 from datasets import ClassLabel
 from transformers import (
@@ -128,6 +129,19 @@ def load_splits(data_args, model_args, config):
     return _hub_text_splits(data_args, tokenizer)
 
 
+def majority_class_share(split) -> float | None:
+    """Share of the most common label in ``split`` (the accuracy of always predicting it); None without labels.
+    Reads the Arrow column, so an image split's transform is not run."""
+    names = [name for name in ("labels", "label") if name in split.column_names]
+    if not names:
+        try:
+            names = [_label_feature(split)]
+        except StopIteration:
+            return None
+    values = split.data.column(names[0]).to_pylist()
+    return max(Counter(values).values()) / len(values) if values else None
+
+
 def _label_feature(dataset) -> str:
     """The `ClassLabel` column the image-folder loader kept (its transform renames it ``labels`` on access)."""
     return next(name for name, feature in dataset.features.items() if isinstance(feature, ClassLabel))
@@ -208,6 +222,7 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
     trainer.save_model()
     report = sparsity_report(trainer.model)
     summary = _summary(trainer.dense_metrics or {}, pruned, report, dense_params)
+    summary["test_majority_share"] = majority_class_share(ds["test"])  # what a collapsed model would score
     if smart_config.pattern == "coupled" and training_args.should_save:  # what a user came for: smaller, faster
         summary["artifact"] = coupled_artifact_rows(
             trainer.model,
@@ -262,6 +277,8 @@ def format_summary(summary: dict) -> str:
         f"sparsity of the targeted weights: {summary['targeted_sparsity']:.4f} "
         f"(pattern valid: {summary['pattern_valid']})"
     )
+    if summary.get("test_majority_share") is not None:  # the floor a collapsed model sits on
+        lines.append(f"always predicting the most common class: {pct(summary['test_majority_share'])} test accuracy")
     if summary.get("artifact"):
         lines += format_artifact_rows(summary["artifact"])
     return "\n".join(lines)
