@@ -230,3 +230,13 @@ def test_bench_recipes_records_a_failed_run_and_collapse_rule():
     entry = summarise(rows)["r"]
     assert (entry["runs"], entry["failed"], entry["collapsed"]) == (3, 1, 1)
     assert entry["pruned_test"]["n"] == 2 and abs(entry["pruned_test"]["mean"] - 0.79) < 1e-12
+
+
+def test_bench_quality_three_class_tweets_task():
+    """``--tasks minilm3``: the negative / neutral / positive tweets, a 3-way classifier (smoke sizes)."""
+    from benchmarks.quality.run import get_task
+
+    task = get_task("minilm3", smoke=True, scale=1.0)
+    assert task.name == "minilm-tweets-3class"
+    assert set(task.splits["train"]["labels"].tolist()) == {0, 1, 2}
+    assert task.build_model(0).config.num_labels == 3
