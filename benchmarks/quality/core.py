@@ -221,13 +221,15 @@ class SmartMethod(WindowMethod):
     fine-tune with ``apply_hard_masks_`` after every step; ``squash`` at the end.
 
     ``frozen=True`` is SMART's own prior (``smart_frozen``): the hard mask of the initial scores, frozen at the start
-    of the window and fine-tuned for all of it. SMART must beat it, or the search is dead weight."""
+    of the window and fine-tuned for all of it. SMART must beat it, or the search is dead weight.
+    ``mask_only=True`` freezes every weight during the search (only the scores learn, as MaskLLM does) and thaws
+    them at hardening."""
 
     name = "smart"
 
-    def __init__(self, spec: PatternSpec, search_fraction=0.5, score_lr=0.05, frozen=False, **config):
+    def __init__(self, spec: PatternSpec, search_fraction=0.5, score_lr=0.05, frozen=False, mask_only=False, **config):
         self.spec, self.search_fraction, self.score_lr, self.config = spec, search_fraction, score_lr, config
-        self.frozen = frozen
+        self.frozen, self.mask_only = frozen, mask_only
 
     def prepare(self, model, task, ctx):
         self.model = model
@@ -238,7 +240,12 @@ class SmartMethod(WindowMethod):
             sh.harden(model)  # before the optimizer exists: nothing to zero
             return weight_groups(model, task.weight_decay)
         scores = [p for n, p in model.named_parameters() if n.endswith("smart_scores")]
-        return weight_groups(model, task.weight_decay) + [{"params": scores, "lr": self.score_lr, "weight_decay": 0.0}]
+        groups = weight_groups(model, task.weight_decay)
+        if self.mask_only:  # weights frozen while the masks learn (as MaskLLM does); thawed at hardening
+            self.weights = [p for group in groups for p in group["params"]]
+            for p in self.weights:
+                p.requires_grad_(False)
+        return groups + [{"params": scores, "lr": self.score_lr, "weight_decay": 0.0}]
 
     def before_step(self, step, optimizer):
         if self.frozen:
@@ -248,6 +255,8 @@ class SmartMethod(WindowMethod):
         elif step == self.search:
             self.record = {"smart_fractionality_at_hardening": sh.get_smart_state(self.model).fractionality()}
             sh.harden(self.model)
+            for p in getattr(self, "weights", []):
+                p.requires_grad_(True)
             zero_pruned_moments(self.model, optimizer)
 
     def after_step(self, step, optimizer):
