@@ -13,6 +13,7 @@ REPORT_NAME = "smart_sparsity.json"
 PATTERNS = ("block", "channel", "nm", "coupled")
 BUDGETS = ("global", "layer")
 SCORE_INITS = ("magnitude", "activation", "constant")
+SCORE_SCALES = ("start_temperature", "standardized")
 TEMPERATURE_SCHEDULES = ("dynamic", "exponential", "cosine", "linear", "constant")
 
 

@@ -10,7 +10,10 @@ Raw importance of a unit (shape conventions in `granularity`: canonical weight `
 
 Normalisation, so that one temperature means the same everywhere: each layer's raw importances are divided by their
 layer mean (layer-relative importance), then every budget group is standardised to mean 0 and std 1.
-Finally ``score_noise * N(0, 1)`` (seeded by ``config.score_seed``) is added.
+Finally ``score_noise * N(0, 1)`` (seeded by ``config.score_seed``) is added. With ``tau_start="auto"`` each group
+then gets its start temperature ``tau0`` and, under ``score_scale="start_temperature"`` (the default), its scores are
+divided by ``tau0`` (the group temperature stays 1): the same masks, but a score learning rate is then a step of the
+start logits ``m / tau0``, the same for every pattern and sparsity (docs/method.md §8).
 """
 
 from __future__ import annotations
@@ -140,4 +143,11 @@ def init_scores_(state, config, act_stats: list | None = None) -> None:
         for layer, piece in zip(group.layers, torch.split(flat, [r.numel() for r in raw])):
             layer.smart_scores.copy_(piece.reshape(layer.smart_layout.score_shape))
     if config.tau_start is None:  # "auto": each group starts where its mask has the target fractionality
-        state.calibrate_temperatures_(config.tau_start_fractionality)
+        taus = state.calibrate_temperatures_(config.tau_start_fractionality)
+        if config.score_scale == "start_temperature":
+            # the same masks (f depends on m / tau only), but an optimizer step on the scores now moves m / tau0 alike
+            # in every group: in standardised units one LR is ~5x harsher on 2:4 (tau0 ~0.05) than on 4x4 at 90%
+            for group, tau in zip(state.groups, taus):
+                for layer in group.layers:
+                    layer.smart_scores.div_(tau)
+            state.set_group_temperatures([1.0] * len(taus))

@@ -1,5 +1,7 @@
 """Initial mask scores: magnitude, activation-aware (calibration pass), constant + seeded noise; normalisation."""
 
+import copy
+
 import pytest
 import torch
 from tiny_models import resnet_inputs, text_inputs, tiny_gpt2, tiny_resnet, tiny_vit, vit_inputs
@@ -27,10 +29,49 @@ def test_magnitude_importance_is_the_unit_rms():
 
 
 def test_scores_are_standardised_per_budget_group():
-    model = prepare_model(tiny_vit(), SmartConfig(overrides=[{"regex": r".*fc1", "pattern": "nm"}]))
+    overrides = [{"regex": r".*fc1", "pattern": "nm"}]
+    model = prepare_model(tiny_vit(), SmartConfig(overrides=overrides, score_scale="standardized"))
     for group in get_smart_state(model).groups:
         flat = torch.cat([layer.smart_scores.detach().reshape(-1) for layer in group.layers])
         assert abs(float(flat.mean())) < 1e-5 and abs(float(flat.std()) - 1) < 1e-4
+
+
+def _soft_masks(model):
+    """Soft masks at the target budget (past the budget anneal), at each group's own temperature."""
+    state = get_smart_state(model)
+    set_mode(model, "soft")
+    state.set_budget_progress(1.0)
+    return [m.detach() for gi in range(len(state.groups)) for m in state.soft_group_masks(gi)]
+
+
+def test_score_scale_start_temperature_same_masks_one_step_size_for_every_group():
+    """score_scale="start_temperature" (default) stores each group's standardised scores divided by its start
+    temperature and keeps the group temperature at 1: the masks are those of "standardized", but one Adam step of
+    size lr moves m / tau0 by about lr in every group (2:4 and 4x4 blocks at 90% alike), where "standardized" moves
+    it by lr / tau0 -- several times more for the group that starts colder."""
+    overrides = [{"regex": r".*fc1", "pattern": "nm"}]
+    common = dict(block_shape=[4, 4], sparsity=0.9, budget="layer", overrides=overrides)
+    torch.manual_seed(0)
+    base = tiny_vit()
+    models = {}
+    for scale in ("start_temperature", "standardized"):
+        models[scale] = prepare_model(copy.deepcopy(base), SmartConfig(score_scale=scale, **common))
+    scaled, plain = (get_smart_state(models[k]) for k in ("start_temperature", "standardized"))
+    assert scaled._group_tau == [1.0] * len(scaled.groups)
+    assert len(set(plain._group_tau)) > 1  # the N:M layers and the 90% block layers start at other temperatures
+    slots = [layer._smart_slot[0] for layer in plain.layers]
+    for layer_s, layer_p, gi in zip(scaled.layers, plain.layers, slots):
+        torch.testing.assert_close(layer_s.smart_scores * plain._group_tau[gi], layer_p.smart_scores)
+    for mask_s, mask_p in zip(_soft_masks(models["start_temperature"]), _soft_masks(models["standardized"])):
+        torch.testing.assert_close(mask_s, mask_p, atol=1e-5, rtol=0)
+    # the gradient of the stored score is tau0 times that of the standardised one, so a sign-like (Adam) step of lr
+    # moves m / tau0 by lr in every group
+    inputs, grads = vit_inputs(), {}
+    for scale, model in models.items():
+        model(**inputs).logits.square().mean().backward()
+        grads[scale] = [layer.smart_scores.grad.clone() for layer in get_smart_state(model).layers]
+    for gi, g_scaled, g_plain in zip(slots, grads["start_temperature"], grads["standardized"]):
+        torch.testing.assert_close(g_scaled, g_plain * plain._group_tau[gi], atol=1e-9, rtol=1e-3)
 
 
 def test_layer_relative_importance_is_scale_free():
@@ -49,9 +90,10 @@ def test_layer_relative_importance_is_scale_free():
 def test_constant_init_is_uniform_and_noise_is_seeded():
     uniform = _scores(prepare_model(tiny_vit(), SmartConfig(score_init="constant")))
     assert all(s.eq(0).all() for s in uniform.values())
-    noisy1 = _scores(prepare_model(tiny_vit(), SmartConfig(score_init="constant", score_noise=0.1, score_seed=3)))
-    noisy2 = _scores(prepare_model(tiny_vit(), SmartConfig(score_init="constant", score_noise=0.1, score_seed=3)))
-    noisy3 = _scores(prepare_model(tiny_vit(), SmartConfig(score_init="constant", score_noise=0.1, score_seed=4)))
+    noisy = dict(score_init="constant", score_noise=0.1, score_scale="standardized")  # noise in standardised units
+    noisy1 = _scores(prepare_model(tiny_vit(), SmartConfig(score_seed=3, **noisy)))
+    noisy2 = _scores(prepare_model(tiny_vit(), SmartConfig(score_seed=3, **noisy)))
+    noisy3 = _scores(prepare_model(tiny_vit(), SmartConfig(score_seed=4, **noisy)))
     for name in noisy1:
         torch.testing.assert_close(noisy1[name], noisy2[name], atol=0, rtol=0)
         assert not torch.equal(noisy1[name], noisy3[name])
