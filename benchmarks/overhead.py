@@ -121,7 +121,6 @@ def time_smart(model, train, batch: int, steps: int, skip: int, out: str, patter
         **common_args(out, 2 * stage, batch),
         pretrain_steps=0,
         search_steps=stage,
-        score_learning_rate=0.05,
         save_plots=False,
     )
     clock = StepClock()

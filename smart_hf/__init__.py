@@ -28,6 +28,7 @@ from .lifecycle import (
     harden,
     is_prepared,
     reinit_scores,
+    score_parameter_groups,
     set_mode,
     set_temperature,
     squash,
@@ -88,5 +89,6 @@ __all__ = [
     "squash",
     "temperature_at",
     "to_sparse_kernels",
+    "score_parameter_groups",
     "update_temperature",
 ]

@@ -16,6 +16,13 @@ SCORE_INITS = ("magnitude", "activation", "constant")
 SCORE_SCALES = ("start_temperature", "standardized")
 TEMPERATURE_SCHEDULES = ("dynamic", "exponential", "cosine", "linear", "constant")
 
+# Default score learning rates, as a step of the start logits m / tau0 per optimizer step (score_parameter_groups):
+# N:M groups (their one-shot prior is strong: a group of m keeps its n largest) move gently; blocks, channels and
+# coupled units, whose global budget has to be redistributed across layers, move 5x faster. Chosen on validation
+# (docs/method.md §8).
+SCORE_LR_NM = 0.2
+SCORE_LR_STRUCTURED = 1.0
+
 
 def is_smart_name(name: str) -> bool:
     """True for a (possibly dotted) parameter/buffer name that smart_hf added."""

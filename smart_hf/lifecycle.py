@@ -15,7 +15,7 @@ import numbers
 import torch
 from torch import nn
 
-from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
+from .constants import MASK_NAME, SCORE_LR_NM, SCORE_LR_STRUCTURED, SCORES_NAME, STATE_MODULE_NAME
 from .core.budget import budget_progress
 from .core.schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
 from .coupling import coupled_records
@@ -35,6 +35,7 @@ __all__ = [
     "harden",
     "is_prepared",
     "reinit_scores",
+    "score_parameter_groups",
     "set_mode",
     "set_temperature",
     "squash",
@@ -137,6 +138,35 @@ def _jitter_scores_(state: SmartState, amplitude: float, seed: int) -> None:
             noise = torch.randn(layer.smart_scores.shape, generator=generator)
             scale = state.group_temperature(layer._smart_slot[0]) / state.tau  # in the group's own temperature
             layer.smart_scores.add_(amplitude * scale * noise.to(layer.smart_scores.device))
+
+
+def score_parameter_groups(model: nn.Module, lr: float | None = None) -> list[dict]:
+    """Optimizer parameter groups for the mask scores: no weight decay, and one learning rate per kind of group.
+
+    ``lr=None`` (the default of `SmartTrainingArguments.score_learning_rate`): ``SCORE_LR_NM`` (0.2) for N:M groups
+    and ``SCORE_LR_STRUCTURED`` (1.0) for blocks, channels and coupled units, as a step of the start logits
+    ``m / tau0``: the stored scores are in those units with the default ``score_scale="start_temperature"``; with a
+    fixed ``tau_start`` the rate is multiplied by it, with ``score_scale="standardized"`` by each group's start
+    temperature as calibrated when this is called. A number is used as is for every score (no conversion).
+
+    Add the groups to the optimizer with the weights' groups, e.g.
+    ``AdamW(weight_groups + score_parameter_groups(model))``; `SmartTrainer` does this itself.
+    """
+    state = get_smart_state(model)
+    cfg = state.smart_config
+    buckets: dict[float, list] = {}
+    for gi, group in enumerate(state.groups):
+        if lr is not None:
+            rate = float(lr)
+        else:
+            rate = SCORE_LR_NM if group.kind == "nm" else SCORE_LR_STRUCTURED
+            if cfg.tau_start is not None:
+                rate *= float(cfg.tau_start)
+            elif cfg.score_scale == "standardized":
+                rate *= state.group_temperature(gi) / state.tau
+        trainable = [layer.smart_scores for layer in group.layers if layer.smart_scores.requires_grad]
+        buckets.setdefault(rate, []).extend(trainable)
+    return [{"params": params, "lr": rate, "weight_decay": 0.0} for rate, params in buckets.items() if params]
 
 
 def reinit_scores(model: nn.Module, calibration_data=None) -> None:

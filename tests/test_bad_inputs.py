@@ -134,7 +134,7 @@ def test_invalid_smart_config(kwargs, exc, phrase):
 ARGS_CASES = [
     ("search_steps_zero", {"search_steps": 0}, ValueError, "the structure search needs steps"),
     ("pretrain_steps_negative", {"pretrain_steps": -1}, ValueError, "0 starts pruning at once"),
-    ("score_lr_zero", {"score_learning_rate": 0.0}, ValueError, "e.g. 1e-2"),
+    ("score_lr_zero", {"score_learning_rate": 0.0}, ValueError, "leave it unset"),
     ("score_lr_negative", {"score_learning_rate": -1e-3}, ValueError, "score_learning_rate must be > 0"),
     ("score_lr_nan", {"score_learning_rate": math.nan}, ValueError, "score_learning_rate must be > 0"),
     ("score_lr_as_str", {"score_learning_rate": "1e-2"}, TypeError, "without quotes"),

@@ -14,6 +14,7 @@ from smart_hf import (
     get_smart_state,
     harden,
     prepare_model,
+    score_parameter_groups,
     set_mode,
     set_temperature,
     sparsity_report,
@@ -280,3 +281,45 @@ def test_fsdp1_wrapper_is_a_clear_error():
     wrapper.module = model
     with pytest.raises(ValueError, match="fsdp_version: 2"):
         get_smart_state(wrapper)
+
+
+# --- score_parameter_groups: the scores' learning rates ---
+
+
+def _mixed_model(**config):
+    """A tiny ViT with 2:4 on the fc1 layers and 4x4 blocks (global budget) everywhere else."""
+    return prepare_model(tiny_vit(), SmartConfig(overrides=[{"regex": r".*fc1", "pattern": "nm"}], **config))
+
+
+def _score_ids(groups):
+    return sorted(id(p) for group in groups for p in group["params"])
+
+
+def test_score_parameter_groups_default_rates_per_kind():
+    """Unset: 0.2 for the N:M groups and 1.0 for the rest, in start-logit units; every score once, no decay."""
+    model = _mixed_model()
+    state = get_smart_state(model)
+    groups = score_parameter_groups(model)
+    assert sorted(g["lr"] for g in groups) == [0.2, 1.0] and all(g["weight_decay"] == 0.0 for g in groups)
+    assert _score_ids(groups) == sorted(id(layer.smart_scores) for layer in state.layers)
+    nm = {id(layer.smart_scores) for layer in state.layers if layer.smart_layout.pattern == "nm"}
+    assert {id(p) for g in groups if g["lr"] == 0.2 for p in g["params"]} == nm
+    (single,) = score_parameter_groups(model, lr=0.05)  # a number is used as is, for every score
+    assert single["lr"] == 0.05 and _score_ids([single]) == _score_ids(groups)
+
+
+def test_score_parameter_groups_convert_to_the_scores_units():
+    """A fixed tau_start multiplies the default rates by it; score_scale="standardized" by each group's start
+    temperature: the same step of the start logits m / tau0 in every case."""
+    fixed = score_parameter_groups(_mixed_model(tau_start=0.5))
+    assert sorted(g["lr"] for g in fixed) == pytest.approx([0.1, 0.5])
+    model = _mixed_model(score_scale="standardized")
+    state = get_smart_state(model)
+    expected = sorted((0.2 if g.kind == "nm" else 1.0) * state.group_temperature(i) for i, g in enumerate(state.groups))
+    assert sorted(g["lr"] for g in score_parameter_groups(model)) == pytest.approx(sorted(set(expected)))
+
+
+def test_score_parameter_groups_skip_frozen_scores():
+    model = _mixed_model()
+    harden(model)  # freezes the scores
+    assert score_parameter_groups(model) == []

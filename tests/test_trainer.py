@@ -346,3 +346,23 @@ def test_hardening_jump_runs_no_evaluation_the_user_did_not_ask_for(tmp_path):
     trainer.train()
     assert 14 not in counter.steps
     assert not any("smart/eval_loss_before_hardening" in e for e in trainer.state.log_history)
+
+
+def test_smart_trainer_score_groups_default_per_kind_and_explicit(tmp_path):
+    """Unset score_learning_rate: the scores get score_parameter_groups' rates (0.2 for N:M, 1.0 for blocks), no
+    weight decay; a number is used for every score; the weights keep the Trainer's own groups and rate."""
+    config = sh.SmartConfig(overrides=[{"regex": r".*fc1", "pattern": "nm"}])
+    for score_lr, expected in [(None, [0.2, 1.0]), (0.03, [0.03])]:
+        trainer = SmartTrainer(
+            model=tiny_vit(),
+            args=smart_args(tmp_path, score_learning_rate=score_lr),
+            train_dataset=tiny_dataset(),
+            smart_config=config,
+        )
+        groups = trainer.create_optimizer().param_groups
+        scores = {id(layer.smart_scores) for layer in sh.get_smart_state(trainer.model).layers}
+        score_groups = [g for g in groups if {id(p) for p in g["params"]} <= scores]
+        assert sorted(g["lr"] for g in score_groups) == expected
+        assert all(g["weight_decay"] == 0.0 for g in score_groups)
+        assert sum(len(g["params"]) for g in score_groups) == len(scores)
+        assert all(g["lr"] == 1e-3 for g in groups if g not in score_groups)

@@ -227,7 +227,7 @@ class SmartMethod(WindowMethod):
 
     name = "smart"
 
-    def __init__(self, spec: PatternSpec, search_fraction=0.5, score_lr=0.05, frozen=False, mask_only=False, **config):
+    def __init__(self, spec: PatternSpec, search_fraction=0.5, score_lr=None, frozen=False, mask_only=False, **config):
         self.spec, self.search_fraction, self.score_lr, self.config = spec, search_fraction, score_lr, config
         self.frozen, self.mask_only = frozen, mask_only
 
@@ -239,13 +239,12 @@ class SmartMethod(WindowMethod):
         if self.frozen:
             sh.harden(model)  # before the optimizer exists: nothing to zero
             return weight_groups(model, task.weight_decay)
-        scores = [p for n, p in model.named_parameters() if n.endswith("smart_scores")]
         groups = weight_groups(model, task.weight_decay)
         if self.mask_only:  # weights frozen while the masks learn (as MaskLLM does); thawed at hardening
             self.weights = [p for group in groups for p in group["params"]]
             for p in self.weights:
                 p.requires_grad_(False)
-        return groups + [{"params": scores, "lr": self.score_lr, "weight_decay": 0.0}]
+        return groups + sh.score_parameter_groups(model, self.score_lr)  # None: the library's rates per kind
 
     def before_step(self, step, optimizer):
         if self.frozen:

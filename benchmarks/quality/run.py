@@ -48,8 +48,12 @@ ABLATIONS = {  # SMART variants (digits only); the default row is "smart" itself
     "distill": {"distill": 0.5},
     "search_0.25": {"search_fraction": 0.25},
     "search_0.75": {"search_fraction": 0.75},
-    "score_lr_0.01": {"score_lr": 0.01},
+    # score learning rates, one number for every score, in start-logit units (the defaults: 0.2 N:M, 1.0 others)
     "score_lr_0.2": {"score_lr": 0.2},
+    "score_lr_1.0": {"score_lr": 1.0},
+    "score_lr_3.0": {"score_lr": 3.0},
+    "mask_only": {"mask_only": True},
+    "init_magnitude": {"score_init": "magnitude"},
 }
 ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 is infeasible there (the library raises)
     {
@@ -57,7 +61,9 @@ ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 
         "min_density_0.1": {"min_layer_density": 0.1},
         "tau_end_1e-4": {"tau_end": 1e-4},
         # issue 12: the start of the search and the budget anneal (the library defaults before it: old_defaults)
-        "old_defaults": {"tau_start": 1.0, "tau_end": 1e-4, "budget_anneal": 0.0},
+        "old_defaults": {"tau_start": 1.0, "tau_end": 1e-4, "budget_anneal": 0.0, "score_lr": 0.05},
+        # the issue-12 defaults of session 3: standardised scores, one score LR 0.05 for every pattern
+        "standardized_lr_0.05": {"score_scale": "standardized", "score_lr": 0.05},
         "no_anneal": {"budget_anneal": 0.0},
         "tau_start_1": {"tau_start": 1.0},
         "start_frac_0.02": {"tau_start_fractionality": 0.02},
@@ -66,14 +72,14 @@ ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 
 # issue 12's ablations, 3 seeds, on the case where the search matters most (the others stay available by name)
 DEFAULT_ABLATIONS = [
     "old_defaults",
+    "standardized_lr_0.05",
     "no_anneal",
     "tau_start_1",
-    "start_frac_0.02",
-    "tau_end_1e-4",
-    "tau_exponential",
+    "score_lr_0.2",
+    "score_lr_3.0",
     "init_activation",
-    "score_lr_0.01",
     "distill",
+    "mask_only",
     "budget_layer",
 ]
 ABLATION_PATTERNS = ["block4x4@0.9"]

@@ -32,7 +32,7 @@ from ..config import SmartConfig
 from ..constants import SCORES_NAME
 from ..distributed import has_sharded_parameters
 from ..inject import prepare_model
-from ..lifecycle import is_prepared, set_mode
+from ..lifecycle import is_prepared, score_parameter_groups, set_mode
 from .callbacks import SmartCallback
 from .training_args import SmartTrainingArguments
 
@@ -134,7 +134,8 @@ class SmartTrainer(Trainer):
 
     # --- documented Trainer hooks ---
     def create_optimizer(self, model=None):
-        """The Trainer's optimizer, plus one parameter group for the mask scores (own LR, no weight decay)."""
+        """The Trainer's optimizer, plus parameter groups for the mask scores (`score_parameter_groups`: their own
+        learning rate per kind of budget group, no weight decay)."""
         if self.optimizer is not None:
             return self.optimizer
         model = self.model if model is None else model
@@ -146,8 +147,8 @@ class SmartTrainer(Trainer):
         finally:
             for p in scores:
                 p.requires_grad_(True)
-        if scores:
-            optimizer.add_param_group({"params": scores, "lr": self.args.score_learning_rate, "weight_decay": 0.0})
+        for group in score_parameter_groups(model, self.args.score_learning_rate) if scores else []:
+            optimizer.add_param_group(group)  # per kind of budget group (N:M / structured), no weight decay
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -44,8 +44,13 @@ class SmartTrainingArguments(TrainingArguments):
         default=0.4, metadata={"help": "Share of the post-pretrain steps spent searching when search_steps is unset."}
     )
     # --- mask scores ---
-    score_learning_rate: float = field(
-        default=1e-2, metadata={"help": "Learning rate of the smart_scores parameter group (no weight decay)."}
+    score_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the smart_scores parameter groups (no weight decay). Unset: 0.2 for N:M and "
+            "1.0 for blocks / channels / coupled units, as a step of the start logits m / tau0 "
+            "(smart_hf.score_parameter_groups; chosen on validation, docs/method.md §8). A number is used as is."
+        },
     )
     # --- distillation ---
     distill_alpha: float = field(
@@ -92,8 +97,11 @@ class SmartTrainingArguments(TrainingArguments):
         # `not a < x <= b` (rather than `x <= a or x > b`) also rejects NaN
         if not 0.0 < self.search_fraction <= 1.0:
             raise ValueError(f"search_fraction must be in (0, 1], got {self.search_fraction}; e.g. 0.4.")
-        if not 0.0 < self.score_learning_rate < math.inf:
-            raise ValueError(f"score_learning_rate must be > 0 and finite, got {self.score_learning_rate}; e.g. 1e-2.")
+        if self.score_learning_rate is not None and not 0.0 < self.score_learning_rate < math.inf:
+            raise ValueError(
+                f"score_learning_rate must be > 0 and finite, got {self.score_learning_rate}; e.g. 0.2, or leave it "
+                "unset for the defaults per pattern."
+            )
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}; 0 turns distillation off.")
         if self.collapse_action not in ("raise", "warn", "off"):
