@@ -101,6 +101,7 @@ def main(argv=None):
     if pretrain > 0:
         sh.set_mode(model, "dense")
 
+    scores = [p for n, p in model.named_parameters() if n.endswith("smart_scores")]
     weights = [p for n, p in model.named_parameters() if not n.endswith("smart_scores")]
     # the scores get their own rates (0.2 for N:M, 1.0 for blocks, as steps of the start logits) and no weight decay
     optimizer = torch.optim.AdamW([{"params": weights, "lr": 1e-3}, *sh.score_parameter_groups(model)])
