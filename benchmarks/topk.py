@@ -24,6 +24,7 @@ writes everything, with the environment, to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -35,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 import smart_hf.state as state_module
 from smart_hf import SmartConfig, apply_hard_masks_, harden, prepare_model, soft_topk
+from smart_hf.core import topk
 
 from ._common import RESULTS_DIR, environment, result_header, source_state, write_json
 
@@ -276,6 +278,18 @@ def _mask_cost(model, repeats: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- output
+@contextlib.contextmanager
+def _forced_general_solver(active: bool):
+    """Within the block, `soft_topk` never takes the short-row path (the code before it accepted a fractional k)."""
+    original = topk._short_rows_apply
+    if active:
+        topk._short_rows_apply = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        topk._short_rows_apply = original
+
+
 def _fmt_n(n: int) -> str:
     exp = len(str(n)) - 1
     return f"1e{exp}" if n == 10**exp else str(n)
@@ -415,6 +429,14 @@ def main(argv=None) -> int:
     for tau in TAUS:
         log(f"soft_topk N:M groups={nm_groups} tau={tau}")
         nm_rows.append(bench_soft_topk((nm_groups, 4), 2.0, tau, seed=args.seed, **(reps if args.smoke else big)))
+    # the budget anneal asks N:M rows for a fractional k (4 -> 2): the short-row path against the general solver
+    annealed_rows = []
+    for tau in TAUS:
+        for solver in ("short_rows", "general"):
+            log(f"soft_topk N:M groups={nm_groups} k=2.7 tau={tau} solver={solver}")
+            with _forced_general_solver(solver == "general"):
+                row = bench_soft_topk((nm_groups, 4), 2.7, tau, seed=args.seed, **(reps if args.smoke else big))
+            annealed_rows.append({**row, "solver": solver})
     log(f"ViT training steps: {vit}")
     overhead = bench_overhead(seed=args.seed, **vit)
     goals = evaluate_goals(topk_rows, overhead, args.smoke)
@@ -425,6 +447,7 @@ def main(argv=None) -> int:
         "goals": goals,
         "soft_topk": topk_rows,
         "soft_topk_nm": nm_rows,
+        "soft_topk_nm_annealed": annealed_rows,
         "training_overhead": overhead,
     }
     write_json(payload, args.out)
@@ -436,6 +459,9 @@ def main(argv=None) -> int:
     )
     print(markdown_topk(topk_rows, "soft_topk, one row of N scores (k = N/2, float32)"), "\n")
     print(markdown_topk(nm_rows, "soft_topk, N:M groups (k = 2 of 4, float32)"), "\n")
+    for solver in ("short_rows", "general"):
+        rows = [r for r in annealed_rows if r["solver"] == solver]
+        print(markdown_topk(rows, f"soft_topk, N:M groups, k = 2.7 of 4 (budget anneal), {solver} solver"), "\n")
     print(markdown_overhead(overhead), "\n")
     print(markdown_goals(goals), "\n")
     print(f"wrote {args.out} in {env['total_seconds']:.0f} s")

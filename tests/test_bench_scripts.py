@@ -70,6 +70,9 @@ def test_bench_topk_smoke(tmp_path):
         assert row["max_budget_error"] < 1e-2 * row["k"]  # the operator really kept k per row
     assert {r["tau"] for r in data["soft_topk"]} == {0.1, 1e-3}
     assert all(r["shape"][-1] == 4 and r["k"] == 2 for r in data["soft_topk_nm"])
+    annealed = data["soft_topk_nm_annealed"]  # fractional k: the short-row path and the general solver, both exact
+    assert {r["solver"] for r in annealed} == {"short_rows", "general"} and all(r["k"] == 2.7 for r in annealed)
+    assert all(r["max_budget_error"] < 1e-5 for r in annealed)
 
     variants = data["training_overhead"]["variants"]
     assert set(variants) == {"plain", "block_soft_search", "block_hard_finetune", "nm_2of4_soft_search"}
