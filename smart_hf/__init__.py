@@ -80,6 +80,7 @@ __all__ = [
     "prepare_model",
     "push_pruned_to_hub",
     "reinit_scores",
+    "score_parameter_groups",
     "save_pruned",
     "set_mode",
     "set_temperature",
@@ -89,6 +90,5 @@ __all__ = [
     "squash",
     "temperature_at",
     "to_sparse_kernels",
-    "score_parameter_groups",
     "update_temperature",
 ]

@@ -299,8 +299,8 @@ def mask_fractionality(mask: torch.Tensor) -> float:
 #      solver needs float64 because it works with x / tau + t, both ~1e6 at tau = 1e-6. A fractional k (the budget
 #      anneal of N:M: k falls from m to n) centres on the ceil(k)-th score instead and starts at t = logit(frac(k)),
 #      the root once the other units are saturated; |t| <= log(m - 1) + |logit(frac(k))| + tiny.
-#   2. Newton from t = 0 (or logit(frac(k))): t <- t - (S - k) / S', S = sum f, S' = sum f (1 - f); row sums by a matrix-vector product
-#      (a sum along a 4-long last dim is ~5x slower on CPU). From the midpoint it needs <= 3 steps for |S - k| <= 1e-6
+#   2. Newton from t = 0 (or logit(frac(k))): t <- t - (S - k) / S', S = sum f, S' = sum f (1 - f); row sums by a
+#      matrix-vector product (a sum along a 4-long last dim is ~5x slower on CPU). From the midpoint it needs <= 3 steps for |S - k| <= 1e-6
 #      in float32 (1e-12 in float64) on every case tried, 0-1 once tau is small (the rows are saturated).
 #   3. every row is checked; a row that is not within the tolerance (none in practice) goes through the general
 #      safeguarded solver, so the result sums to k exactly as before, whatever the input. NaN/Inf scores are caught
@@ -374,11 +374,11 @@ def _newton_short_rows(
     tol = 1e-12 * m if d.dtype == torch.float64 else 1e-6
     # the root is within log(m - 1) + tiny of 0 for an integer k (midpoint centre), within that plus |logit(k -
     # floor(k))| for a fractional one (`_short_row_start`); a clamp stops wild first steps
-    if bound is None:
-        start = float(t.abs().max()) if torch.is_tensor(t) and t.numel() else (0.0 if torch.is_tensor(t) else abs(t))
-        bound = 2.0 * math.log(m) + 2.0 + start
     if not torch.is_tensor(t):
+        bound = 2.0 * math.log(m) + 2.0 + abs(t) if bound is None else bound
         t = torch.full((rows, 1), float(t), dtype=d.dtype, device=d.device)
+    elif bound is None:
+        bound = 2.0 * math.log(m) + 2.0 + (float(t.abs().max()) if t.numel() else 0.0)
     f = torch.add(d, t).sigmoid_()
     square = None
     for it in range(iters + 1):
