@@ -140,7 +140,8 @@ class SmartConfig:
             "help": "Units of the stored scores with tau_start='auto'. 'start_temperature': each group's "
             "standardised scores are divided by its start temperature, so one optimizer step of size "
             "score_learning_rate moves the mask logits of every group alike (2:4 on a BERT starts near 0.05, 4x4 "
-            "blocks at 90% near 0.24: in standardised units the same LR is 5x harsher on the former). "
+            "blocks at 90 percent sparsity near 0.24: in standardised units the same LR is 5x harsher on the "
+            "former). "
             "'standardized': mean 0 / std 1 per group, the temperature carries the scale."
         },
     )
