@@ -7,7 +7,7 @@ methods prune at the start and fine-tune the whole window; GMP and movement prun
 SMART searches over the first half and fine-tunes with the hard mask (``benchmarks/quality/core.py``,
 ``benchmarks/quality/baselines.py``). Rows record val/test accuracy and the sparsity measured on the final weights.
 
-    HF_HUB_OFFLINE=1 python -m benchmarks.quality                 # full run (~1 h on 2 cores)
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality                 # the default matrix (docs/benchmarks.md)
     HF_HUB_OFFLINE=1 python -m benchmarks.quality --smoke         # tiny models, a few steps; what CI runs
 """
 
@@ -36,10 +36,14 @@ from .core import (
 )
 from .report import summarise, write_outputs
 
-DIGITS_PATTERNS = ["block4x4@0.5", "block4x4@0.75", "block4x4@0.9", "channel@0.3", "channel@0.5", "nm2:4", "nm1:4"]
-MINILM_PATTERNS = ["nm2:4", "block4x4@0.5"]
+# the default matrix (issue 12: the full run in about an hour on 2 cores); --smoke covers every pattern and method
+DIGITS_PATTERNS = ["block4x4@0.9", "block4x4@0.75", "block4x4@0.5", "channel@0.5", "nm2:4", "nm1:4"]
+DIGITS_PATTERNS_ALL = ["block4x4@0.5", "block4x4@0.75", "block4x4@0.9", "channel@0.3", "channel@0.5", "nm2:4", "nm1:4"]
+MINILM_PATTERNS = ["nm2:4"]
 METHODS = ["dense", "magnitude", "gmp", "wns", "torch_pruning", "wanda", "movement", "smart_frozen", "smart"]
-MINILM_METHODS = ["dense", "magnitude", "wanda", "smart_frozen", "smart"]
+DEFAULT_METHODS = ["dense", "magnitude", "gmp", "wanda", "smart_frozen", "smart"]
+MINILM_METHODS = ["dense", "wanda", "smart_frozen", "smart"]
+MINILM_METHODS_ALL = ["dense", "magnitude", "wanda", "smart_frozen", "smart"]
 ABLATIONS = {  # SMART variants (digits only); the default row is "smart" itself
     "tau_fixed": {"temperature_schedule": "constant"},
     "tau_exponential": {"temperature_schedule": "exponential"},
@@ -70,19 +74,21 @@ ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 
     }
 )
 # issue 12's ablations, 3 seeds, on the case where the search matters most (the others stay available by name)
-DEFAULT_ABLATIONS = [
+DEFAULT_ABLATIONS = ["standardized_lr_0.05", "score_lr_0.2", "score_lr_1.0", "score_lr_3.0"]
+# what --smoke runs: the score-rate ablations and the issue-12 ones (every SMART option the benchmark can turn)
+SMOKE_ABLATIONS = DEFAULT_ABLATIONS + [
     "old_defaults",
-    "standardized_lr_0.05",
     "no_anneal",
     "tau_start_1",
-    "score_lr_0.2",
-    "score_lr_3.0",
+    "start_frac_0.02",
+    "tau_end_1e-4",
+    "tau_exponential",
     "init_activation",
     "distill",
     "mask_only",
     "budget_layer",
 ]
-ABLATION_PATTERNS = ["block4x4@0.9"]
+ABLATION_PATTERNS = ["block4x4@0.9", "nm2:4"]
 DIGITS_LAYERS = 4  # DeiT-tiny has 12; 4 keeps the full matrix within ~1 h on 2 shared cores (docs/benchmarks.md)
 
 
@@ -227,8 +233,13 @@ def build_jobs(args, dense_paths: dict) -> list[dict]:
     base = {"smoke": args.smoke, "scale": args.scale, "threads": args.threads, "layers": args.digits_layers}
     for task in sorted(args.tasks, key=lambda t: not t.startswith("minilm")):
         text = task.startswith("minilm")
-        patterns = args.patterns or (MINILM_PATTERNS if text and not args.smoke else DIGITS_PATTERNS)
-        methods = args.methods or (MINILM_METHODS if text else METHODS)
+        patterns = args.patterns or (DIGITS_PATTERNS_ALL if args.smoke else MINILM_PATTERNS if text else DIGITS_PATTERNS)
+        methods = args.methods or {
+            (True, True): MINILM_METHODS_ALL,
+            (True, False): METHODS,
+            (False, True): MINILM_METHODS,
+            (False, False): DEFAULT_METHODS,
+        }[(args.smoke, text)]
         seeds = args.seeds if task == "digits" else args.seeds[: args.minilm_seeds]
         for seed in seeds:
             common = {**base, "task": task, "seed": seed, "dense_path": dense_paths[(task, seed)], "variant": {}}
@@ -337,11 +348,13 @@ def main(argv=None) -> int:
     parser.add_argument("--minilm-seeds", type=int, default=3, help="MiniLM uses the first this many seeds")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (dense and window)")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false")
-    parser.add_argument("--ablation-seeds", type=int, default=3, help="ablations use the first this many seeds")
-    parser.add_argument("--ablation-patterns", nargs="+", default=ABLATION_PATTERNS)
+    parser.add_argument("--ablation-seeds", type=int, default=5, help="ablations use the first this many seeds")
+    parser.add_argument("--ablation-patterns", nargs="+", default=None, help=f"default {ABLATION_PATTERNS}")
     parser.add_argument("--ablation-tasks", nargs="+", default=["digits"], choices=sorted(TASKS))
     parser.add_argument("--digits-layers", type=int, default=DIGITS_LAYERS, help="ViT blocks of the digits task")
-    parser.add_argument("--ablation-names", nargs="+", default=DEFAULT_ABLATIONS, choices=list(ABLATIONS))
+    parser.add_argument(
+        "--ablation-names", nargs="+", default=None, choices=list(ABLATIONS), help=f"default {DEFAULT_ABLATIONS}"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps, one seed")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -351,6 +364,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds = args.seeds[:1]
+    args.ablation_names = args.ablation_names or (SMOKE_ABLATIONS if args.smoke else DEFAULT_ABLATIONS)
+    args.ablation_patterns = args.ablation_patterns or (ABLATION_PATTERNS[:1] if args.smoke else ABLATION_PATTERNS)
     for key in args.patterns or []:
         parse_pattern(key)  # fail fast on a typo, before any training
     start = time.perf_counter()
