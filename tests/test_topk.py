@@ -343,17 +343,6 @@ def test_short_rows_fractional_k_equal_the_general_solver(m, tau):
             assert (f - _general(x, k, tau)).abs().max() <= agree, (dtype, k)
 
 
-@pytest.mark.parametrize("k", [0.4, 2.5, 3.9])
-def test_short_rows_fractional_k_gradient_is_exact(k):
-    x = _nm_scores(6, 4, 1.0, torch.float64).requires_grad_()
-    for tau in [2.0, 0.5, 0.05]:
-        assert torch.autograd.gradcheck(lambda s, tau=tau: soft_topk(s, k, tau), (x,))
-        u = torch.randn(6, 4, dtype=torch.float64)
-        (grad_fast,) = torch.autograd.grad((soft_topk(x, k, tau) * u).sum(), x)
-        (grad_general,) = torch.autograd.grad((_general(x, k, tau) * u).sum(), x)
-        torch.testing.assert_close(grad_fast, grad_general, atol=1e-10, rtol=0)
-
-
 def test_short_rows_path_refuses_what_it_cannot_solve():
     x = torch.randn(8, 4)
     for k in [0, 4, 0.0, 4.0, math.nan, math.inf, True, torch.tensor(2.0)]:
@@ -369,7 +358,7 @@ def test_short_rows_shift_reproduces_the_mask():
         torch.testing.assert_close(torch.sigmoid(x / tau + t.unsqueeze(-1)), f, atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, 2, 3, 0.4, 2.5, 3.9])  # fractional: the budget anneal's k
 def test_short_rows_gradient_is_exact(k):
     x = _nm_scores(6, 4, 1.0, torch.float64).requires_grad_()
     for tau in [2.0, 0.5, 0.05]:
