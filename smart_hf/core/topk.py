@@ -319,15 +319,18 @@ def _short_rows_apply(scores, k, cost) -> bool:
     return math.isfinite(k) and 0 < k < n
 
 
-def _kth_largest(x: torch.Tensor, j: int) -> torch.Tensor:
-    """The ``j``-th largest entry (1-based) of each row of ``x`` ``(R, m)``. For m = 4: the winners ``hi`` and losers
-    ``lo`` of the pairs (0, 2), (1, 3); the max is max(hi), the min min(lo), the middle two are min(hi) and max(lo)
-    (the first comparisons of a 4-sorting network), no sort. Other m: a sort."""
-    m = x.shape[-1]
-    if m != 4:
-        return torch.sort(x, dim=-1, descending=True).values[:, j - 1]
+def _pair_network(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows of 4: the winners ``hi`` and losers ``lo`` of the pairs (0, 2), (1, 3), the first comparisons of a
+    4-sorting network. The max is max(hi), the min min(lo), the middle two are min(hi) and max(lo); no sort."""
     a, b = x[:, :2], x[:, 2:]
-    hi, lo = torch.maximum(a, b), torch.minimum(a, b)
+    return torch.maximum(a, b), torch.minimum(a, b)
+
+
+def _kth_largest(x: torch.Tensor, j: int) -> torch.Tensor:
+    """The ``j``-th largest entry (1-based) of each row of ``x`` ``(R, m)``; m = 4 by `_pair_network`, else a sort."""
+    if x.shape[-1] != 4:
+        return torch.sort(x, dim=-1, descending=True).values[:, j - 1]
+    hi, lo = _pair_network(x)
     if j == 1:
         return torch.maximum(hi[:, 0], hi[:, 1])
     if j == 4:
@@ -337,11 +340,20 @@ def _kth_largest(x: torch.Tensor, j: int) -> torch.Tensor:
 
 
 def _kth_midpoint(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``(x_(k) + x_(k+1)) / 2`` per row of ``x`` ``(R, m)``, ``x_(j)`` the j-th largest (see `_kth_largest`)."""
+    """``(x_(k) + x_(k+1)) / 2`` per row of ``x`` ``(R, m)``, ``x_(j)`` the j-th largest; m = 4 from one pass of
+    `_pair_network` (this runs every N:M forward), else a sort."""
     if x.shape[-1] != 4:
         ranked = torch.sort(x, dim=-1, descending=True).values
         return 0.5 * (ranked[:, k - 1] + ranked[:, k])
-    return torch.add(_kth_largest(x, k), _kth_largest(x, k + 1)).mul_(0.5)
+    hi, lo = _pair_network(x)
+    hi_min, lo_max = torch.minimum(hi[:, 0], hi[:, 1]), torch.maximum(lo[:, 0], lo[:, 1])
+    if k == 2:
+        pair = (hi_min, lo_max)
+    elif k == 1:
+        pair = (torch.maximum(hi[:, 0], hi[:, 1]), torch.maximum(hi_min, lo_max))
+    else:
+        pair = (torch.minimum(hi_min, lo_max), torch.minimum(lo[:, 0], lo[:, 1]))
+    return torch.add(*pair).mul_(0.5)
 
 
 def _short_row_start(x: torch.Tensor, k: float) -> tuple[torch.Tensor, float]:
