@@ -1,4 +1,4 @@
-"""Names shared by every module: the parameter prefix and the artifact file names."""
+"""Names shared by every module: the parameter prefix, the artifact file names, and two small helpers on them."""
 
 # Every parameter, buffer and sub-module that smart_hf adds to a model starts with this prefix, so the optimizer,
 # DDP, checkpoints and `squash` can select them by name without special cases.
@@ -27,3 +27,10 @@ SCORE_LR_STRUCTURED = 1.0
 def is_smart_name(name: str) -> bool:
     """True for a (possibly dotted) parameter/buffer name that smart_hf added."""
     return name.rsplit(".", 1)[-1].startswith(SMART_PREFIX) or f".{STATE_MODULE_NAME}." in f".{name}"
+
+
+def first_items(items: list[str], limit: int = 3) -> str:
+    """``items`` joined by "; ", the first ``limit`` of them and a count of the rest: for error messages that list
+    problems without drowning the fix they name."""
+    rest = len(items) - limit
+    return "; ".join(items[:limit]) + (f"; ... {rest} more" if rest > 0 else "")

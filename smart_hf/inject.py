@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import SmartConfig, UnitSettings
-from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME
+from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME, first_items
 from .core.granularity import UnitLayout, layer_kind
 from .coupling import bind_owners, coupled_targets
 from .layers import attach_smart_layer, detach_smart_layer, is_smart_layer
@@ -256,7 +256,7 @@ def check_smart_shapes(model: nn.Module, state_dict, prefix: str, _metadata, str
             "it into the model before prepare_model (or pass strict=False to keep this model's masks)."
         )
     if wrong:
-        shown = "; ".join(wrong[:3]) + (f"; ... {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        shown = first_items(wrong)
         raise ValueError(
             f"the checkpoint's SMART masks do not match this model ({shown}): it was prepared with another "
             "SmartConfig (pattern, block_shape or n:m). Prepare the model with the checkpoint's own config, "

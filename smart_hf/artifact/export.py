@@ -19,7 +19,7 @@ from torch import nn
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from ..config import SmartConfig
-from ..constants import REPORT_NAME, is_smart_name
+from ..constants import REPORT_NAME, first_items, is_smart_name
 from ..distributed import has_sharded_parameters
 from ..inject import adapter_module_names, prepare_model
 from ..lifecycle import get_smart_state, is_prepared, pruning_metadata, unwrap_model
@@ -135,7 +135,7 @@ def _check_weights_obey_masks(report: dict, metadata: PruningMetadata, prepared:
     if not prepared:
         problems += refilled_layers(report["layers"], metadata)
     if problems:
-        shown = "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else "")
+        shown = first_items(problems)
         raise ValueError(
             f"save_pruned refuses to write weights that contradict the pruning masks ({shown}). A LoRA merge with "
             "PEFT's merge_and_unload, or a training step not followed by smart_hf.apply_hard_masks_, writes into "
