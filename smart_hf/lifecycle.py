@@ -17,7 +17,7 @@ from torch import nn
 
 from .constants import MASK_NAME, SCORE_LR_NM, SCORE_LR_STRUCTURED, SCORES_NAME, STATE_MODULE_NAME
 from .core.budget import budget_progress
-from .core.schedule import MIN_TEMPERATURE, DynamicState, dynamic_update, temperature_at
+from .core.schedule import DynamicState, dynamic_update, temperature_at
 from .coupling import coupled_records
 from .distributed import is_sharded, whole_parameters, zero_own_rows_
 from .layers import detach_smart_layer
@@ -71,7 +71,7 @@ def get_smart_state(model: nn.Module) -> SmartState:
 
 
 def set_temperature(model: nn.Module, tau: float) -> None:
-    """Set the temperature used by the next soft forward."""
+    """Set the temperature used by the next soft forward (at least ``MIN_TEMPERATURE`` = 1e-6, as the schedule)."""
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < tau < math.inf:
         raise ValueError(f"temperature must be a finite number > 0, got {tau!r}; e.g. 1.0 early, 1e-4 at the end.")
     get_smart_state(model).set_temperature(tau)
@@ -110,9 +110,8 @@ def update_temperature(model: nn.Module, step: int, total_steps: int) -> float:
         tau *= _dynamic_step(state, cfg, step)
     elif cfg.temperature_schedule == "dynamic":
         tau *= float(state.tau_scale)
-    tau = max(tau, MIN_TEMPERATURE)
-    state.set_temperature(tau)
-    return tau
+    state.set_temperature(tau)  # floors at MIN_TEMPERATURE
+    return state.tau
 
 
 def _dynamic_step(state: SmartState, cfg, step: int) -> float:

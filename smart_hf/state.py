@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .core.budget import annealed_budget, global_weight_budget, layer_keep_units, reserved_units
-from .core.schedule import auto_temperature
+from .core.schedule import MIN_TEMPERATURE, auto_temperature
 from .core.topk import hard_topk, soft_topk
 from .distributed import full_tensor
 
@@ -176,8 +176,11 @@ class SmartState(nn.Module):
         self._progress, self._group_tau = float(progress), group_tau
 
     def set_temperature(self, tau: float) -> None:
-        self.temperature.fill_(float(tau))
-        self._tau = float(tau)
+        """Set the (relative, with tau_start="auto") temperature; never below ``MIN_TEMPERATURE``, the operator's
+        tested floor (below it ``scores / tau`` overflows: a subnormal tau gave NaN masks)."""
+        tau = max(float(tau), MIN_TEMPERATURE)
+        self.temperature.fill_(tau)
+        self._tau = tau
 
     def set_mode(self, mode: str) -> None:
         """``"dense"`` (masks off), ``"soft"`` (search) or ``"hard"`` (frozen masks). Only the lifecycle and the
