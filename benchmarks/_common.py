@@ -88,4 +88,6 @@ def write_json(payload: dict, out: str | os.PathLike) -> None:
     """Write ``payload`` to ``out`` (folders created), with the load average at the end added to its environment."""
     payload.get("environment", {})["loadavg_end"] = load_average()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    partial = Path(f"{out}.partial")  # written whole, then renamed: a stopped run never leaves half a results file
+    partial.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, out)

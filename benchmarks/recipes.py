@@ -117,6 +117,17 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def previous_runs(path: str) -> list[dict]:
+    """The rows of an earlier results file (``--append``); none when it does not exist yet."""
+    return json.loads(Path(path).read_text())["rows"] if Path(path).is_file() else []
+
+
+def previous_header(path: str) -> dict:
+    """Command and environment of the earlier file's first run, kept beside the new run's when appending."""
+    earlier = json.loads(Path(path).read_text())
+    return earlier.get("appended_to") or {key: earlier.get(key) for key in ("command", "environment", "wall_seconds")}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=OFFLINE_RECIPES, help="names in recipes/ (no .yaml)")
@@ -125,6 +136,11 @@ def main(argv=None) -> int:
     parser.add_argument("--collapse-margin", type=float, default=0.05)
     parser.add_argument("--smoke", action="store_true", help="deit_digits_block, 12 steps, one seed")
     parser.add_argument("--out", default="docs/results/bench_recipes.json")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the runs already in --out and skip their (recipe, seed); for adding seeds to a published file",
+    )
     args, extra = parser.parse_known_args(argv)  # anything else goes to every `smart-hf train` (e.g. --max_steps)
     for recipe in args.recipes:
         if not (REPO_ROOT / "recipes" / f"{recipe}.yaml").is_file():
@@ -132,15 +148,25 @@ def main(argv=None) -> int:
     if args.smoke:
         args.recipes, args.seeds, extra = ["deit_digits_block"], args.seeds[:1], [*SMOKE_OVERRIDES, *extra]
     payload = result_header("recipes", args.smoke, argv, environment(threads_per_run=args.threads))
-    start, rows = time.perf_counter(), []
+    rows, earlier = [], previous_runs(args.out) if args.append else []
+    if earlier:
+        payload["appended_to"] = previous_header(args.out)  # read before this run overwrites the file
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_recipes_") as tmp:
         for recipe in args.recipes:
             for seed in args.seeds:
+                if any(row["recipe"] == recipe and row["seed"] == seed for row in earlier):
+                    continue
                 row = run_recipe(recipe, seed, os.path.join(tmp, f"{recipe}_s{seed}"), extra, args.threads)
                 rows.append(mark_collapse(row, args.collapse_margin))
                 status = row.get("error") or f"pruned test {row['pruned_test']:.4f} (collapsed: {row['collapsed']})"
                 print(f"[{recipe} seed {seed}] {status} ({row['seconds']:.0f}s)", flush=True)
-    payload.update(rows=rows, summary=summarise(rows), wall_seconds=time.perf_counter() - start, extra_args=extra)
+                # written after every run: a long sweep stopped half-way keeps what it finished
+                payload.update(rows=earlier + rows, summary=summarise(earlier + rows), extra_args=extra)
+                payload.update(wall_seconds=time.perf_counter() - start)
+                write_json(payload, args.out)
+    payload.update(rows=earlier + rows, summary=summarise(earlier + rows), extra_args=extra)
+    payload.update(wall_seconds=time.perf_counter() - start)
     write_json(payload, args.out)
     print(format_table(payload["summary"]))
     print(f"wall {payload['wall_seconds']:.0f}s; wrote {args.out}")

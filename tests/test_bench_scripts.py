@@ -235,6 +235,23 @@ def test_bench_recipes_records_a_failed_run_and_collapse_rule():
     assert entry["pruned_test"]["n"] == 2 and abs(entry["pruned_test"]["mean"] - 0.79) < 1e-12
 
 
+def test_bench_recipes_append_keeps_earlier_runs_and_skips_their_seeds(tmp_path, capsys):
+    """``--append`` adds seeds to a published file: (recipe, seed) pairs already there are not run again, their rows
+    and the first run's command stay, and the summary counts them all."""
+    from benchmarks.recipes import main
+
+    out = tmp_path / "recipes.json"
+    earlier = {"recipe": "deit_digits_block", "seed": 0, "seconds": 500.0, "returncode": 0, "pruned_test": 0.93}
+    earlier.update(majority=0.103, collapsed=False, pruned_val=0.95, dense_val=0.88, dense_test=0.87, sparsity=0.5)
+    out.write_text(json.dumps({"command": "first run", "environment": {"git_commit": "abc"}, "rows": [earlier]}))
+    assert main(["--smoke", "--append", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["rows"] == [earlier] and data["appended_to"]["command"] == "first run"
+    assert data["summary"]["deit_digits_block"]["runs"] == 1
+    assert "[deit_digits_block seed 0]" not in capsys.readouterr().out  # skipped, not re-run
+    assert not (tmp_path / "recipes.json.partial").exists()
+
+
 def test_bench_quality_three_class_tweets_task():
     """``--tasks minilm3``: the negative / neutral / positive tweets, a 3-way classifier (smoke sizes)."""
     from benchmarks.quality.run import get_task
