@@ -48,6 +48,21 @@ def test_command_line_overrides_recipe():
     assert smart_config.sparsity == 0.75 and training_args.max_steps == 7
 
 
+def test_tau_start_auto_is_accepted_in_recipes_and_on_the_command_line(tmp_path, capsys):
+    """``auto`` is SmartConfig's spelling of the default start temperature; a number still overrides it."""
+    recipe = tmp_path / "auto.yaml"
+    recipe.write_text(DEFAULT_RECIPE.read_text() + "tau_start: auto\n")
+    assert parse_recipe(str(recipe))[2].tau_start is None
+    assert parse_recipe(str(recipe), ["--tau_start", "0.3"])[2].tau_start == 0.3
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(DEFAULT_RECIPE.read_text() + "tau_start: 1.0\n")
+    assert parse_recipe(str(fixed))[2].tau_start == 1.0
+    assert parse_recipe(str(fixed), ["--tau_start", "auto"])[2].tau_start is None
+    with pytest.raises(SystemExit):
+        parse_recipe(str(DEFAULT_RECIPE), ["--tau_start", "hot"])
+    assert "expected a number or 'auto', got 'hot'" in capsys.readouterr().err
+
+
 def test_bad_recipe_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: digits\nsparsity: 0.5\nspartsity: 0.9\noutput_dir: x\n")

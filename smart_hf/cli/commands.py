@@ -153,8 +153,24 @@ class DataArguments:
 DATACLASSES = (ModelArguments, DataArguments, SmartConfig, SmartTrainingArguments)
 
 
+def _float_or_auto(text: str) -> float | None:
+    """``tau_start``'s command-line type: a number, or ``auto`` (the default: unset) as SmartConfig documents it."""
+    if text.strip().lower() in ("auto", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def make_parser() -> HfArgumentParser:
-    return HfArgumentParser(DATACLASSES)
+    parser = HfArgumentParser(DATACLASSES)
+    # HfArgumentParser types an Optional[float] field as float, so "auto" (SmartConfig's spelling of the default,
+    # which recipes and JSON configs use) would be refused on the command line and in YAML recipes
+    for action in parser._actions:
+        if action.dest == "tau_start":
+            action.type = _float_or_auto
+    return parser
 
 
 def _to_argv(mapping: dict) -> list[str]:
