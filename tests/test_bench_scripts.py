@@ -119,6 +119,29 @@ def test_bench_quality_smoke(tmp_path):
     assert all("vs_frozen_prior" in c for c in comparisons.values())
 
 
+def test_bench_quality_comparisons_pair_by_seed_and_show_the_headroom():
+    """SMART vs its prior and the best baseline, and the prior vs the dense model (the headroom a search can win
+    back), each paired by seed with a 95% t-interval."""
+    from benchmarks.quality.report import comparisons
+
+    def group(method, pattern, errors):
+        mean = sum(errors) / len(errors)
+        by_seed = dict(enumerate(errors))
+        return {"task": "t", "pattern": pattern, "method": method, "ablation": None, "valid": True,
+                "test_err": (mean, 0.0), "test_err_by_seed": by_seed}  # fmt: skip
+
+    groups = [
+        group("dense", None, [0.10, 0.12, 0.11]),
+        group("smart_frozen", "nm2:4", [0.20, 0.23, 0.21]),
+        group("smart", "nm2:4", [0.11, 0.12, 0.12]),
+        group("wanda", "nm2:4", [0.15, 0.16, 0.14]),
+    ]
+    (row,) = comparisons(groups)
+    assert row["prior_vs_dense"]["verdict"] == "worse" and row["prior_vs_dense"]["diff"] == pytest.approx(0.1033, 1e-3)
+    assert row["vs_frozen_prior"]["verdict"] == "better" and row["best_baseline"] == "wanda"
+    assert row["ratio"] == pytest.approx(0.35 / 0.45)
+
+
 def test_bench_overhead_smoke(tmp_path):
     out = tmp_path / "o.json"
     proc = _run_benchmark("overhead", ["--smoke", "--threads", "1", "--out", str(out)])
