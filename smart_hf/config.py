@@ -177,7 +177,10 @@ class SmartConfig:
         self.overrides = [_parse_override(o) for o in (self.overrides or [])] or None
         _validate_unit_settings(self.unit_settings())
         for override in self.overrides or []:
-            _validate_unit_settings(self.unit_settings(override))
+            try:
+                _validate_unit_settings(self.unit_settings(override))
+            except ValueError as err:  # say which override: the top-level fields may be fine
+                raise ValueError(f"override {override!r}: {err}") from err
         self._validate_rest()
 
     def _check_types(self):

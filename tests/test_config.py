@@ -68,6 +68,13 @@ def test_invalid_config_raises_value_error_naming_the_fix(kwargs, fix):
     assert fix in str(info.value), str(info.value)
 
 
+def test_an_invalid_override_is_named_in_the_error():
+    """The top-level fields may be fine: the message says which override to fix (a random property-test draw found
+    'pattern=... is not supported' with no word of the override it came from)."""
+    with pytest.raises(ValueError, match=r"override \{'regex': '\.\*fc1', 'pattern': 'blk'\}: pattern='blk'"):
+        SmartConfig(overrides=[{"regex": ".*fc1", "pattern": "blk"}])
+
+
 def test_defaults_and_derived_sparsity():
     cfg = SmartConfig()
     assert (cfg.pattern, cfg.block_shape, cfg.budget, cfg.sparsity) == ("block", [4, 4], "global", 0.5)
