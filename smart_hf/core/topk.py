@@ -326,17 +326,21 @@ def _pair_network(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.maximum(a, b), torch.minimum(a, b)
 
 
-def _kth_largest(x: torch.Tensor, j: int) -> torch.Tensor:
-    """The ``j``-th largest entry (1-based) of each row of ``x`` ``(R, m)``; m = 4 by `_pair_network`, else a sort."""
-    if x.shape[-1] != 4:
-        return torch.sort(x, dim=-1, descending=True).values[:, j - 1]
-    hi, lo = _pair_network(x)
+def _ranked4(hi: torch.Tensor, lo: torch.Tensor, j: int) -> torch.Tensor:
+    """The ``j``-th largest (1-based) of rows of 4 from `_pair_network`'s ``hi`` / ``lo``."""
     if j == 1:
         return torch.maximum(hi[:, 0], hi[:, 1])
     if j == 4:
         return torch.minimum(lo[:, 0], lo[:, 1])
     hi_min, lo_max = torch.minimum(hi[:, 0], hi[:, 1]), torch.maximum(lo[:, 0], lo[:, 1])
     return torch.maximum(hi_min, lo_max) if j == 2 else torch.minimum(hi_min, lo_max)
+
+
+def _kth_largest(x: torch.Tensor, j: int) -> torch.Tensor:
+    """The ``j``-th largest entry (1-based) of each row of ``x`` ``(R, m)``; m = 4 by `_pair_network`, else a sort."""
+    if x.shape[-1] != 4:
+        return torch.sort(x, dim=-1, descending=True).values[:, j - 1]
+    return _ranked4(*_pair_network(x), j)
 
 
 def _kth_midpoint(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -346,13 +350,10 @@ def _kth_midpoint(x: torch.Tensor, k: int) -> torch.Tensor:
         ranked = torch.sort(x, dim=-1, descending=True).values
         return 0.5 * (ranked[:, k - 1] + ranked[:, k])
     hi, lo = _pair_network(x)
-    hi_min, lo_max = torch.minimum(hi[:, 0], hi[:, 1]), torch.maximum(lo[:, 0], lo[:, 1])
-    if k == 2:
-        pair = (hi_min, lo_max)
-    elif k == 1:
-        pair = (torch.maximum(hi[:, 0], hi[:, 1]), torch.maximum(hi_min, lo_max))
+    if k == 2:  # the middle two are min(hi) and max(lo) in either order: their sum needs no comparison
+        pair = (torch.minimum(hi[:, 0], hi[:, 1]), torch.maximum(lo[:, 0], lo[:, 1]))
     else:
-        pair = (torch.minimum(hi_min, lo_max), torch.minimum(lo[:, 0], lo[:, 1]))
+        pair = (_ranked4(hi, lo, k), _ranked4(hi, lo, k + 1))
     return torch.add(*pair).mul_(0.5)
 
 
