@@ -117,15 +117,14 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def previous_runs(path: str) -> list[dict]:
-    """The rows of an earlier results file (``--append``); none when it does not exist yet."""
-    return json.loads(Path(path).read_text())["rows"] if Path(path).is_file() else []
-
-
-def previous_header(path: str) -> dict:
-    """Command and environment of the earlier file's first run, kept beside the new run's when appending."""
+def previous_results(path: str) -> tuple[list[dict], dict | None]:
+    """The rows of an earlier results file (``--append``) and the command and environment of its first run (kept
+    beside the new run's); ``([], None)`` when there is no such file yet."""
+    if not Path(path).is_file():
+        return [], None
     earlier = json.loads(Path(path).read_text())
-    return earlier.get("appended_to") or {key: earlier.get(key) for key in ("command", "environment", "wall_seconds")}
+    header = earlier.get("appended_to") or {key: earlier.get(key) for key in ("command", "environment", "wall_seconds")}
+    return earlier["rows"], header
 
 
 def main(argv=None) -> int:
@@ -148,10 +147,16 @@ def main(argv=None) -> int:
     if args.smoke:
         args.recipes, args.seeds, extra = ["deit_digits_block"], args.seeds[:1], [*SMOKE_OVERRIDES, *extra]
     payload = result_header("recipes", args.smoke, argv, environment(threads_per_run=args.threads))
-    rows, earlier = [], previous_runs(args.out) if args.append else []
-    if earlier:
-        payload["appended_to"] = previous_header(args.out)  # read before this run overwrites the file
+    rows, (earlier, first_run) = [], previous_results(args.out) if args.append else ([], None)
+    if first_run:
+        payload["appended_to"] = first_run  # read before this run overwrites the file
     start = time.perf_counter()
+
+    def save() -> None:
+        payload.update(rows=earlier + rows, summary=summarise(earlier + rows), extra_args=extra)
+        payload.update(wall_seconds=time.perf_counter() - start)
+        write_json(payload, args.out)
+
     with tempfile.TemporaryDirectory(prefix="bench_recipes_") as tmp:
         for recipe in args.recipes:
             for seed in args.seeds:
@@ -161,13 +166,9 @@ def main(argv=None) -> int:
                 rows.append(mark_collapse(row, args.collapse_margin))
                 status = row.get("error") or f"pruned test {row['pruned_test']:.4f} (collapsed: {row['collapsed']})"
                 print(f"[{recipe} seed {seed}] {status} ({row['seconds']:.0f}s)", flush=True)
-                # written after every run: a long sweep stopped half-way keeps what it finished
-                payload.update(rows=earlier + rows, summary=summarise(earlier + rows), extra_args=extra)
-                payload.update(wall_seconds=time.perf_counter() - start)
-                write_json(payload, args.out)
-    payload.update(rows=earlier + rows, summary=summarise(earlier + rows), extra_args=extra)
-    payload.update(wall_seconds=time.perf_counter() - start)
-    write_json(payload, args.out)
+                save()  # after every run: a long sweep stopped half-way keeps what it finished
+    if not rows:
+        save()  # --append had every run already: still a results file (the loop wrote it otherwise)
     print(format_table(payload["summary"]))
     print(f"wall {payload['wall_seconds']:.0f}s; wrote {args.out}")
     return 1 if any("error" in row for row in rows) else 0

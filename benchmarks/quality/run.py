@@ -73,7 +73,8 @@ ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 
         "start_frac_0.02": {"tau_start_fractionality": 0.02},
     }
 )
-# issue 12's ablations, 3 seeds, on the case where the search matters most (the others stay available by name)
+# issue 12's score-rate ablations, at 4x4 / 90% (where the search matters most) and 2:4 (ABLATION_PATTERNS), 5 seeds;
+# the others stay available by name
 DEFAULT_ABLATIONS = ["standardized_lr_0.05", "score_lr_0.2", "score_lr_1.0", "score_lr_3.0"]
 # what --smoke runs: the score-rate ablations and the issue-12 ones (every SMART option the benchmark can turn)
 SMOKE_ABLATIONS = DEFAULT_ABLATIONS + [
