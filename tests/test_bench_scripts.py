@@ -283,3 +283,50 @@ def test_bench_quality_three_class_tweets_task():
     assert task.name == "minilm-tweets-3class"
     assert set(task.splits["train"]["labels"].tolist()) == {0, 1, 2}
     assert task.build_model(0).config.num_labels == 3
+
+
+def test_bench_quality_ablations_pair_with_the_default_and_the_prior_on_validation():
+    """Each SMART variant is compared seed by seed with the default SMART row and with its frozen prior, on the
+    validation error (what defaults are chosen on) and on the test error."""
+    from benchmarks.quality.report import markdown_table, summarise
+
+    def row(method, ablation, seed, val_acc, test_acc):
+        return {"task": "t", "pattern": "nm2:4", "method": method, "ablation": ablation, "seed": seed,
+                "val_acc": val_acc, "test_acc": test_acc, "sparsity": 0.5, "structured_sparsity": 0.5,
+                "nm_valid": True}  # fmt: skip
+
+    rows = []
+    for seed, shift in enumerate([0.0, 0.01, -0.01]):
+        rows += [
+            row("smart", None, seed, 0.85 + shift, 0.86 + shift),
+            row("smart_frozen", None, seed, 0.84 + shift, 0.85 + shift),
+            row("smart", "mask_only", seed, 0.80 + shift, 0.86 + shift + 0.001 * seed),
+        ]
+    summary = summarise(rows)
+    (comparison,) = summary["ablation_comparisons"]
+    assert comparison["ablation"] == "mask_only"
+    assert comparison["val_vs_default"]["diff"] == pytest.approx(0.05)  # 5 points more validation error
+    assert comparison["val_vs_default"]["verdict"] == "worse"
+    assert comparison["val_vs_frozen_prior"]["diff"] == pytest.approx(0.04)
+    test = comparison["test_vs_default"]  # 0, 0.1, 0.2 points more accurate on test: mean -0.1 points of error
+    assert test["diff"] == pytest.approx(-0.001) and test["seeds"] == [0, 1, 2]
+    table = markdown_table(summary)
+    assert "| t | nm2:4 | mask_only | +5.00 ± 0.00 (worse, 3 seeds) |" in table
+
+
+def test_bench_quality_methods_given_empty_runs_only_the_ablations():
+    """``--methods`` with no names: the ablation rows alone (the default rows of those seeds already exist)."""
+    from types import SimpleNamespace
+
+    from benchmarks.quality.run import build_jobs
+
+    args = SimpleNamespace(smoke=False, scale=1.0, threads=1, digits_layers=2, tasks=["digits"], patterns=["nm2:4"],
+                           methods=[], seeds=[0, 1], minilm_seeds=1, ablation_tasks=["digits"], ablations=True,
+                           ablation_seeds=2, ablation_patterns=["nm2:4"], ablation_names=["mask_only", "no_anneal"])  # fmt: skip
+    jobs = build_jobs(args, {("digits", 0): "d0", ("digits", 1): "d1"})
+    assert sorted((j["seed"], j["ablation"]) for j in jobs) == [
+        (0, "mask_only"), (0, "no_anneal"), (1, "mask_only"), (1, "no_anneal")
+    ]  # fmt: skip
+    assert {j["method"] for j in jobs} == {"smart"}
+    args.methods = None  # unset: the task's default matrix as before
+    assert {j["method"] for j in build_jobs(args, {("digits", 0): "d0", ("digits", 1): "d1"})} > {"smart"}

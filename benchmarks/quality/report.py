@@ -9,6 +9,9 @@ Comparisons (``comparisons``): for every (task, pattern) SMART is compared, seed
 the same dense weights and sees the same batches), with its own frozen prior (``smart_frozen``) and with the best
 baseline (lowest mean test error): the mean paired difference of the test error and its 95% t-interval. An interval
 that contains 0 is a tie.
+
+Ablations (``ablation_comparisons``): every SMART variant against the default SMART row and against its frozen prior,
+paired by seed on the *validation* error (defaults are chosen on validation) and on the test error.
 """
 
 from __future__ import annotations
@@ -73,21 +76,30 @@ def summarise(rows: list[dict]) -> dict:
                 "val_err": val_err,
                 "test_err": test_err,
                 **ci,
+                "val_err_by_seed": {r["seed"]: 1 - r["val_acc"] for r in items},
                 "test_err_by_seed": {r["seed"]: 1 - r["test_acc"] for r in items},
                 "sparsity": sparsity,
                 "target_sparsity": target,
                 "valid": valid,
             }
         )
-    return {"groups": groups, "goals": goals(groups), "comparisons": comparisons(groups), "failures": failures}
+    return {
+        "groups": groups,
+        "goals": goals(groups),
+        "comparisons": comparisons(groups),
+        "ablation_comparisons": ablation_comparisons(groups),
+        "failures": failures,
+    }
 
 
-def paired(a: dict, b: dict) -> dict | None:
-    """Mean and 95% t-interval half-width of ``a - b`` test error over the seeds both groups ran (None if < 2)."""
-    seeds = sorted(set(a["test_err_by_seed"]) & set(b["test_err_by_seed"]))
+def paired(a: dict, b: dict, split: str = "test") -> dict | None:
+    """Mean and 95% t-interval half-width of ``a - b`` error on ``split`` ("test" or "val") over the seeds both
+    groups ran (None if < 2)."""
+    key = f"{split}_err_by_seed"
+    seeds = sorted(set(a[key]) & set(b[key]))
     if len(seeds) < 2:
         return None
-    diffs = [a["test_err_by_seed"][s] - b["test_err_by_seed"][s] for s in seeds]
+    diffs = [a[key][s] - b[key][s] for s in seeds]
     mean, half = statistics.fmean(diffs), ci95(diffs)
     verdict = "tie" if abs(mean) <= half else ("better" if mean < 0 else "worse")
     return {"seeds": seeds, "diff": mean, "ci95": half, "verdict": verdict}
@@ -116,6 +128,22 @@ def comparisons(groups: list[dict]) -> list[dict]:
             best = min(baselines, key=lambda g: g["test_err"][0])
             row.update(best_baseline=best["method"], ratio=smart["test_err"][0] / max(best["test_err"][0], 1e-12))
             row["vs_best_baseline"] = paired(smart, best)
+        out.append(row)
+    return out
+
+
+def ablation_comparisons(groups: list[dict]) -> list[dict]:
+    """Every SMART ablation vs the default SMART row and vs its frozen prior of the same (task, pattern), paired by
+    seed on validation (what a default is chosen on) and test error."""
+    out = []
+    for variant in (g for g in groups if g["method"] == "smart" and g["ablation"] is not None):
+        task, pattern = variant["task"], variant["pattern"]
+        row = {"task": task, "pattern": pattern, "ablation": variant["ablation"]}
+        for name, other in (("default", _find(groups, task, pattern, "smart")),
+                            ("frozen_prior", _find(groups, task, pattern, "smart_frozen"))):  # fmt: skip
+            if other:
+                row[f"val_vs_{name}"] = paired(variant, other, "val")
+                row[f"test_vs_{name}"] = paired(variant, other, "test")
         out.append(row)
     return out
 
@@ -181,7 +209,7 @@ def markdown_table(summary: dict) -> str:
     """Main rows (no ablations), then ablations, then the goals."""
     head = "| task | pattern | method | seeds | val err % | test err % | sparsity | valid |\n|---|---|---|---|---|---|---|---|"
     lines = ["**Quality (mean ± 95% t-interval over seeds; error = 1 - accuracy)**", "", head]
-    ablations = ["", "**SMART ablations (digits)**", "", head.replace("| method |", "| variant |")]
+    ablations = ["", "**SMART ablations**", "", head.replace("| method |", "| variant |")]
     for g in summary["groups"]:
         name = g["method"] if g["ablation"] is None else g["ablation"]
         line = (
@@ -204,6 +232,7 @@ def markdown_table(summary: dict) -> str:
             f"{_paired_text(c.get('vs_frozen_prior'))} | "
             f"{c.get('best_baseline', '-')} | {_paired_text(c.get('vs_best_baseline'))} | {ratio} |"
         )
+    out += _ablation_lines(summary.get("ablation_comparisons", []))
     out += ["", "**Goals (test error ratios)**", "", "| goal | ratio | met |", "|---|---|---|"]
     for key, goal in summary["goals"].items():
         best = f" (best baseline: {goal['best_baseline']})" if "best_baseline" in goal else ""
@@ -211,6 +240,22 @@ def markdown_table(summary: dict) -> str:
     for f in summary["failures"]:
         out.append(f"\nFAILED: {f}")
     return "\n".join(out)
+
+
+def _ablation_lines(rows: list[dict]) -> list[str]:
+    """The ablations paired with the default SMART row and its prior (validation decides; test shown beside it)."""
+    if not rows:
+        return []
+    out = ["", "**SMART ablations - default SMART / - its frozen prior, error points, paired by seed**", ""]
+    out += [
+        "| task | pattern | variant | val: - default | test: - default | val: - prior | test: - prior |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [_paired_text(r.get(key)) for key in ("val_vs_default", "test_vs_default", "val_vs_frozen_prior",
+                                                        "test_vs_frozen_prior")]  # fmt: skip
+        out.append(f"| {r['task']} | {r['pattern']} | {r['ablation']} | " + " | ".join(cells) + " |")
+    return out
 
 
 METHOD_COLORS = {

@@ -235,7 +235,7 @@ def build_jobs(args, dense_paths: dict) -> list[dict]:
     for task in sorted(args.tasks, key=lambda t: not t.startswith("minilm")):
         text = task.startswith("minilm")
         patterns = args.patterns or (DIGITS_PATTERNS_ALL if args.smoke else MINILM_PATTERNS if text else DIGITS_PATTERNS)
-        methods = args.methods or {
+        methods = args.methods if args.methods is not None else {
             (True, True): MINILM_METHODS_ALL,
             (True, False): METHODS,
             (False, True): MINILM_METHODS,
@@ -344,7 +344,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["digits", "minilm"], choices=sorted(TASKS))
     parser.add_argument("--patterns", nargs="+", default=None, help="e.g. block4x4@0.5 channel@0.3 nm2:4")
-    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS)
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        choices=METHODS,
+        help="default: the task's matrix; given with no names, only the ablations run (their dense pre-train too)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--minilm-seeds", type=int, default=3, help="MiniLM uses the first this many seeds")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (dense and window)")
