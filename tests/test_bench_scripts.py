@@ -330,3 +330,23 @@ def test_bench_quality_methods_given_empty_runs_only_the_ablations():
     assert {j["method"] for j in jobs} == {"smart"}
     args.methods = None  # unset: the task's default matrix as before
     assert {j["method"] for j in build_jobs(args, {("digits", 0): "d0", ("digits", 1): "d1"})} > {"smart"}
+
+
+def test_bench_prepare_smoke_counts_the_start_temperature_evaluations(tmp_path):
+    """`prepare_model` with the current root finder and the previous bisection side by side: far fewer soft top-k
+    evaluations for start temperatures that agree to well within the 1e-4 fractionality tolerance."""
+    out = tmp_path / "p.json"
+    proc = _run_benchmark("prepare", ["--smoke", "--previous", "--out", str(out)])
+    assert "| model | pattern |" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "prepare" and {r["pattern"] for r in data["rows"]} == {
+        "nm2:4",
+        "block4x4@0.5 (global)",
+        "block4x4@0.5 (layer)",
+    }
+    for row in data["rows"]:
+        now, previous = row["now"], row["previous"]
+        assert now["seconds"] > 0 and previous["seconds"] > 0
+        assert now["evaluations"] * 3 <= previous["evaluations"], row
+        assert len(now["start_temperatures"]) == len(previous["start_temperatures"]) >= 1
+        assert row["max_relative_tau_difference"] < 1e-3
