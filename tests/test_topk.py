@@ -391,3 +391,21 @@ def test_short_rows_unsettled_rows_take_the_general_solver(monkeypatch):
     x[7, 1] = math.nan
     with pytest.raises(ValueError, match="NaN"):
         soft_topk(x, 2, 0.3)
+
+
+@pytest.mark.parametrize("tau", [3.0, 1.0, 0.3, 0.03])
+def test_short_rows_settle_on_the_budget_anneal_without_the_general_solver(monkeypatch, tau):
+    """Late in the budget anneal k is just above an integer (2.001 for 2:4); from its start on the ceil(k)-th
+    score an undamped Newton step overshoots on the flat part of the sum of sigmoids and the rows never settled
+    (all of them at tau = 1), each call then paying for the general float64 solver. Capped steps settle them."""
+    x = torch.randn(20_000, 4, generator=torch.Generator().manual_seed(0))
+    ks = [3.999, 3.5, 3.01, 2.5, 2.05, 2.01, 2.001, 1.001]
+    expected = {k: _general(x, k, tau) for k in ks}
+    fallback_rows = []
+    general = topk._solve_rows
+    monkeypatch.setattr(topk, "_solve_rows", lambda z, *a: fallback_rows.append(z.shape[0]) or general(z, *a))
+    for k in ks:
+        f = soft_topk(x, k, tau)
+        assert (f.double().sum(-1) - k).abs().max() <= 2e-6, k
+        assert (f - expected[k]).abs().max() <= 2e-6, k
+    assert fallback_rows == []

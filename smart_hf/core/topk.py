@@ -300,12 +300,17 @@ def mask_fractionality(mask: torch.Tensor) -> float:
 #      anneal of N:M: k falls from m to n) centres on the ceil(k)-th score instead and starts at t = logit(frac(k)),
 #      the root once the other units are saturated; |t| <= log(m - 1) + |logit(frac(k))| + tiny.
 #   2. Newton from t = 0 (or logit(frac(k))): t <- t - (S - k) / S', S = sum f, S' = sum f (1 - f); row sums by a
-#      matrix-vector product (a sum along a 4-long last dim is ~5x slower on CPU). From the midpoint it needs <= 3 steps for |S - k| <= 1e-6
-#      in float32 (1e-12 in float64) on every case tried, 0-1 once tau is small (the rows are saturated).
-#   3. every row is checked; a row that is not within the tolerance (none in practice) goes through the general
-#      safeguarded solver, so the result sums to k exactly as before, whatever the input. NaN/Inf scores are caught
+#      matrix-vector product (a sum along a 4-long last dim is ~5x slower on CPU). From the midpoint it needs <= 3
+#      steps for |S - k| <= 1e-6 in float32 (1e-12 in float64) on every case tried, 0-1 once tau is small (the rows
+#      are saturated). Steps are capped at _MAX_STEP: from logit(frac(k)) at a large tau (a fractional k just above
+#      an integer, with the ceil(k)-th score close to the k-th) S is flat, a full step overshoots to where every
+#      unit is on and the next one to the other end; undamped, such rows (up to all of them, late in the anneal)
+#      never settled and went to the general solver, 1.3-6x slower per call. Integer-k steps stay below the cap.
+#   3. every row is checked; a row that is not within the tolerance (none in the cases tried) goes through the
+#      general safeguarded solver, so the result sums to k exactly as before, whatever the input. NaN/Inf scores are caught
 #      first by one sum over all scores (an Inf would otherwise just saturate to 0 or 1) and get the usual error.
 _SHORT_MAX_ITER = 8
+_MAX_STEP = 2.0
 
 
 def _short_rows_apply(scores, k, cost) -> bool:
@@ -371,10 +376,10 @@ def _short_row_start(x: torch.Tensor, k: float) -> tuple[torch.Tensor, float]:
 
 
 def _newton_short_rows(
-    d: torch.Tensor, k: float, t: torch.Tensor | float = 0.0, iters: int = _SHORT_MAX_ITER, bound: float | None = None
+    d: torch.Tensor, k: float, t: torch.Tensor | float = 0.0, iters: int | None = None, bound: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve ``sum_i sigmoid(d_i + t) = k`` per row of the centred ``d`` ``(R, m)`` by Newton from ``t`` (a number:
-    the same start for every row, default 0; or an ``(R, 1)`` tensor).
+    the same start for every row, default 0; or an ``(R, 1)`` tensor), each step capped at ``_MAX_STEP``.
 
     Returns ``(t (R, 1), f = sigmoid(d + t), ok (R,) bool)``; ``ok`` is False for the rows not within the tolerance
     (``1e-6`` in float32, ``1e-12`` in float64) after ``iters`` steps. Steps are taken on all rows while more than half
@@ -383,10 +388,11 @@ def _newton_short_rows(
     comparable to the arithmetic.
     """
     rows, m = d.shape
+    iters = _SHORT_MAX_ITER if iters is None else iters  # read at call time (tests set it to 0)
     ones = torch.ones(m, dtype=d.dtype, device=d.device)
     tol = 1e-12 * m if d.dtype == torch.float64 else 1e-6
     # the root is within log(m - 1) + tiny of 0 for an integer k (midpoint centre), within that plus |logit(k -
-    # floor(k))| for a fractional one (`_short_row_start`); a clamp stops wild first steps
+    # floor(k))| for a fractional one (`_short_row_start`); the clamp keeps every iterate in that range
     if not torch.is_tensor(t):
         bound = 2.0 * math.log(m) + 2.0 + abs(t) if bound is None else bound
         t = torch.full((rows, 1), float(t), dtype=d.dtype, device=d.device)
@@ -408,7 +414,7 @@ def _newton_short_rows(
             break
         square = torch.mul(f, f, out=square)
         slope = total - torch.mv(square, ones)
-        step = torch.div(g, slope).nan_to_num_(0.0, 0.0, 0.0)  # slope 0: a saturated row, nothing to gain
+        step = torch.div(g, slope).nan_to_num_(0.0, 0.0, 0.0).clamp_(-_MAX_STEP, _MAX_STEP)
         t.sub_(step.unsqueeze(-1)).clamp_(-bound, bound)
         torch.add(d, t, out=f).sigmoid_()
     return t, f, ok
