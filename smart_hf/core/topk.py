@@ -305,10 +305,11 @@ def mask_fractionality(mask: torch.Tensor) -> float:
 #      are saturated). Steps are capped at _MAX_STEP: from logit(frac(k)) at a large tau (a fractional k just above
 #      an integer, with the ceil(k)-th score close to the k-th) S is flat, a full step overshoots to where every
 #      unit is on and the next one to the other end; undamped, such rows (up to all of them, late in the anneal)
-#      never settled and went to the general solver, 1.3-6x slower per call. Integer-k steps stay below the cap.
+#      never settled and went to the general solver, 1.4-6x slower per call. Integer-k steps stay below the cap.
 #   3. every row is checked; a row that is not within the tolerance (none in the cases tried) goes through the
-#      general safeguarded solver, so the result sums to k exactly as before, whatever the input. NaN/Inf scores are caught
-#      first by one sum over all scores (an Inf would otherwise just saturate to 0 or 1) and get the usual error.
+#      general safeguarded solver, so the result sums to k exactly as before, whatever the input. NaN/Inf scores are
+#      caught first by one sum over all scores (an Inf would otherwise just saturate to 0 or 1) and get the usual
+#      error.
 _SHORT_MAX_ITER = 8
 _MAX_STEP = 2.0
 
@@ -414,6 +415,7 @@ def _newton_short_rows(
             break
         square = torch.mul(f, f, out=square)
         slope = total - torch.mv(square, ones)
+        # slope 0: a saturated row, nothing to gain; the cap: see the notes above
         step = torch.div(g, slope).nan_to_num_(0.0, 0.0, 0.0).clamp_(-_MAX_STEP, _MAX_STEP)
         t.sub_(step.unsqueeze(-1)).clamp_(-bound, bound)
         torch.add(d, t, out=f).sigmoid_()
