@@ -51,8 +51,8 @@ def test_auto_temperature_hits_the_target_fractionality():
 @pytest.mark.parametrize("k, shape", [(2.0, (2000, 4)), (1.0, (2000, 4)), (400.0, (1, 4000)), (3000.0, (1, 4000))])
 def test_auto_temperature_needs_few_soft_topk_evaluations(k, shape):
     """Each evaluation is a soft top-k over every unit of the group (seconds on a BERT-base-sized model), so the
-    root is found by safeguarded regula falsi in log-log coordinates: ~10 evaluations where bisection over
-    [1e-6, 1e4] to the same precision took 42."""
+    root is found by Dekker's method (secant steps guarded by bisection) in log-log coordinates: 7-10 evaluations
+    where bisection over [1e-6, 1e4] took 42."""
     scores = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).double()
     taus = []
 
