@@ -1,8 +1,9 @@
 """Activation (gradient) checkpointing with SMART: the soft masks are solved once per root forward, outside every
 checkpointed block, so a block re-run in the backward pass reads the tensors its forward read.
 
-Compared with the same run without checkpointing: losses equal exactly (the forward computes the same values) and
-every gradient within 1e-5 of its norm (float32 summation order changes under recomputation; a reentrant checkpoint back-propagates each re-run block through a fresh solve of
+Compared with the same run without checkpointing: the first loss equals exactly (the forward computes the same
+values), later losses to float32 round-off (each step applies gradients that differ in the last bits), and every
+gradient within 1e-5 of its norm (float32 summation order changes under recomputation; a reentrant checkpoint back-propagates each re-run block through a fresh solve of
 the same scores, whose float64 shift can differ in the last bits). Covered: non-reentrant (transformers' and TRL's
 default), reentrant, and selective activation checkpointing; encoder (BERT, whose pooler runs outside the
 checkpointed blocks), GPT-2 and Llama-style models; the dense, search and fine-tune stages in the Trainer.
@@ -66,7 +67,9 @@ def test_checkpointed_search_matches_plain(name, mode):
     plain, plain_losses, plain_grads = _loss_and_grads(name, None)
     model, losses, grads = _loss_and_grads(name, CHECKPOINTING[mode])
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-    assert losses == plain_losses
+    assert losses[0] == plain_losses[0]  # the same forward on the same weights
+    # the step applied gradients that differ by float32 round-off, so later losses agree to round-off, not bitwise
+    assert losses[1:] == pytest.approx(plain_losses[1:], rel=1e-6)
     assert grads.keys() == plain_grads.keys() and any("smart_scores" in n for n in grads)
     for n, g in grads.items():  # float32 round-off only: summation order differs under recomputation
         assert (g - plain_grads[n]).norm() <= 1e-5 * plain_grads[n].norm() + 1e-12, n
