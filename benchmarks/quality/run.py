@@ -71,6 +71,9 @@ ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 
         "no_anneal": {"budget_anneal": 0.0},
         "tau_start_1": {"tau_start": 1.0},
         "start_frac_0.02": {"tau_start_fractionality": 0.02},
+        # the dynamic rule checks every dynamic_window steps once the budget is held: 20 leaves a 30-step search
+        # (10 held steps) no check that can act; a window that fits the held phase
+        "dynamic_window_3": {"dynamic_window": 3},
     }
 )
 # issue 12's score-rate ablations, at 4x4 / 90% (where the search matters most) and 2:4 (ABLATION_PATTERNS), 5 seeds;
