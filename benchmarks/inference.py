@@ -227,7 +227,9 @@ def variants(name: str, smoke: bool, sparsity: float, block: int, wanted: tuple[
             coupled = fresh()
             sh.prepare_model(
                 coupled,
-                sh.SmartConfig(pattern="coupled", sparsity=sparsity, budget=budget, coupled_tokens=tokens(name, smoke)),
+                sh.SmartConfig(
+                    pattern="coupled", sparsity=sparsity, budget=budget, coupled_tokens=tokens(name, smoke)
+                ),
             )
             summary = sh.slim(coupled, mode=mode)
             info[f"{variant}_params_removed"] = summary["params_removed"]

@@ -123,7 +123,9 @@ def previous_results(path: str) -> tuple[list[dict], dict | None]:
     if not Path(path).is_file():
         return [], None
     earlier = json.loads(Path(path).read_text())
-    header = earlier.get("appended_to") or {key: earlier.get(key) for key in ("command", "environment", "wall_seconds")}
+    header = earlier.get("appended_to") or {
+        key: earlier.get(key) for key in ("command", "environment", "wall_seconds")
+    }
     return earlier["rows"], header
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "update_temperature",
 ]
 
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DDP/accelerate wrappers (followed via ``.module`` until one holds the SMART state)."""
     while not hasattr(model, STATE_MODULE_NAME) and hasattr(model, "module"):

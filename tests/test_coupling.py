@@ -331,7 +331,9 @@ def test_the_budget_anneal_starts_from_keeping_every_coupled_unit():
     model = sh.prepare_model(tiny_vit(), sh.SmartConfig(pattern="coupled", sparsity=0.5))
     state = sh.get_smart_state(model)
     group = state.groups[0]
-    assert group.capacity() == sum(layer.smart_layout.num_units * layer._smart_coupled.unit_cost for layer in group.layers)
+    assert group.capacity() == sum(
+        layer.smart_layout.num_units * layer._smart_coupled.unit_cost for layer in group.layers
+    )
     state.set_budget_progress(0.0)
     model(**vit_inputs())
     masks = state.soft_group_masks(0)

@@ -315,7 +315,9 @@ def test_score_parameter_groups_convert_to_the_scores_units():
     assert sorted(g["lr"] for g in fixed) == pytest.approx([0.1, 0.5])
     model = _mixed_model(score_scale="standardized")
     state = get_smart_state(model)
-    expected = sorted((0.2 if g.kind == "nm" else 1.0) * state.group_temperature(i) for i, g in enumerate(state.groups))
+    expected = sorted(
+        (0.2 if g.kind == "nm" else 1.0) * state.group_temperature(i) for i, g in enumerate(state.groups)
+    )
     assert sorted(g["lr"] for g in score_parameter_groups(model)) == pytest.approx(sorted(set(expected)))
 
 

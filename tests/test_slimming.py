@@ -1,7 +1,6 @@
 """`slim`: pruned FFN channels, attention heads and CNN chain channels removed physically; outputs unchanged,
 parameters and MACs fall as predicted, loadable."""
 
-
 import pytest
 import torch
 from tiny_models import resnet_inputs, text_inputs, tiny_bert, tiny_deit, tiny_resnet, tiny_vit, vit_inputs

@@ -237,13 +237,19 @@ def build_jobs(args, dense_paths: dict) -> list[dict]:
     base = {"smoke": args.smoke, "scale": args.scale, "threads": args.threads, "layers": args.digits_layers}
     for task in sorted(args.tasks, key=lambda t: not t.startswith("minilm")):
         text = task.startswith("minilm")
-        patterns = args.patterns or (DIGITS_PATTERNS_ALL if args.smoke else MINILM_PATTERNS if text else DIGITS_PATTERNS)
-        methods = args.methods if args.methods is not None else {
-            (True, True): MINILM_METHODS_ALL,
-            (True, False): METHODS,
-            (False, True): MINILM_METHODS,
-            (False, False): DEFAULT_METHODS,
-        }[(args.smoke, text)]
+        patterns = args.patterns or (
+            DIGITS_PATTERNS_ALL if args.smoke else MINILM_PATTERNS if text else DIGITS_PATTERNS
+        )
+        methods = (
+            args.methods
+            if args.methods is not None
+            else {
+                (True, True): MINILM_METHODS_ALL,
+                (True, False): METHODS,
+                (False, True): MINILM_METHODS,
+                (False, False): DEFAULT_METHODS,
+            }[(args.smoke, text)]
+        )
         seeds = args.seeds if task == "digits" else args.seeds[: args.minilm_seeds]
         for seed in seeds:
             common = {**base, "task": task, "seed": seed, "dense_path": dense_paths[(task, seed)], "variant": {}}
@@ -390,8 +396,9 @@ def main(argv=None) -> int:
         pretrained, rows = run_all(args)
     summary = summarise(rows)
     payload = {
-        **result_header("quality", args.smoke, argv, environment(
-            workers=args.workers, threads_per_worker=args.threads)),
+        **result_header(
+            "quality", args.smoke, argv, environment(workers=args.workers, threads_per_worker=args.threads)
+        ),
         "sizes": {t: dict(zip(("dense_steps", "window"), task_steps(t, args.smoke, args.scale))) for t in TASKS},
         "pretrain": [{k: v for k, v in p.items() if k != "path"} for p in pretrained],
         "rows": rows,

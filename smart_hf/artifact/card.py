@@ -14,7 +14,15 @@ import shlex
 
 from ..constants import REPORT_NAME
 
-__all__ = ["CARD_NAME", "HUB_ID", "card_tags", "metrics_from_log_history", "model_card", "redact_command", "write_model_card"]
+__all__ = [
+    "CARD_NAME",
+    "HUB_ID",
+    "card_tags",
+    "metrics_from_log_history",
+    "model_card",
+    "redact_command",
+    "write_model_card",
+]
 
 CARD_NAME = "README.md"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -7,4 +7,12 @@ from .ffn import find_ffn_pairs
 from .heads import head_pruning_overrides
 from .load import auto_model_class, load_slim
 
-__all__ = ["MODES", "auto_model_class", "find_ffn_pairs", "head_pruning_overrides", "load_slim", "slim", "slimmed_widths"]
+__all__ = [
+    "MODES",
+    "auto_model_class",
+    "find_ffn_pairs",
+    "head_pruning_overrides",
+    "load_slim",
+    "slim",
+    "slimmed_widths",
+]
