@@ -40,7 +40,8 @@ CHECKPOINTING = {
 
 
 def _loss_and_grads(name: str, checkpointing: dict | None, steps: int = 2):
-    """Loss and every gradient of a prepared tiny model over ``steps`` optimizer steps of the structure search."""
+    """Loss and every gradient of a prepared tiny model over ``steps`` optimizer steps of the structure search, and
+    whether every backward left the solver's warm starts (``shift_x``) as the forward set them."""
     torch.manual_seed(0)
     model = sh.prepare_model(MODELS[name](), sh.SmartConfig(**CONFIG))
     if checkpointing is not None:
@@ -49,23 +50,25 @@ def _loss_and_grads(name: str, checkpointing: dict | None, steps: int = 2):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = tiny_models.text_inputs(4)
     labels = torch.tensor([0, 1, 2, 0]) if name == "bert" else batch["input_ids"]
-    losses, grads = [], {}
+    losses, grads, kept = [], {}, []
     for step in range(steps):
         sh.update_temperature(model, step, steps)
         optimizer.zero_grad()
         loss = model(**batch, labels=labels).loss
+        shifts = [g.shift_x.clone() for g in sh.get_smart_state(model).groups]
         loss.backward()
+        kept.append(all(torch.equal(a, g.shift_x) for a, g in zip(shifts, sh.get_smart_state(model).groups)))
         losses.append(loss.item())
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         optimizer.step()
-    return model, losses, grads
+    return model, losses, grads, all(kept)
 
 
 @pytest.mark.parametrize("mode", list(CHECKPOINTING))
 @pytest.mark.parametrize("name", list(MODELS))
 def test_checkpointed_search_matches_plain(name, mode):
-    plain, plain_losses, plain_grads = _loss_and_grads(name, None)
-    model, losses, grads = _loss_and_grads(name, CHECKPOINTING[mode])
+    plain, plain_losses, plain_grads, _ = _loss_and_grads(name, None)
+    model, losses, grads, warm_start_kept = _loss_and_grads(name, CHECKPOINTING[mode])
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert losses[0] == plain_losses[0]  # the same forward on the same weights
     # the step applied gradients that differ by float32 round-off, so later losses agree to round-off, not bitwise
@@ -73,9 +76,10 @@ def test_checkpointed_search_matches_plain(name, mode):
     assert grads.keys() == plain_grads.keys() and any("smart_scores" in n for n in grads)
     for n, g in grads.items():  # float32 round-off only: summation order differs under recomputation
         assert (g - plain_grads[n]).norm() <= 1e-5 * plain_grads[n].norm() + 1e-12, n
-    assert sh.get_smart_state(model).fractionality() == sh.get_smart_state(plain).fractionality()
-    for a, b in zip(sh.get_smart_state(model).groups, sh.get_smart_state(plain).groups):
-        assert torch.equal(a.shift_x, b.shift_x)  # the recomputations did not move the warm start
+    # the scores took the same round-off as the weights: the mask state agrees to round-off
+    fractionality = sh.get_smart_state(model).fractionality()
+    assert fractionality == pytest.approx(sh.get_smart_state(plain).fractionality(), rel=1e-5)
+    assert warm_start_kept  # the recomputations in backward did not move the solver's warm start
 
 
 @pytest.mark.parametrize("mode", list(CHECKPOINTING))
