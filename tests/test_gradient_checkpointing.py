@@ -3,8 +3,9 @@ checkpointed block, so a block re-run in the backward pass reads the tensors its
 
 Compared with the same run without checkpointing: the first loss equals exactly (the forward computes the same
 values), later losses to float32 round-off (each step applies gradients that differ in the last bits), and every
-gradient within 1e-5 of its norm (float32 summation order changes under recomputation; a reentrant checkpoint back-propagates each re-run block through a fresh solve of
-the same scores, whose float64 shift can differ in the last bits). Covered: non-reentrant (transformers' and TRL's
+gradient within 1e-5 of its norm (float32 summation order changes under recomputation; a reentrant checkpoint
+back-propagates each re-run block through a fresh solve of the same scores, whose float64 shift can differ in the
+last bits), while the solver's warm start stays as the forward left it. Covered: non-reentrant (transformers' and TRL's
 default), reentrant, and selective activation checkpointing; encoder (BERT, whose pooler runs outside the
 checkpointed blocks), GPT-2 and Llama-style models; the dense, search and fine-tune stages in the Trainer.
 """
