@@ -119,6 +119,28 @@ def test_bench_quality_smoke(tmp_path):
     assert all("vs_frozen_prior" in c for c in comparisons.values())
 
 
+def test_bench_quality_dense_cache_reuses_the_dense_stage(tmp_path):
+    """--dense-cache keeps the dense checkpoints and their records; a second run reuses them (no retraining) and
+    gives the same rows; a checkpoint without its record is trained again, not trusted."""
+    cache = tmp_path / "dense"
+    common = ["--smoke", "--tasks", "digits", "--methods", "dense", "--no-ablations", "--workers", "1"]
+    first = tmp_path / "a.json"
+    _run_benchmark("quality", [*common, "--dense-cache", str(cache), "--out", str(first)])
+    (checkpoint,) = cache.glob("*.pt")
+    assert checkpoint.with_suffix(".json").exists() and "t1_smoke" in checkpoint.name
+    second = tmp_path / "b.json"
+    proc = _run_benchmark("quality", [*common, "--dense-cache", str(cache), "--out", str(second)])
+    assert "reused from --dense-cache" in proc.stdout
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert b["pretrain"][0]["cached"] is True and "cached" not in a["pretrain"][0]
+    assert b["pretrain"][0]["val_acc"] == a["pretrain"][0]["val_acc"]
+    assert [r["test_acc"] for r in b["rows"]] == [r["test_acc"] for r in a["rows"]]
+
+    checkpoint.with_suffix(".json").unlink()  # as if the first run died between the checkpoint and its record
+    proc = _run_benchmark("quality", [*common, "--dense-cache", str(cache), "--out", str(second)])
+    assert "reused from --dense-cache" not in proc.stdout and checkpoint.with_suffix(".json").exists()
+
+
 def test_bench_quality_comparisons_pair_by_seed_and_show_the_headroom():
     """SMART vs its prior and the best baseline, and the prior vs the dense model (the headroom a search can win
     back), each paired by seed with a 95% t-interval."""

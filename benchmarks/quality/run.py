@@ -182,7 +182,13 @@ def get_task(name: str, smoke: bool, scale: float, layers: int = DIGITS_LAYERS) 
 
 
 def pretrain_job(job: dict) -> dict:
-    """Dense stage of one (task, seed): train, save the state dict to ``job['path']``, return its accuracies."""
+    """Dense stage of one (task, seed): train, save the state dict to ``job['path']``, return its accuracies.
+
+    With ``job['reuse']`` (``--dense-cache``) a checkpoint already at ``job['path']`` with its record beside it
+    (``.json``) is used as is: adding rows to a finished run does not repeat its dense stage."""
+    record_path = Path(job["path"]).with_suffix(".json")
+    if job.get("reuse") and Path(job["path"]).exists() and record_path.exists():
+        return {**json.loads(record_path.read_text()), "path": job["path"], "cached": True}
     torch.set_num_threads(job["threads"])
     task = get_task(job["task"], job["smoke"], job["scale"], job["layers"])
     start = time.perf_counter()
@@ -190,12 +196,14 @@ def pretrain_job(job: dict) -> dict:
     if task.dense_steps > 0:
         train_steps(model, task, job["seed"], task.dense_steps, weight_groups(model, task.weight_decay))
     torch.save(model.state_dict(), job["path"])
-    return {
-        **job,
+    record = {
+        **{k: v for k, v in job.items() if k not in ("path", "reuse")},
         "val_acc": accuracy(model, task.splits["validation"], task.eval_batch),
         "test_acc": accuracy(model, task.splits["test"], task.eval_batch),
         "seconds": time.perf_counter() - start,
     }
+    record_path.write_text(json.dumps(record))  # written last: a checkpoint without its record is not reused
+    return {**record, "path": job["path"]}
 
 
 def make_method(name: str, spec, variant: dict):
@@ -271,8 +279,17 @@ def build_jobs(args, dense_paths: dict) -> list[dict]:
 
 def run_all(args) -> tuple[list, list]:
     """Pretrain every (task, seed), then every window job, on ``args.workers`` processes."""
+    if args.dense_cache:  # kept: a later run with the same sizes and threads reuses them
+        Path(args.dense_cache).mkdir(parents=True, exist_ok=True)
+        return _run_in(args.dense_cache, args)
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:  # the cached dense checkpoints
         return _run_in(tmp, args)
+
+
+def dense_checkpoint_name(task: str, seed: int, args) -> str:
+    """Everything the dense stage depends on: the thread count too (it changes the float sums, hence the run)."""
+    smoke = "_smoke" if args.smoke else ""
+    return f"{task}_s{seed}_scale{args.scale:g}_layers{args.digits_layers}_t{args.threads}{smoke}.pt"
 
 
 def _run_in(tmp: str, args) -> tuple[list, list]:
@@ -281,7 +298,7 @@ def _run_in(tmp: str, args) -> tuple[list, list]:
     pre_jobs = []
     for task in args.tasks:
         for seed in args.seeds if task == "digits" else args.seeds[: args.minilm_seeds]:
-            path = os.path.join(tmp, f"{task}_{seed}.pt")
+            path = os.path.join(tmp, dense_checkpoint_name(task, seed, args))
             pre_jobs.append(
                 {
                     "task": task,
@@ -291,6 +308,7 @@ def _run_in(tmp: str, args) -> tuple[list, list]:
                     "scale": args.scale,
                     "layers": args.digits_layers,
                     "threads": args.threads,
+                    "reuse": bool(args.dense_cache),
                 }
             )
     # spawn: fresh workers that build their own models and data (no forked torch thread pools)
@@ -302,7 +320,7 @@ def _run_in(tmp: str, args) -> tuple[list, list]:
         for p in pretrained:
             print(
                 f"[pretrain] {p['task']} seed {p['seed']}: val {p['val_acc']:.4f} test {p['test_acc']:.4f} "
-                f"({p['seconds']:.0f}s)",
+                f"({p['seconds']:.0f}s{', reused from --dense-cache' if p.get('cached') else ''})",
                 flush=True,
             )
         jobs = build_jobs(args, {(p["task"], p["seed"]): p["path"] for p in pretrained})
@@ -374,6 +392,12 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps, one seed")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument(
+        "--dense-cache",
+        default=None,
+        help="keep the dense checkpoints in this folder and reuse them in later runs with the same sizes and "
+        "threads (default: a temporary folder, deleted at the end); delete it after changing the dense stage",
+    )
     parser.add_argument("--out", default="docs/results/bench_quality.json")
     parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     parser.add_argument("--from-journal", nargs="+", default=None, help="summarise these journals; no training")
