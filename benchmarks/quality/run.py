@@ -202,7 +202,10 @@ def pretrain_job(job: dict) -> dict:
         "test_acc": accuracy(model, task.splits["test"], task.eval_batch),
         "seconds": time.perf_counter() - start,
     }
-    record_path.write_text(json.dumps(record))  # written last: a checkpoint without its record is not reused
+    # written last, and whole (a rename): a checkpoint without its record, or a half-written one, is never reused
+    staging = record_path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(record))
+    os.replace(staging, record_path)
     return {**record, "path": job["path"]}
 
 
