@@ -77,6 +77,7 @@ ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 
         # session 9: the search started on Wanda's mask (activation-aware scores) with more signal for it
         "init_activation_search_0.75": {"score_init": "activation", "search_fraction": 0.75},
         "init_activation_distill": {"score_init": "activation", "distill": 0.5},
+        "init_activation_search_0.25": {"score_init": "activation", "search_fraction": 0.25},
     }
 )
 # issue 12's score-rate ablations, at 4x4 / 90% (where the search matters most) and 2:4 (ABLATION_PATTERNS), 5 seeds;
