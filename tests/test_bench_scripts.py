@@ -111,6 +111,10 @@ def test_bench_quality_smoke(tmp_path):
         assert row["structured_sparsity"] >= target - 0.02, row
         assert row["nm_valid"], row
         assert 0 <= row["test_acc"] <= 1
+    for row in data["rows"]:  # how far the search moved its prior's mask: a share of the units (none for the prior)
+        searched = row["method"] == "smart"
+        assert ("smart_mask_changed_at_hardening" in row) == searched, row
+        assert not searched or 0 <= row["smart_mask_changed_at_hardening"] <= 1, row
     ablations = {r["ablation"] for r in data["rows"]} - {None}
     assert {"old_defaults", "no_anneal", "tau_start_1", "budget_layer", "init_activation", "distill"} <= ablations
     # SMART vs its frozen prior and the best baseline, paired by seed (one smoke seed: no interval, so None)
@@ -372,3 +376,20 @@ def test_bench_prepare_smoke_counts_the_start_temperature_evaluations(tmp_path):
         assert now["evaluations"] * 3 <= previous["evaluations"], row
         assert len(now["start_temperatures"]) == len(previous["start_temperatures"]) >= 1
         assert row["max_relative_tau_difference"] < 1e-3
+
+
+def test_bench_quality_counts_the_mask_decisions_the_search_changed():
+    """``changed_fraction`` of the target-budget hard masks: 0 for the same scores, exactly the swapped share else."""
+    from benchmarks.quality.core import changed_fraction, target_hard_masks
+
+    model = prepare_model(tiny_vit(), SmartConfig(pattern="nm", n=2, m=4))
+    before = target_hard_masks(model)
+    assert changed_fraction(before, target_hard_masks(model)) == 0.0
+    layer = next(m for m in model.modules() if hasattr(m, "smart_scores"))
+    with torch.no_grad():  # swap the two scores of one 2:4 group's best and worst weight: two decisions change
+        row = layer.smart_scores.view(-1, 4)[0]
+        best, worst = int(row.argmax()), int(row.argmin())
+        row[best], row[worst] = row[worst].clone(), row[best].clone()
+    after = target_hard_masks(model)
+    total = sum(mask.numel() for mask in before)
+    assert changed_fraction(before, after) == pytest.approx(2 / total)

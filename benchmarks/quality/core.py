@@ -239,6 +239,7 @@ class SmartMethod(WindowMethod):
         if self.frozen:
             sh.harden(model)  # before the optimizer exists: nothing to zero
             return weight_groups(model, task.weight_decay)
+        self.initial_masks = target_hard_masks(model)  # the prior's mask, to measure how far the search moves it
         groups = weight_groups(model, task.weight_decay)
         if self.mask_only:  # weights frozen while the masks learn (as MaskLLM does); thawed at hardening
             self.weights = [p for group in groups for p in group["params"]]
@@ -252,7 +253,10 @@ class SmartMethod(WindowMethod):
         if step < self.search:
             sh.update_temperature(self.model, step, self.search)
         elif step == self.search:
-            self.record = {"smart_fractionality_at_hardening": sh.get_smart_state(self.model).fractionality()}
+            self.record = {
+                "smart_fractionality_at_hardening": sh.get_smart_state(self.model).fractionality(),
+                "smart_mask_changed_at_hardening": changed_fraction(self.initial_masks, target_hard_masks(self.model)),
+            }
             sh.harden(self.model)
             for p in getattr(self, "weights", []):
                 p.requires_grad_(True)
@@ -264,6 +268,19 @@ class SmartMethod(WindowMethod):
 
     def finish(self, model):
         return sh.squash(model)
+
+
+@torch.no_grad()
+def target_hard_masks(model) -> list[torch.Tensor]:
+    """The hard masks of the current scores at the target budget (what ``harden`` would freeze now), one per layer."""
+    state = sh.get_smart_state(model)
+    return [mask.detach().clone() for gi in range(len(state.groups)) for mask in state.hard_group_masks(gi)]
+
+
+def changed_fraction(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """Share of mask units whose keep/prune decision differs between two lists of hard masks (same shapes)."""
+    changed = sum(int((a != b).sum()) for a, b in zip(before, after, strict=True))
+    return changed / sum(a.numel() for a in before)
 
 
 @torch.no_grad()
