@@ -145,6 +145,26 @@ def test_bench_quality_dense_cache_reuses_the_dense_stage(tmp_path):
     assert "reused from --dense-cache" not in proc.stdout and checkpoint.with_suffix(".json").exists()
 
 
+def test_bench_quality_dense_cache_refuses_a_checkpoint_of_other_sizes(tmp_path):
+    """A cached checkpoint whose record names other task sizes (e.g. more dense steps) stops the run with an error
+    that names the fix, instead of starting every row from the wrong dense model."""
+    cache = tmp_path / "dense"
+    common = ["--smoke", "--tasks", "digits", "--methods", "dense", "--no-ablations", "--workers", "1"]
+    _run_benchmark("quality", [*common, "--dense-cache", str(cache), "--out", str(tmp_path / "a.json")])
+    (record,) = cache.glob("*.json")
+    data = json.loads(record.read_text())
+    assert data["task_sizes"]["dense_steps"] == 3 and data["task_sizes"]["splits"]["train"] > 0
+    data["task_sizes"]["dense_steps"] = 4
+    record.write_text(json.dumps(data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    args = [*common, "--dense-cache", str(cache), "--out", str(tmp_path / "b.json")]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.quality", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode != 0
+    assert "was trained with" in proc.stderr and "delete that checkpoint" in proc.stderr
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_bench_quality_comparisons_pair_by_seed_and_show_the_headroom():
     """SMART vs its prior and the best baseline, and the prior vs the dense model (the headroom a search can win
     back), each paired by seed with a 95% t-interval."""

@@ -191,10 +191,17 @@ def pretrain_job(job: dict) -> dict:
     With ``job['reuse']`` (``--dense-cache``) a checkpoint already at ``job['path']`` with its record beside it
     (``.json``) is used as is: adding rows to a finished run does not repeat its dense stage."""
     record_path = Path(job["path"]).with_suffix(".json")
-    if job.get("reuse") and Path(job["path"]).exists() and record_path.exists():
-        return {**json.loads(record_path.read_text()), "path": job["path"], "cached": True}
-    torch.set_num_threads(job["threads"])
     task = get_task(job["task"], job["smoke"], job["scale"], job["layers"])
+    sizes = task_sizes(task)
+    if job.get("reuse") and Path(job["path"]).exists() and record_path.exists():
+        cached = json.loads(record_path.read_text())
+        if cached.get("task_sizes", sizes) != sizes:  # records before session 9 carry none: trusted by name
+            raise ValueError(
+                f"--dense-cache: {job['path']} was trained with {cached['task_sizes']}, this run's task has "
+                f"{sizes}; delete that checkpoint and its .json (or pass another --dense-cache folder) to retrain it."
+            )
+        return {**cached, "path": job["path"], "cached": True}
+    torch.set_num_threads(job["threads"])
     start = time.perf_counter()
     model = task.build_model(job["seed"])
     if task.dense_steps > 0:
@@ -202,6 +209,7 @@ def pretrain_job(job: dict) -> dict:
     torch.save(model.state_dict(), job["path"])
     record = {
         **{k: v for k, v in job.items() if k not in ("path", "reuse")},
+        "task_sizes": sizes,
         "val_acc": accuracy(model, task.splits["validation"], task.eval_batch),
         "test_acc": accuracy(model, task.splits["test"], task.eval_batch),
         "seconds": time.perf_counter() - start,
@@ -211,6 +219,13 @@ def pretrain_job(job: dict) -> dict:
     staging.write_text(json.dumps(record))
     os.replace(staging, record_path)
     return {**record, "path": job["path"]}
+
+
+def task_sizes(task: Task) -> dict:
+    """What a dense checkpoint depends on beyond its file name: steps, optimiser settings and split sizes."""
+    splits = {name: len(split["labels"]) for name, split in task.splits.items()}
+    return {"dense_steps": task.dense_steps, "batch_size": task.batch_size, "lr": task.lr, "warmup": task.warmup,
+            "weight_decay": task.weight_decay, "splits": splits}  # fmt: skip
 
 
 def make_method(name: str, spec, variant: dict):
@@ -403,7 +418,9 @@ def main(argv=None) -> int:
         "--dense-cache",
         default=None,
         help="keep the dense checkpoints in this folder and reuse them in later runs with the same sizes and "
-        "threads (default: a temporary folder, deleted at the end); delete it after changing the dense stage",
+        "threads (default: a temporary folder, deleted at the end); a checkpoint whose recorded steps, optimiser "
+        "settings or split sizes differ from the run's stops it with an error; delete the folder after changing "
+        "the dense stage's code",
     )
     parser.add_argument("--out", default="docs/results/bench_quality.json")
     parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
