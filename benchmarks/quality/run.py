@@ -78,6 +78,8 @@ ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 
         "init_activation_search_0.75": {"score_init": "activation", "search_fraction": 0.75},
         "init_activation_distill": {"score_init": "activation", "distill": 0.5},
         "init_activation_search_0.25": {"score_init": "activation", "search_fraction": 0.25},
+        # the search moves ~2% of the 2:4 decisions at the N:M rate 0.2 (Wanda's mask differs from magnitude's in ~12%)
+        "init_activation_score_lr_1.0": {"score_init": "activation", "score_lr": 1.0},
     }
 )
 # issue 12's score-rate ablations, at 4x4 / 90% (where the search matters most) and 2:4 (ABLATION_PATTERNS), 5 seeds;
