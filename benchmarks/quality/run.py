@@ -191,7 +191,8 @@ def pretrain_job(job: dict) -> dict:
     """Dense stage of one (task, seed): train, save the state dict to ``job['path']``, return its accuracies.
 
     With ``job['reuse']`` (``--dense-cache``) a checkpoint already at ``job['path']`` with its record beside it
-    (``.json``) is used as is: adding rows to a finished run does not repeat its dense stage."""
+    (``.json``) is used as is: adding rows to a finished run does not repeat its dense stage. A record whose task
+    sizes (`task_sizes`) differ from this run's raises instead: its checkpoint is another dense model."""
     record_path = Path(job["path"]).with_suffix(".json")
     task = get_task(job["task"], job["smoke"], job["scale"], job["layers"])
     sizes = task_sizes(task)
