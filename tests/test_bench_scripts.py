@@ -26,7 +26,9 @@ def _positive_timing(entry: dict) -> None:
     assert entry["repeats"] >= 1 and len(entry["all_ms"]) == entry["repeats"]
 
 
-def _run_benchmark(module: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+def _run_benchmark(
+    module: str, args: list[str], timeout: int = 600, succeeds: bool = True
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{module}", *args],
@@ -36,7 +38,7 @@ def _run_benchmark(module: str, args: list[str], timeout: int = 600) -> subproce
         text=True,
         timeout=timeout,
     )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert (proc.returncode == 0) == succeeds, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
 
 
@@ -156,10 +158,8 @@ def test_bench_quality_dense_cache_refuses_a_checkpoint_of_other_sizes(tmp_path)
     assert data["task_sizes"]["dense_steps"] == 3 and data["task_sizes"]["splits"]["train"] > 0
     data["task_sizes"]["dense_steps"] = 4
     record.write_text(json.dumps(data))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     args = [*common, "--dense-cache", str(cache), "--out", str(tmp_path / "b.json")]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.quality", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = _run_benchmark("quality", args, succeeds=False)
     assert proc.returncode != 0
     assert "was trained with" in proc.stderr and "delete that checkpoint" in proc.stderr
     assert not (tmp_path / "b.json").exists()

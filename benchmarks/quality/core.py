@@ -274,7 +274,7 @@ class SmartMethod(WindowMethod):
 def target_hard_masks(model) -> list[torch.Tensor]:
     """The hard masks of the current scores at the target budget (what ``harden`` would freeze now), one per layer."""
     state = sh.get_smart_state(model)
-    return [mask.detach().clone() for gi in range(len(state.groups)) for mask in state.hard_group_masks(gi)]
+    return [mask.clone() for gi in range(len(state.groups)) for mask in state.binary_group_masks(gi)]
 
 
 def changed_fraction(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
