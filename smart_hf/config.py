@@ -24,6 +24,7 @@ from .constants import BUDGETS, CONFIG_NAME, PATTERNS, SCORE_INITS, SCORE_SCALES
 logger = logging.getLogger(__name__)
 
 _OVERRIDE_KEYS = {"regex", "pattern", "block_shape", "n", "m", "sparsity"}
+MAX_SCORE_NOISE = 1e3
 
 
 @dataclass
@@ -106,7 +107,10 @@ class SmartConfig:
         },
     )
     score_noise: float = field(
-        default=0.0, metadata={"help": "Std of seeded Gaussian noise added to the initial (normalised) scores."}
+        default=0.0,
+        metadata={
+            "help": "Std of seeded Gaussian noise added to the initial (normalised, std 1) scores; at most 1e3."
+        },
     )
     calibration_batches: int = field(
         default=8, metadata={"help": "Batches of the calibration pass for score_init='activation'."}
@@ -220,8 +224,13 @@ class SmartConfig:
                 f"tau_end ({self.tau_end}) > tau_start ({self.tau_start}): the temperature must fall; "
                 "swap them or lower tau_end (e.g. tau_start=1.0, tau_end=1e-4)."
             )
-        if not 0 <= self.score_noise < math.inf:
-            raise ValueError(f"score_noise must be >= 0 and finite, got {self.score_noise}; e.g. 0.0 or 0.01.")
+        # the scores are standardised to std 1 before the noise: 1e3 already drowns them, and a huge std overflows
+        # float32 scores to inf (found by tests/test_properties.py with score_noise=1.7e38)
+        if not 0 <= self.score_noise <= MAX_SCORE_NOISE:
+            raise ValueError(
+                f"score_noise must be >= 0 and at most {MAX_SCORE_NOISE:g} (the scores it perturbs have std 1), got "
+                f"{self.score_noise}; e.g. 0.0 or 0.01."
+            )
         if self.calibration_batches < 1:
             raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}; e.g. 8.")
         if self.dynamic_window < 1 or not 0 < self.dynamic_cut < 1 or not 0 <= self.dynamic_jitter < math.inf:

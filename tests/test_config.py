@@ -37,6 +37,7 @@ INVALID = [
     ({"min_layer_density": 1.0}, "min_layer_density must be in [0, 1)"),
     ({"min_layer_density": -0.1}, "e.g. 0.05"),
     ({"score_noise": -1.0}, "score_noise must be >= 0"),
+    ({"score_noise": 1.7e38}, "score_noise must be >= 0 and at most 1000"),  # overflowed the scores to inf
     ({"calibration_batches": 0}, "calibration_batches must be >= 1"),
     ({"dynamic_window": 0}, "dynamic_window >= 1"),
     ({"dynamic_cut": 1.0}, "0 < dynamic_cut < 1"),
