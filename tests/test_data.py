@@ -150,6 +150,19 @@ def test_tweet_three_classes_and_determinism(tokenizer, tweets):
     assert torch.equal(again["validation"][:]["input_ids"], tweets["validation"][:]["input_ids"])
 
 
+def test_tweet_extra_validation_leaves_the_other_splits_unchanged(tokenizer):
+    sizes = dict(train_size=200, val_size=50, test_size=100, max_length=16)
+    base = load_tweet_sentiment(tokenizer, **sizes)
+    grown = load_tweet_sentiment(tokenizer, extra_val_size=150, **sizes)
+    ids = {name: (base[name][:]["input_ids"], grown[name][:]["input_ids"]) for name in SPLITS}
+    assert torch.equal(*ids["train"]) and torch.equal(*ids["test"])
+    assert ids["validation"][1].shape == (200, 16) and torch.equal(ids["validation"][1][:50], ids["validation"][0])
+    seen = [{tuple(row.tolist()) for row in grown[name][:]["input_ids"]} for name in SPLITS]
+    assert len(seen[1]) > 190 and not (seen[1] & seen[0] or seen[1] & seen[2])  # new tweets, none from train/test
+    with pytest.raises(ValueError, match="extra_val_size"):
+        load_tweet_sentiment(tokenizer, extra_val_size=-1)
+
+
 def test_tweet_rejects_too_many_samples(tokenizer):
     with pytest.raises(ValueError, match="available tweets"):
         load_tweet_sentiment(tokenizer, train_size=10**6)

@@ -311,6 +311,7 @@ def run_window(task: Task, dense_state: dict, seed: int, spec: PatternSpec | Non
     train_steps(model, task, seed + 1, task.window, groups, method, teacher, distill)
     model = method.finish(model)
     row = {
+        "val_size": len(task.splits["validation"]["labels"]),
         "val_acc": accuracy(model, task.splits["validation"], task.eval_batch),
         "test_acc": accuracy(model, task.splits["test"], task.eval_batch),
     }

@@ -58,6 +58,7 @@ def summarise(rows: list[dict]) -> dict:
             failures.append({k: row[k] for k in ("task", "seed", "pattern", "method", "ablation", "error")})
             continue
         buckets[(row["task"], row["pattern"], row["method"], row["ablation"])].append(row)
+    check_one_validation_size(rows)
     groups = []
     for (task, pattern, method, ablation), items in sorted(buckets.items(), key=lambda kv: str(kv[0])):
         target = target_sparsity(pattern)
@@ -90,6 +91,22 @@ def summarise(rows: list[dict]) -> dict:
         "ablation_comparisons": ablation_comparisons(groups),
         "failures": failures,
     }
+
+
+def check_one_validation_size(rows: list[dict]) -> None:
+    """Raise if one task's rows were evaluated on validation splits of different sizes (rows before session 10 carry
+    no ``val_size``): their validation errors are not comparable, and the ablations are chosen on them."""
+    sizes = defaultdict(set)
+    for row in rows:
+        if "error" not in row:
+            sizes[row["task"]].add(row.get("val_size"))
+    for task, found in sizes.items():
+        if len(found) > 1:
+            shown = sorted("unrecorded (1,000 tweets before session 10)" if s is None else str(s) for s in found)
+            raise ValueError(
+                f"rows of task {task!r} were evaluated on validation splits of different sizes ({', '.join(shown)}); "
+                "summarise the journals of each size separately (--from-journal), or rerun the older rows."
+            )
 
 
 def paired(a: dict, b: dict, split: str = "test") -> dict | None:

