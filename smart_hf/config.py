@@ -10,20 +10,18 @@ import dataclasses
 import json
 import logging
 import math
-import numbers
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from packaging import version
 
+from ._field_checks import check_number, check_regex, choice, int_list, name_list, parse_override
 from ._version import __version__
 from .constants import BUDGETS, CONFIG_NAME, PATTERNS, SCORE_INITS, SCORE_SCALES, TEMPERATURE_SCHEDULES
 
 logger = logging.getLogger(__name__)
 
-_OVERRIDE_KEYS = {"regex", "pattern", "block_shape", "n", "m", "sparsity"}
 MAX_SCORE_NOISE = 1e3
 
 
@@ -178,7 +176,7 @@ class SmartConfig:
         self._check_types()
         if self.sparsity is None:
             self.sparsity = (1.0 - self.n / self.m if self.m > 0 else None) if self.pattern == "nm" else 0.5
-        self.overrides = [_parse_override(o) for o in (self.overrides or [])] or None
+        self.overrides = [parse_override(o) for o in (self.overrides or [])] or None
         _validate_unit_settings(self.unit_settings())
         for override in self.overrides or []:
             try:
@@ -191,14 +189,14 @@ class SmartConfig:
         """Wrong types fail here with a TypeError naming the expected form, before any arithmetic on them (a str
         sparsity would otherwise fail deep inside a comparison, and a str block_shape "44" would become [4, 4])."""
         for name in _INT_FIELDS:
-            _check_number(name, getattr(self, name), integral=True)
+            check_number(name, getattr(self, name), integral=True)
         for name in _REAL_FIELDS:
-            _check_number(name, getattr(self, name), integral=False)
-        self.block_shape = _int_list("block_shape", self.block_shape)
-        self.target_modules = _name_list("target_modules", self.target_modules)
-        self.exclude_modules = _name_list("exclude_modules", self.exclude_modules)
+            check_number(name, getattr(self, name), integral=False)
+        self.block_shape = int_list("block_shape", self.block_shape)
+        self.target_modules = name_list("target_modules", self.target_modules)
+        self.exclude_modules = name_list("exclude_modules", self.exclude_modules)
         if self.target_regex is not None:
-            _check_regex("target_regex", self.target_regex)
+            check_regex("target_regex", self.target_regex)
         if self.overrides is not None and not isinstance(self.overrides, (list, tuple)):
             raise TypeError(
                 f"overrides must be a list of dicts (or JSON strings), got {type(self.overrides).__name__}; "
@@ -207,10 +205,10 @@ class SmartConfig:
 
     def _validate_rest(self):
         self._validate_coupled()
-        _choice("budget", self.budget, BUDGETS)
-        _choice("score_init", self.score_init, SCORE_INITS)
-        _choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
-        _choice("score_scale", self.score_scale, SCORE_SCALES)
+        choice("budget", self.budget, BUDGETS)
+        choice("score_init", self.score_init, SCORE_INITS)
+        choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
+        choice("score_scale", self.score_scale, SCORE_SCALES)
         if not 0.0 <= self.min_layer_density < 1.0:
             raise ValueError(f"min_layer_density must be in [0, 1), got {self.min_layer_density}; e.g. 0.05.")
         _validate_search(self)
@@ -342,8 +340,8 @@ class UnitSettings:
 
 def _validate_search(config) -> None:
     """The auto start temperature and the budget anneal (issue 12)."""
-    _check_number("tau_start_fractionality", config.tau_start_fractionality, integral=False)
-    _check_number("budget_anneal", config.budget_anneal, integral=False)
+    check_number("tau_start_fractionality", config.tau_start_fractionality, integral=False)
+    check_number("budget_anneal", config.budget_anneal, integral=False)
     if not 0.0 < config.tau_start_fractionality < 0.5:
         raise ValueError(
             f"tau_start_fractionality must be in (0, 0.5), got {config.tau_start_fractionality}; e.g. 0.05."
@@ -363,7 +361,6 @@ _REAL_FIELDS = (
     "dynamic_cut",
     "dynamic_jitter",
 )
-_OVERRIDE_EXAMPLE = 'e.g. {"regex": ".*mlp.fc1", "pattern": "block", "block_shape": [4, 4], "sparsity": 0.7}'
 
 
 def _parse_version(raw):
@@ -377,62 +374,9 @@ def _parse_version(raw):
         return None
 
 
-def _check_number(name: str, value, integral: bool) -> None:
-    """``value`` must be an int (``integral``) or a real number; ``None`` passes (fields that default from others).
-    bool is refused although it is an int subclass: ``sparsity=True`` is a slip, not 1.0."""
-    kind = numbers.Integral if integral else numbers.Real
-    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-        expected, example = ("an int", 2) if integral else ("a number", 0.5)
-        raise TypeError(
-            f"{name} must be {expected}, got {value!r} ({type(value).__name__}); pass a number without quotes, "
-            f"e.g. {example}."
-        )
-
-
-def _int_list(name: str, value) -> list[int]:
-    """A list/tuple of ints, as a list. A str is refused: "44" would otherwise be read as [4, 4]."""
-    ok = isinstance(value, (list, tuple)) and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
-    )
-    if not ok:
-        raise TypeError(f"{name} must be a list of two ints [rows, cols], got {value!r}; e.g. {name}=[4, 4].")
-    return [int(v) for v in value]
-
-
-def _name_list(name: str, value) -> list[str] | None:
-    """None or a list/tuple of module-name strings. A bare str is refused: it would be matched letter by letter."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        raise TypeError(
-            f"{name} must be a list of module names, got the string {value!r}; write {name}=[{value!r}] "
-            "(or use target_regex for a regular expression)."
-        )
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"{name} must be a list of module-name strings such as ['q_proj', 'v_proj'], got {value!r}.")
-    return list(value)
-
-
-def _check_regex(name: str, pattern) -> None:
-    if not isinstance(pattern, str):
-        raise TypeError(f"{name} must be a regular-expression string, got {pattern!r}; e.g. r'.*attention\\..*'.")
-    try:
-        re.compile(pattern)
-    except re.error as err:
-        raise ValueError(
-            f"{name} {pattern!r} is not a valid regular expression ({err}); fix it (e.g. r'.*mlp\\.fc1') or escape "
-            "literal characters with re.escape."
-        ) from err
-
-
-def _choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
-
-
 def _validate_unit_settings(cfg: UnitSettings) -> None:
     """Checks shared by the top level and every override: pattern, block shape, N:M, sparsity."""
-    _choice("pattern", cfg.pattern, PATTERNS)
+    choice("pattern", cfg.pattern, PATTERNS)
     if len(cfg.block_shape) != 2 or min(cfg.block_shape) < 1:
         raise ValueError(f"block_shape must be two positive ints [rows, cols], got {cfg.block_shape}; e.g. [4, 4].")
     if cfg.pattern == "nm":
@@ -445,27 +389,3 @@ def _validate_unit_settings(cfg: UnitSettings) -> None:
             )
     if cfg.sparsity is None or not 0.0 <= cfg.sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {cfg.sparsity}; e.g. 0.5 removes half the weights.")
-
-
-def _parse_override(raw) -> dict:
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"override {raw!r} is not JSON ({err}); write it like "
-                '\'{"regex": ".*attention.*", "pattern": "nm"}\'.'
-            ) from err
-    if not isinstance(raw, dict) or "regex" not in raw:
-        raise ValueError(f"each override needs a 'regex' key, got {raw!r}; {_OVERRIDE_EXAMPLE}.")
-    unknown = set(raw) - _OVERRIDE_KEYS
-    if unknown:
-        raise ValueError(f"override keys {sorted(unknown)} are not supported; allowed: {sorted(_OVERRIDE_KEYS)}.")
-    out = dict(raw)
-    _check_regex("override regex", out["regex"])
-    for name in ("n", "m"):
-        _check_number(f"override {name}", out.get(name), integral=True)
-    _check_number("override sparsity", out.get("sparsity"), integral=False)
-    if "block_shape" in out:
-        out["block_shape"] = _int_list("override block_shape", out["block_shape"])
-    return out

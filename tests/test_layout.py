@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "smart_hf"
 
 # bottom to top; a module's layer is the first prefix that matches its dotted name
 LAYERS = [
-    ("smart_hf._version", "smart_hf.constants", "smart_hf.core"),
+    ("smart_hf._version", "smart_hf.constants", "smart_hf._field_checks", "smart_hf.core"),
     ("smart_hf.config", "smart_hf.metadata"),
     ("smart_hf.distributed",),
     ("smart_hf.state", "smart_hf.layers", "smart_hf.scores", "smart_hf.coupling"),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+from .._field_checks import check_number
 
 __all__ = ["SmartTrainingArguments", "stage_lengths"]
 
@@ -87,9 +88,9 @@ class SmartTrainingArguments(TrainingArguments):
             self.eval_steps = self.save_steps if self.load_best_model_at_end else 0.1
         super().__post_init__()
         for name in ("pretrain_steps", "search_steps"):
-            _check_number(name, getattr(self, name), integral=True)
+            check_number(name, getattr(self, name), integral=True)
         for name in ("search_fraction", "score_learning_rate", "distill_alpha", "distill_temperature"):
-            _check_number(name, getattr(self, name), integral=False)
+            check_number(name, getattr(self, name), integral=False)
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}; 0 starts pruning at once.")
         if self.search_steps is not None and self.search_steps < 1:
@@ -108,14 +109,6 @@ class SmartTrainingArguments(TrainingArguments):
             raise ValueError(f"collapse_action must be 'raise', 'warn' or 'off', got {self.collapse_action!r}.")
         if not 0.0 < self.distill_temperature < math.inf:
             raise ValueError(f"distill_temperature must be > 0 and finite, got {self.distill_temperature}; e.g. 2.0.")
-
-
-def _check_number(name: str, value, integral: bool) -> None:
-    """An int (step counts) or a real number; ``None`` passes (unset optional fields). bool is refused."""
-    kind = numbers.Integral if integral else numbers.Real
-    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-        expected, example = ("an int (optimizer steps)", 100) if integral else ("a number", 0.01)
-        raise TypeError(f"{name} must be {expected}, got {value!r}; pass a number without quotes, e.g. {example}.")
 
 
 def stage_lengths(total_steps: int, pretrain_steps: int, search_steps: int | None, search_fraction: float):

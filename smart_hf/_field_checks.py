@@ -1,0 +1,90 @@
+"""Type and format checks of `SmartConfig` fields: each raises a TypeError / ValueError that names the accepted form.
+
+Kept apart from `config.py` (which owns the schema and its cross-field rules): these only look at one value.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import re
+
+OVERRIDE_KEYS = {"regex", "pattern", "block_shape", "n", "m", "sparsity"}
+_OVERRIDE_EXAMPLE = 'e.g. {"regex": ".*mlp.fc1", "pattern": "block", "block_shape": [4, 4], "sparsity": 0.7}'
+
+
+def check_number(name: str, value, integral: bool) -> None:
+    """``value`` must be an int (``integral``) or a real number; ``None`` passes (fields that default from others).
+    bool is refused although it is an int subclass: ``sparsity=True`` is a slip, not 1.0."""
+    kind = numbers.Integral if integral else numbers.Real
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        expected, example = ("an int", 2) if integral else ("a number", 0.5)
+        raise TypeError(
+            f"{name} must be {expected}, got {value!r} ({type(value).__name__}); pass a number without quotes, "
+            f"e.g. {example}."
+        )
+
+
+def int_list(name: str, value) -> list[int]:
+    """A list/tuple of ints, as a list. A str is refused: "44" would otherwise be read as [4, 4]."""
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    )
+    if not ok:
+        raise TypeError(f"{name} must be a list of two ints [rows, cols], got {value!r}; e.g. {name}=[4, 4].")
+    return [int(v) for v in value]
+
+
+def name_list(name: str, value) -> list[str] | None:
+    """None or a list/tuple of module-name strings. A bare str is refused: it would be matched letter by letter."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a list of module names, got the string {value!r}; write {name}=[{value!r}] "
+            "(or use target_regex for a regular expression)."
+        )
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name} must be a list of module-name strings such as ['q_proj', 'v_proj'], got {value!r}.")
+    return list(value)
+
+
+def check_regex(name: str, pattern) -> None:
+    if not isinstance(pattern, str):
+        raise TypeError(f"{name} must be a regular-expression string, got {pattern!r}; e.g. r'.*attention\\..*'.")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(
+            f"{name} {pattern!r} is not a valid regular expression ({err}); fix it (e.g. r'.*mlp\\.fc1') or escape "
+            "literal characters with re.escape."
+        ) from err
+
+
+def choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+
+
+def parse_override(raw) -> dict:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"override {raw!r} is not JSON ({err}); write it like "
+                '\'{"regex": ".*attention.*", "pattern": "nm"}\'.'
+            ) from err
+    if not isinstance(raw, dict) or "regex" not in raw:
+        raise ValueError(f"each override needs a 'regex' key, got {raw!r}; {_OVERRIDE_EXAMPLE}.")
+    unknown = set(raw) - OVERRIDE_KEYS
+    if unknown:
+        raise ValueError(f"override keys {sorted(unknown)} are not supported; allowed: {sorted(OVERRIDE_KEYS)}.")
+    out = dict(raw)
+    check_regex("override regex", out["regex"])
+    for name in ("n", "m"):
+        check_number(f"override {name}", out.get(name), integral=True)
+    check_number("override sparsity", out.get("sparsity"), integral=False)
+    if "block_shape" in out:
+        out["block_shape"] = int_list("override block_shape", out["block_shape"])
+    return out
