@@ -366,3 +366,41 @@ def test_smart_trainer_score_groups_default_per_kind_and_explicit(tmp_path):
         assert all(g["weight_decay"] == 0.0 for g in score_groups)
         assert sum(len(g["params"]) for g in score_groups) == len(scores)
         assert all(g["lr"] == 1e-3 for g in groups if g not in score_groups)
+
+
+def _activation_model(dataset):
+    config = sh.SmartConfig(score_init="activation", calibration_batches=2)
+    return sh.prepare_model(tiny_vit(), config, calibration_data=[{"pixel_values": dataset[:8]["pixel_values"]}])
+
+
+def test_smart_trainer_calibrates_a_prepared_activation_model_for_the_search(tmp_path):
+    """A model prepared with ``score_init="activation"`` re-initialises its scores on calibration batches when the
+    search begins (after the dense stage); SmartTrainer takes them from the training data, as it does for a model
+    it prepares itself (before, the run failed at the first search step, after the dense steps)."""
+    dataset = tiny_dataset()
+    trainer = SmartTrainer(model=_activation_model(dataset), args=smart_args(tmp_path), train_dataset=dataset)
+    batches = trainer.smart_callback.calibration_data
+    assert len(batches) == 2 and batches[0]["pixel_values"].shape == (8, 3, 16, 16)
+    trainer.train()
+    assert sh.get_smart_state(trainer.model).is_hard
+
+
+def test_callback_without_calibration_for_activation_scores_fails_before_the_dense_stage(tmp_path):
+    """SmartCallback in a plain Trainer cannot take batches itself: an activation-scored model without
+    ``calibration_data`` stops at the start of training with the fix, not after the dense steps; with batches it
+    runs through the search."""
+    dataset = tiny_dataset()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, report_to=[],
+                             use_cpu=True, save_strategy="no", learning_rate=1e-3, seed=0)  # fmt: skip
+    callback = SmartCallback(pretrain_steps=2, search_steps=4)
+    trainer = Trainer(model=_activation_model(dataset), args=args, train_dataset=dataset, callbacks=[callback])
+    with pytest.raises(ValueError, match=r"pass SmartCallback\(calibration_data="):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    batches = [{"pixel_values": dataset[:8]["pixel_values"]}]
+    callback = SmartCallback(
+        pretrain_steps=2, search_steps=4, calibration_data=batches, save_pruned_to=None, squash_at_end=False
+    )
+    trainer = Trainer(model=_activation_model(dataset), args=args, train_dataset=dataset, callbacks=[callback])
+    trainer.train()
+    assert sh.get_smart_state(trainer.model).is_hard

@@ -138,8 +138,20 @@ class SmartCallback(TrainerCallback):
             )
         elif state.global_step < self.stages[0]:
             smart.set_mode("dense")
+        self._check_calibration(smart)
         self._start_collapse_monitor(args, model)
         self._enter_step(model, state.global_step, optimizer)
+
+    def _check_calibration(self, smart) -> None:
+        """Activation-aware scores are re-initialised on calibration batches when the search begins (after the dense
+        stage): without batches that would fail only then, after the dense steps were paid for. Fail now instead."""
+        begins_search = not smart.is_hard and smart.mode_name == "dense"
+        if begins_search and smart.smart_config.score_init == "activation" and self.calibration_data is None:
+            raise ValueError(
+                "score_init='activation' re-initialises the mask scores on calibration batches when the structure "
+                "search begins, and this SmartCallback has none: pass SmartCallback(calibration_data=[batch, ...]) "
+                "(a few training batches of model inputs), or use score_init='magnitude'."
+            )
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._enter_step(model, state.global_step, optimizer)

@@ -32,7 +32,7 @@ from ..config import SmartConfig
 from ..constants import SCORES_NAME
 from ..distributed import has_sharded_parameters
 from ..inject import prepare_model
-from ..lifecycle import is_prepared, score_parameter_groups, set_mode
+from ..lifecycle import get_smart_state, is_prepared, score_parameter_groups, set_mode
 from .callbacks import SmartCallback
 from .training_args import SmartTrainingArguments
 
@@ -87,9 +87,12 @@ class SmartTrainer(Trainer):
         if not prepared and not isinstance(smart_config, SmartConfig):
             raise ValueError("pass smart_config=SmartConfig(...) (or a model already prepared with prepare_model).")
         super().__init__(model=model, args=args, **kwargs)
+        # activation-aware scores calibrate on the first training batches unless given; also for a model prepared
+        # beforehand, whose scores are re-initialised on them when the search begins (after the dense stage)
+        config = get_smart_state(self.model).smart_config if prepared else smart_config
+        if calibration_data is None and config.score_init == "activation":
+            calibration_data = self._calibration_batches(config)
         if not prepared:
-            needs_batches = smart_config.score_init == "activation" and calibration_data is None
-            calibration_data = self._calibration_batches(smart_config) if needs_batches else calibration_data
             prepare_model(self.model, smart_config, calibration_data=calibration_data)
             if args.pretrain_steps > 0:
                 set_mode(self.model, "dense")
