@@ -73,7 +73,8 @@ class SmartCallback(TrainerCallback):
     Args:
         pretrain_steps, search_steps, search_fraction: stage lengths in optimizer steps, used when the Trainer's args
             are not `SmartTrainingArguments` (whose fields then win).
-        calibration_data: input batches for ``score_init="activation"`` at the start of the search.
+        calibration_data: input batches for ``score_init="activation"`` at the start of the search; required for
+            such a model when the search begins from the dense mode (``pretrain_steps > 0``), checked before step 0.
         verify_sparsity: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a failed end-of-training
             `check_sparsity` does (see the module docstring).
         collapse_action: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a detected collapse does
