@@ -278,8 +278,8 @@ def test_resume_true_without_a_complete_checkpoint_is_a_clear_error(tmp_path):
         trainer.train(resume_from_checkpoint=True)
 
 
-def _callback_trainer(tmp_path, callback, **kw):
-    model = sh.prepare_model(tiny_vit(), sh.SmartConfig(sparsity=0.5))
+def _callback_trainer(tmp_path, callback, model=None, **kw):
+    model = model if model is not None else sh.prepare_model(tiny_vit(), sh.SmartConfig(sparsity=0.5))
     args = TrainingArguments(
         output_dir=str(tmp_path),
         max_steps=12,
@@ -389,11 +389,9 @@ def test_callback_without_calibration_for_activation_scores_fails_before_the_den
     """SmartCallback in a plain Trainer cannot take batches itself: an activation-scored model without
     ``calibration_data`` stops at the start of training with the fix, not after the dense steps; with batches it
     runs through the search."""
-    dataset = tiny_dataset()
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, report_to=[],
-                             use_cpu=True, save_strategy="no", learning_rate=1e-3, seed=0)  # fmt: skip
+    dataset = tiny_dataset()  # the data _callback_trainer trains on
     callback = SmartCallback(pretrain_steps=2, search_steps=4)
-    trainer = Trainer(model=_activation_model(dataset), args=args, train_dataset=dataset, callbacks=[callback])
+    trainer = _callback_trainer(tmp_path, callback, model=_activation_model(dataset))
     with pytest.raises(ValueError, match=r"pass SmartCallback\(calibration_data="):
         trainer.train()
     assert trainer.state.global_step == 0
@@ -401,6 +399,6 @@ def test_callback_without_calibration_for_activation_scores_fails_before_the_den
     callback = SmartCallback(
         pretrain_steps=2, search_steps=4, calibration_data=batches, save_pruned_to=None, squash_at_end=False
     )
-    trainer = Trainer(model=_activation_model(dataset), args=args, train_dataset=dataset, callbacks=[callback])
+    trainer = _callback_trainer(tmp_path, callback, model=_activation_model(dataset))
     trainer.train()
     assert sh.get_smart_state(trainer.model).is_hard
