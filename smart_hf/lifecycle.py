@@ -187,7 +187,7 @@ def reinit_scores(model: nn.Module, calibration_data=None) -> None:
     with whole_parameters(state.layers, ("weight", SCORES_NAME), write_back=(SCORES_NAME,)):
         init_scores_(state, cfg, act_stats)
     for group in state.groups:
-        group.shift_x = None
+        group.shift_warm_start = None
 
 
 @torch.no_grad()

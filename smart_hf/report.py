@@ -113,8 +113,8 @@ def sparsity_report(model: nn.Module | SmartState) -> dict:
 def _prepared_rows(state: SmartState) -> list[dict]:
     names = dict(zip(map(id, state.layers), state.targeted_module_names))
     rows = []
-    for gi, group in enumerate(state.groups):
-        for layer, mask in zip(group.layers, state.binary_group_masks(gi)):
+    for group_index, group in enumerate(state.groups):
+        for layer, mask in zip(group.layers, state.hard_group_masks(group_index)):
             weight = full_tensor(layer.weight.detach())  # FSDP2 shard -> whole weight (a collective)
             if not state.is_hard:  # still searching: describe the weights `harden` would leave
                 weight = layer.smart_layout.apply(weight, mask.to(weight.device))

@@ -1,12 +1,12 @@
-"""`SmartState`: the model-level mask state and the budget groups that turn scores into masks.
+"""`SmartState`: the model-level SMART state -- buffers, mode, and the per-forward mask cache.
 
-A global budget couples every targeted layer through one shift ``t``, so masks cannot be computed layer by layer.
 `SmartState` (registered as the sub-module ``smart_state`` of the prepared model) holds:
 
 * buffers (checkpointed with the model, broadcast by DDP): ``temperature``, ``mode`` (0 dense, 1 soft search,
-  2 hard), and the dynamic rule's ``tau_scale`` / ``ref_fractionality`` / ``ref_step``;
-* the budget groups: each N:M layer and each per-layer-budget layer is its own group; global-budget layers with the
-  same sparsity share one.
+  2 hard), the dynamic rule's ``tau_scale`` / ``ref_fractionality`` / ``ref_step``, the per-group start
+  temperatures and the budget anneal's progress, with Python mirrors read once per forward (`SmartStateBuffers`);
+* the budget groups (`smart_hf.budget_groups`, which also solves their masks from the scores);
+* the per-forward mask cache.
 
 Soft masks are computed once per model forward, in a forward pre-hook on the root model, for every group (one soft
 top-k each); the layers read their slice. Solving them there, before any block runs, is what makes activation
@@ -21,90 +21,36 @@ a root forward (and outside a backward pass) computes its group on the spot, unc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from torch import nn
 
-from .core.budget import annealed_budget, global_weight_budget, layer_keep_units, reserved_units
+from .budget_groups import (
+    BudgetGroup,
+    build_groups,
+    hard_group_masks,
+    nm_batch_key,
+    soft_group_masks,
+    soft_nm_batch,
+    temperature_sets,
+    unit_budget_cost,
+)
+from .core.budget import annealed_budget
 from .core.schedule import MIN_TEMPERATURE, auto_temperature
-from .core.topk import hard_topk, soft_topk
 from .distributed import full_tensor
+
+# `BudgetGroup`, `build_groups` and `unit_budget_cost` live in `smart_hf.budget_groups`; re-exported here for callers
+# that import them from the state module.
+__all__ = ["MODES", "BudgetGroup", "SmartState", "build_groups", "unit_budget_cost"]
 
 MODES = ("dense", "soft", "hard")  # the public mode names (`SmartState.mode_name`, `SmartState.set_mode`)
 # The ``mode`` buffer stores the index into MODES (checkpointed as an integer); `_mode` mirrors it in Python.
 _DENSE, _SOFT, _HARD = range(3)
 
 
-@dataclass
-class BudgetGroup:
-    """Layers whose masks come from one top-k. ``kind``: ``"nm"`` (rows of m, keep n), ``"layer"`` (one row, keep
-    ``k`` units) or ``"global"`` (one cost-weighted row over all layers, keep ``k`` weights)."""
-
-    kind: str
-    layers: list
-    k: float
-    reserved: list[int] = field(default_factory=list)
-    shift_x: torch.Tensor | None = None  # last shift, in score units (warm start for the next solve)
-    cost: torch.Tensor | None = None  # weights per unit, concatenated over the layers (global groups)
-
-    def unit_counts(self) -> list[int]:
-        return [layer.smart_layout.num_units for layer in self.layers]
-
-    def capacity(self) -> float:
-        """What "keep everything" means for ``k``: m per N:M row, the units of a layer, the weights of a group."""
-        if self.kind == "nm":
-            return float(self.layers[0].smart_layout.m)
-        if self.kind == "layer":
-            return float(self.layers[0].smart_layout.num_units)
-        # the group's own cost units: weights, or for coupled owners the whole units' cost (`unit_budget_cost`)
-        return float(sum(layer.smart_layout.num_units * unit_budget_cost(layer) for layer in self.layers))
-
-
-def unit_budget_cost(layer) -> int:
-    """What one unit of ``layer`` costs in a global budget: its weights (``smart_layout.unit_cost``), or for the
-    owner of a coupled set the cost of the whole unit over every layer it spans (`smart_hf.coupling`)."""
-    binding = layer.__dict__.get("_smart_coupled")
-    return layer.smart_layout.unit_cost if binding is None else binding.unit_cost
-
-
-def build_groups(layers: list, sparsities: list[float], budget: str, min_layer_density: float) -> list[BudgetGroup]:
-    """Group prepared layers by how their budget is shared. Raises if a global budget cannot honour the guard."""
-    groups, shared = [], {}
-    for layer, sparsity in zip(layers, sparsities):
-        layout = layer.smart_layout
-        if layout.pattern == "nm":
-            groups.append(BudgetGroup("nm", [layer], float(layout.n)))
-        elif budget == "layer":
-            groups.append(BudgetGroup("layer", [layer], float(layer_keep_units(layout.num_units, sparsity))))
-        else:
-            shared.setdefault(sparsity, []).append(layer)
-    for sparsity, members in shared.items():
-        total = sum(m.smart_layout.num_units * unit_budget_cost(m) for m in members)
-        reserved = [reserved_units(m.smart_layout.num_units, min_layer_density) for m in members]
-        reserved_cost = sum(q * unit_budget_cost(m) for q, m in zip(reserved, members))
-        k = global_weight_budget(total, sparsity)
-        if reserved_cost > k:
-            raise ValueError(
-                f"sparsity={sparsity} leaves {k:.0f} weights but min_layer_density={min_layer_density} "
-                f"reserves {reserved_cost}; lower min_layer_density or sparsity."
-            )
-        groups.append(BudgetGroup("global", members, k, reserved))
-    return groups
-
-
-def _sync_after_load(module: SmartState, _incompatible_keys) -> None:
+def _sync_after_load(module: SmartStateBuffers, _incompatible_keys) -> None:
     module.sync_from_buffers()
-
-
-def _top_units(scores: torch.Tensor, q: int) -> torch.Tensor:
-    """Boolean mask of the ``q`` best units (q is small): ``argmax`` for one (lowest index wins a tie), else a
-    partial ``topk`` instead of the full sort of `hard_topk` -- this runs on every forward."""
-    keep = torch.zeros_like(scores, dtype=torch.bool)
-    if q == 1:
-        return keep.index_fill_(0, scores.argmax().reshape(1), True)
-    return keep.index_fill_(0, torch.topk(scores, q, sorted=False).indices, True)
 
 
 def _in_backward() -> bool:
@@ -113,8 +59,14 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
-class SmartState(nn.Module):
-    """Model-level SMART state. Created by `prepare_model`; use the lifecycle functions rather than this class."""
+class SmartStateBuffers(nn.Module):
+    """The stored part of the SMART state: the buffers, their Python mirrors (the mode, the temperatures, the budget
+    anneal's progress) and the budget groups. `SmartState` adds the per-forward mask cache.
+
+    Args:
+        config: the model's `SmartConfig`.
+        groups: its budget groups (`smart_hf.budget_groups.build_groups`).
+    """
 
     def __init__(self, config, groups: list[BudgetGroup]):
         super().__init__()
@@ -133,22 +85,11 @@ class SmartState(nn.Module):
         self._group_tau, self._progress = [1.0] * len(groups), 1.0
         self.smart_config = config
         self.groups = groups
-        for gi, group in enumerate(groups):
-            for li, layer in enumerate(group.layers):
-                layer._smart_slot = (gi, li)  # a plain attribute, so deepcopy/pickle keep it right
-        self._cache: dict | None = None  # group index -> masks of the last root forward (`begin_forward`)
-        self._in_root_forward = False
-        # slots a reentrant checkpoint read without gradients; kept across forwards (two forwards, one backward)
-        self._replayed: set[tuple[int, int]] = set()
-        self._frac: dict[int, tuple[torch.Tensor, int]] = {}
+        for group_index, group in enumerate(groups):
+            for layer_index, layer in enumerate(group.layers):
+                layer._smart_slot = (group_index, layer_index)  # a plain attribute: deepcopy/pickle keep it right
         self._mode, self._tau = _SOFT, tau0
-        self.hook_handles: list = []
         self.register_load_state_dict_post_hook(_sync_after_load)  # a module-level function: picklable
-
-    def __getstate__(self):
-        # the cached masks carry their forward's autograd graph, which deepcopy / pickle cannot copy (a teacher
-        # snapshot, an EMA copy); a copy starts without them, as before its first forward
-        return {**super().__getstate__(), "_cache": None, "_replayed": set(), "_in_root_forward": False}
 
     @property
     def layers(self) -> list:
@@ -198,9 +139,16 @@ class SmartState(nn.Module):
         self.group_tau.copy_(torch.tensor(taus, dtype=torch.float64))
         self._group_tau = [float(t) for t in taus]
 
-    def group_temperature(self, gi: int) -> float:
-        """The temperature group ``gi`` uses now: the schedule's value times the group's start temperature."""
-        return self._tau * self._group_tau[gi]
+    def group_temperature(self, group_index: int) -> float:
+        """The temperature a group uses now: the schedule's value times the group's start temperature.
+
+        Args:
+            group_index: the group's index in ``groups``.
+
+        Returns:
+            The temperature of its next soft solve.
+        """
+        return self._tau * self._group_tau[group_index]
 
     def soft_budget(self, group: BudgetGroup) -> float:
         """The ``k`` of the soft top-k: the target, or during the budget anneal more (see `annealed_budget`)."""
@@ -216,31 +164,23 @@ class SmartState(nn.Module):
         budget rule holds in every one of them, and a shared temperature lets the forward solve their rows in one
         batch (`_soft_nm_batch`)."""
         taus = [1.0] * len(self.groups)
-        for members in self._temperature_sets():
+        for members in temperature_sets(self.groups):
             tau = auto_temperature(partial(self._target_fractionality, members), target)
-            for gi in members:
-                taus[gi] = tau
+            for group_index in members:
+                taus[group_index] = tau
         for group in self.groups:
-            group.shift_x = None
+            group.shift_warm_start = None
         self.set_group_temperatures(taus)
         return taus
 
     def _temperature_sets(self) -> list[list[int]]:
-        """Indices of the groups that share a start temperature: each layer / global group alone, and the N:M
-        groups by (n, row length, dtype, device)."""
-        sets, nm = [], {}
-        for gi, group in enumerate(self.groups):
-            if group.kind == "nm":
-                scores = group.layers[0].smart_scores
-                nm.setdefault((group.k, tuple(scores.shape[1:]), scores.dtype, scores.device), []).append(gi)
-            else:
-                sets.append([gi])
-        return sets + list(nm.values())
+        return temperature_sets(self.groups)
 
     def _target_fractionality(self, members: list[int], tau: float) -> float:
         """Mean ``min(f, 1 - f)`` over the soft masks of groups ``members`` at temperature ``tau`` and the target
         budget."""
-        masks = [m for gi in members for m in self._soft_masks(gi, tau, self.groups[gi].k, warm=False)]
+        groups = [self.groups[index] for index in members]
+        masks = [m for group in groups for m in soft_group_masks(group, tau, group.k, warm=False)]
         return float(sum(torch.minimum(m, 1 - m).sum() for m in masks) / sum(m.numel() for m in masks))
 
     @property
@@ -257,19 +197,45 @@ class SmartState(nn.Module):
         """The temperature the next soft forward uses (`set_temperature`)."""
         return self._tau
 
+
+
+class SmartState(SmartStateBuffers):
+    """Model-level SMART state: the stored state (`SmartStateBuffers`) and the per-forward mask cache with its
+    replay for activation checkpointing. Created by `prepare_model`; use the lifecycle functions rather than this
+    class.
+
+    Args:
+        config: the model's `SmartConfig`.
+        groups: its budget groups (`smart_hf.budget_groups.build_groups`).
+    """
+
+    def __init__(self, config, groups: list[BudgetGroup]):
+        super().__init__(config, groups)
+        self._cache: dict | None = None  # group index -> masks of the last root forward (`begin_forward`)
+        self._in_root_forward = False
+        # slots a reentrant checkpoint read without gradients; kept across forwards (two forwards, one backward)
+        self._replayed: set[tuple[int, int]] = set()
+        self._frac: dict[int, tuple[torch.Tensor, int]] = {}
+        self.hook_handles: list = []
+
+    def __getstate__(self):
+        # the cached masks carry their forward's autograd graph, which deepcopy / pickle cannot copy (a teacher
+        # snapshot, an EMA copy); a copy starts without them, as before its first forward
+        return {**super().__getstate__(), "_cache": None, "_replayed": set(), "_in_root_forward": False}
+
     # --- root forward hooks ---
     def begin_forward(self, *_args, **_kwargs) -> None:
         """Root forward pre-hook: solve every group's soft masks now, outside any checkpointed block."""
         self.sync_from_buffers()
         self._cache, self._in_root_forward = {}, True
         if self._mode == _SOFT:
-            for gi, group in enumerate(self.groups):
-                if gi in self._cache:  # solved with an earlier N:M group of the same batch
+            for group_index, group in enumerate(self.groups):
+                if group_index in self._cache:  # solved with an earlier N:M group of the same batch
                     continue
                 if group.kind == "nm":
-                    self._cache.update(self._soft_nm_batch(gi))
+                    self._cache.update(self._soft_nm_batch(group_index))
                 else:
-                    self._cache[gi] = self.soft_group_masks(gi)
+                    self._cache[group_index] = self.soft_group_masks(group_index)
 
     def end_forward(self, *_args, **_kwargs) -> None:
         # the masks stay cached for the backward pass's recomputations; the next root forward replaces them
@@ -281,25 +247,35 @@ class SmartState(nn.Module):
 
     # --- masks ---
     def unit_mask(self, layer) -> torch.Tensor | None:
-        """The mask of ``layer`` in unit space (``score_shape``), or ``None`` in dense mode."""
+        """The mask of a layer in unit space, as its forward uses it now.
+
+        Args:
+            layer: a prepared layer of this model.
+
+        Returns:
+            Its mask (``score_shape``): the frozen one once hardened, the soft one of this root forward while
+            searching (cached; recomputed on the spot outside a root forward); ``None`` in dense mode.
+        """
         if self._mode == _DENSE:
             return None
         if self._mode == _HARD:
             return layer.smart_mask
-        gi, li = layer._smart_slot
-        cached = self._cache.get(gi) if self._cache is not None else None
+        group_index, layer_index = layer._smart_slot
+        cached = self._cache.get(group_index) if self._cache is not None else None
         if cached is not None and self._in_root_forward:
-            if cached[li].requires_grad and not torch.is_grad_enabled():  # a reentrant checkpoint's no-grad pass
-                self._replayed.add((gi, li))
-            return cached[li]
+            if cached[layer_index].requires_grad and not torch.is_grad_enabled():  # a reentrant checkpoint's no-grad
+                self._replayed.add((group_index, layer_index))
+            return cached[layer_index]
         if cached is not None and _in_backward():  # activation checkpointing re-runs the layer
-            return self._replay_mask(gi, li) if (gi, li) in self._replayed else cached[li]
-        masks = self.soft_group_masks(gi)
+            if (group_index, layer_index) in self._replayed:
+                return self._replay_mask(group_index, layer_index)
+            return cached[layer_index]
+        masks = self.soft_group_masks(group_index)
         if self._in_root_forward and self._cache is not None:
-            self._cache[gi] = masks
-        return masks[li]
+            self._cache[group_index] = masks
+        return masks[layer_index]
 
-    def _replay_mask(self, gi: int, li: int) -> torch.Tensor:
+    def _replay_mask(self, group_index: int, layer_index: int) -> torch.Tensor:
         """The mask for a reentrant checkpoint's recomputation: the forward's value with a graph of its own.
 
         A reentrant checkpoint back-propagates every re-run block separately, so the blocks cannot share the group's
@@ -307,126 +283,73 @@ class SmartState(nn.Module):
         at the forward's shift, so the solver stops at once): the value returned is the forward's exactly, the
         gradient that of the new solve. The warm start and the fractionality record stay as the forward left them.
         """
-        group = self.groups[gi]
-        shift_x, frac = group.shift_x, dict(self._frac)
+        group = self.groups[group_index]
+        shift_warm_start, fractionality = group.shift_warm_start, dict(self._frac)
         try:
-            fresh = self.soft_group_masks(gi)[li]
+            fresh = self.soft_group_masks(group_index)[layer_index]
         finally:
-            group.shift_x, self._frac = shift_x, frac
-        return self._cache[gi][li].detach() + (fresh - fresh.detach())
+            group.shift_warm_start, self._frac = shift_warm_start, fractionality
+        return self._cache[group_index][layer_index].detach() + (fresh - fresh.detach())
 
-    def soft_group_masks(self, gi: int) -> list[torch.Tensor]:
-        group = self.groups[gi]
-        masks = self._soft_masks(gi, self.group_temperature(gi), self.soft_budget(group))
+    def soft_group_masks(self, group_index: int) -> list[torch.Tensor]:
+        """A group's soft masks at its temperature and budget now (`smart_hf.budget_groups.soft_group_masks`,
+        warm-started), recording their fractionality when gradients are on.
+
+        Args:
+            group_index: the group's index in ``groups``.
+
+        Returns:
+            One mask per layer of the group (its ``score_shape``), differentiable in the scores.
+        """
+        group = self.groups[group_index]
+        masks = soft_group_masks(group, self.group_temperature(group_index), self.soft_budget(group))
         if torch.is_grad_enabled():
-            self._frac[gi] = (
+            self._frac[group_index] = (
                 sum(torch.minimum(m, 1 - m).detach().sum() for m in masks),
                 sum(m.numel() for m in masks),
             )
         return masks
 
-    def _soft_masks(self, gi: int, tau: float, k: float, warm: bool = True) -> list[torch.Tensor]:
-        """Soft masks of group ``gi`` at temperature ``tau`` and budget ``k`` (``warm``: start the shift solve from,
-        and store, the group's last shift)."""
-        group = self.groups[gi]
-        if group.kind == "nm":
-            return [soft_topk(full_tensor(group.layers[0].smart_scores), k, tau)]
-        flat, cost, reserved = self._flat_scores(group)
-        init = None if group.shift_x is None or not warm else -group.shift_x / tau
-        if group.kind == "layer":
-            f, shift = soft_topk(flat, k, tau, shift_init=init, return_shift=True)
-        else:
-            f, shift = self._soft_global(flat, cost, reserved, k, tau, init)
-        if warm:
-            group.shift_x = (-shift * tau).detach()
-        return self._split(group, f)
+    def _soft_masks(self, group_index: int, tau: float, k: float, warm: bool = True) -> list[torch.Tensor]:
+        """Soft masks of a group at temperature ``tau`` and budget ``k``, nothing recorded (a calibration probe)."""
+        return soft_group_masks(self.groups[group_index], tau, k, warm)
 
-    def _nm_batch_key(self, gi: int) -> tuple:
-        group = self.groups[gi]
-        scores = group.layers[0].smart_scores
-        tau = self.group_temperature(gi)
-        return (self.soft_budget(group), tau, tuple(scores.shape[1:]), scores.dtype, scores.device)
-
-    def _soft_nm_batch(self, gi: int) -> dict[int, list[torch.Tensor]]:
-        """Soft masks of every N:M group with group ``gi``'s budget, temperature, row length, dtype and device from
-        one `soft_topk` over their concatenated rows (one copy of the scores instead of ~30 small ops and a host
-        sync per layer and Newton step). Rows are independent, so the masks equal the per-group ones."""
-        key = self._nm_batch_key(gi)
+    def _soft_nm_batch(self, group_index: int) -> dict[int, list[torch.Tensor]]:
+        """Soft masks of every N:M group that can share one `soft_nm_batch` with group ``group_index`` (same budget,
+        temperature, row length, dtype and device), by group index."""
+        key = self._nm_batch_key(group_index)
         members = [j for j, g in enumerate(self.groups) if g.kind == "nm" and self._nm_batch_key(j) == key]
         scores = [full_tensor(self.groups[j].layers[0].smart_scores) for j in members]
-        k, tau = key[0], key[1]
-        f = soft_topk(scores[0] if len(scores) == 1 else torch.cat(scores), k, tau)
+        batch, pieces = soft_nm_batch(scores, key[0], key[1])
         if torch.is_grad_enabled():  # one entry for the batch: fractionality() averages over units anyway
             # sum min(f, 1 - f) = N / 2 - sum |f - 1/2|: two passes over the N:M-sized mask instead of three
-            distance = torch.sub(f.detach(), 0.5).abs_().sum(dtype=torch.float64)
-            self._frac[gi] = (0.5 * f.numel() - distance, f.numel())
-        return {j: [piece] for j, piece in zip(members, torch.split(f, [s.shape[0] for s in scores]))}
+            distance = torch.sub(batch.detach(), 0.5).abs_().sum(dtype=torch.float64)
+            self._frac[group_index] = (0.5 * batch.numel() - distance, batch.numel())
+        return {j: [piece] for j, piece in zip(members, pieces)}
 
-    def binary_group_masks(self, gi: int) -> list[torch.Tensor]:
-        """The frozen masks once hardened, else the ones `harden` would pick now (what an export or report uses)."""
-        if self._mode == _HARD:
-            return [layer.smart_mask for layer in self.groups[gi].layers]
-        return self.hard_group_masks(gi)
+    def _nm_batch_key(self, group_index: int) -> tuple:
+        group = self.groups[group_index]
+        return nm_batch_key(group, self.group_temperature(group_index), self.soft_budget(group))
 
-    @torch.no_grad()
-    def hard_group_masks(self, gi: int) -> list[torch.Tensor]:
-        group = self.groups[gi]
-        if group.kind == "nm":
-            return [hard_topk(full_tensor(group.layers[0].smart_scores), group.k)]
-        flat, cost, reserved = self._flat_scores(group)
-        if group.kind == "layer":
-            return self._split(group, hard_topk(flat, group.k))
-        free = ~reserved
-        f = reserved.to(flat.dtype)
-        k_free = group.k - float((cost * f).sum())
-        if free.any():  # else every unit is reserved (sparsity 0 on one-unit layers): nothing left to rank
-            f = f.masked_scatter(free, hard_topk(flat[free], k_free, cost[free]))
-        return self._split(group, f)
+    def hard_group_masks(self, group_index: int, use_frozen: bool = True) -> list[torch.Tensor]:
+        """A group's binary masks: what an export or a report uses, and what `smart_hf.harden` freezes.
 
-    def _flat_scores(self, group: BudgetGroup):
-        device = group.layers[0].smart_scores.device
-        flat = torch.cat([full_tensor(layer.smart_scores).reshape(-1).to(device) for layer in group.layers])
-        if not torch.isfinite(flat).all():  # the reserved-unit ranking below would silently pick a NaN as "best"
-            raise ValueError(
-                "mask scores contain NaN or Inf (a diverged search); lower the score learning rate "
-                "(score_learning_rate), enable gradient clipping (max_grad_norm) and restart from the last good "
-                "checkpoint."
-            )
-        if group.kind == "layer":
-            return flat, None, None
-        if group.cost is None or group.cost.device != device:  # fixed per group: build once
-            group.cost = torch.cat(
-                [
-                    torch.full((layer.smart_layout.num_units,), float(unit_budget_cost(layer)), device=device)
-                    for layer in group.layers
-                ]
-            )
-        with torch.no_grad():  # each layer's best `reserved` units are kept outside the shared ranking
-            reserved = torch.cat(
-                [
-                    _top_units(full_tensor(layer.smart_scores).detach().reshape(-1).to(device), q)
-                    for layer, q in zip(group.layers, group.reserved)
-                ]
-            )
-        return flat, group.cost, reserved
+        Args:
+            group_index: the group's index in ``groups``.
+            use_frozen: once hardened, return the frozen masks (``smart_mask``); ``False`` solves them from the
+                scores (`smart_hf.budget_groups.hard_group_masks`) in every mode. Before hardening both solve.
 
-    @staticmethod
-    def _soft_global(flat, cost, reserved, k, tau, init):
-        free = ~reserved
-        f = reserved.to(torch.promote_types(flat.dtype, torch.float32))
-        k_free = k - float((cost * f).sum())
-        if not free.any():  # every unit is reserved: the mask is all ones, no shift to solve
-            return f, torch.tensor(float("inf"), dtype=torch.float64, device=flat.device)
-        f_free, shift = soft_topk(flat[free], k_free, tau, cost=cost[free], shift_init=init, return_shift=True)
-        return f.masked_scatter(free, f_free), shift
+        Returns:
+            One ``{0, 1}`` mask per layer of the group (its ``score_shape``).
 
-    @staticmethod
-    def _split(group: BudgetGroup, flat_mask: torch.Tensor) -> list[torch.Tensor]:
-        pieces = torch.split(flat_mask.reshape(-1), group.unit_counts())
-        return [
-            p.reshape(layer.smart_layout.score_shape).to(layer.smart_scores.device)
-            for p, layer in zip(pieces, group.layers)
-        ]
+        Raises:
+            ValueError: a score is NaN or Inf.
+        """
+        if use_frozen and self._mode == _HARD:
+            return [layer.smart_mask for layer in self.groups[group_index].layers]
+        return hard_group_masks(self.groups[group_index])
+
+    binary_group_masks = hard_group_masks  # the name older callers use (the frozen masks once hardened)
 
     def fractionality(self) -> float:
         """Mean ``min(f, 1 - f)`` over all units in the last root forward with gradients (NaN before the first)."""

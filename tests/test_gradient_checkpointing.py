@@ -42,7 +42,7 @@ CHECKPOINTING = {
 
 def _loss_and_grads(name: str, checkpointing: dict | None, steps: int = 2):
     """Loss and every gradient of a prepared tiny model over ``steps`` optimizer steps of the structure search, and
-    whether every backward left the solver's warm starts (``shift_x``) as the forward set them."""
+    whether every backward left the solver's warm starts (``shift_warm_start``) as the forward set them."""
     torch.manual_seed(0)
     model = sh.prepare_model(MODELS[name](), sh.SmartConfig(**CONFIG))
     if checkpointing is not None:
@@ -56,9 +56,9 @@ def _loss_and_grads(name: str, checkpointing: dict | None, steps: int = 2):
         sh.update_temperature(model, step, steps)
         optimizer.zero_grad()
         loss = model(**batch, labels=labels).loss
-        shifts = [g.shift_x.clone() for g in sh.get_smart_state(model).groups]
+        shifts = [g.shift_warm_start.clone() for g in sh.get_smart_state(model).groups]
         loss.backward()
-        kept.append(all(torch.equal(a, g.shift_x) for a, g in zip(shifts, sh.get_smart_state(model).groups)))
+        kept.append(all(torch.equal(a, g.shift_warm_start) for a, g in zip(shifts, sh.get_smart_state(model).groups)))
         losses.append(loss.item())
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         optimizer.step()

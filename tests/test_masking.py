@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_models import tiny_vit, vit_inputs
 
-import smart_hf.state as masking
+import smart_hf.budget_groups as masking
 from smart_hf import SmartConfig, get_smart_state, prepare_model, set_temperature
 from smart_hf.core.budget import global_weight_budget
 

@@ -37,8 +37,8 @@ def _sources(obj) -> tuple[list[dict], dict[str, int], dict[str, torch.Tensor], 
     state = obj if isinstance(obj, SmartState) else getattr(obj, "smart_state", None)
     if isinstance(state, SmartState):
         masks, modules = {}, {}
-        for gi, group in enumerate(state.groups):
-            for layer, mask in zip(group.layers, state.binary_group_masks(gi)):
+        for group_index, group in enumerate(state.groups):
+            for layer, mask in zip(group.layers, state.hard_group_masks(group_index)):
                 binding = layer.__dict__.get("_smart_coupled")
                 if binding is None:
                     continue

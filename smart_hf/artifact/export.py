@@ -46,7 +46,7 @@ def squashed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     state = get_smart_state(model)
     root = unwrap_model(model)
     out = {k: v for k, v in root.state_dict().items() if not is_smart_name(k)}
-    masks = [m for gi in range(len(state.groups)) for m in state.binary_group_masks(gi)]
+    masks = [m for index in range(len(state.groups)) for m in state.hard_group_masks(index)]
     names = dict(zip(map(id, state.layers), state.targeted_module_names))
     for layer, mask in zip(state.layers, masks):
         key = f"{names[id(layer)]}.weight"
