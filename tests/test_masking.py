@@ -5,7 +5,8 @@ import torch
 from tiny_models import tiny_vit, vit_inputs
 
 import smart_hf.budget_groups as masking
-from smart_hf import SmartConfig, get_smart_state, prepare_model, set_temperature
+from smart_hf import SmartConfig, get_smart_state, harden, prepare_model, set_temperature
+from smart_hf.budget_groups import hard_group_masks
 from smart_hf.core.budget import global_weight_budget
 
 
@@ -95,3 +96,24 @@ def test_a_forward_that_raises_still_closes_the_root_forward():
     with pytest.raises(Exception):  # noqa: B017 -- any error of the model's own forward
         model(pixel_values=torch.zeros(1, 1, 1, 1))
     assert state._in_root_forward is False
+
+
+def test_hard_masks_are_the_frozen_ones_once_hardened_unless_asked_to_solve():
+    """`SmartState.hard_group_masks` is one function: once hardened it returns the frozen masks, and with
+    ``use_frozen=False`` it solves them from the scores, as it does before hardening."""
+    model = prepare_model(tiny_vit(), SmartConfig(pattern="block", block_shape=[4, 4], sparsity=0.5))
+    state = get_smart_state(model)
+    before = [state.hard_group_masks(i) for i in range(len(state.groups))]
+    for i, masks in enumerate(before):
+        assert all(torch.equal(a, b) for a, b in zip(masks, state.binary_group_masks(i)))
+    harden(model)
+    with torch.no_grad():
+        for layer in state.layers:
+            layer.smart_scores.neg_()  # the scores now rank the other way; the frozen masks do not move
+    for i, masks in enumerate(before):
+        frozen = state.hard_group_masks(i)
+        assert all(f is layer.smart_mask for f, layer in zip(frozen, state.groups[i].layers))
+        assert all(torch.equal(a, b) for a, b in zip(masks, frozen))
+        solved = state.hard_group_masks(i, use_frozen=False)
+        assert all(torch.equal(a, b) for a, b in zip(solved, hard_group_masks(state.groups[i])))
+        assert not all(torch.equal(a, b) for a, b in zip(masks, solved))
