@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -191,3 +193,44 @@ def test_the_kill_harness_sees_a_finished_second_save(tmp_path):
     target = tmp_path / "model"
     _run_and_kill(target, "uninterrupted", "SECOND_SAVE_DONE", delay=0.0)
     _assert_complete_artifact(target, {2.0})
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "folder_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize("existing", [False, True])
+def test_every_file_gets_the_umask_modes(tmp_path, umask, file_mode, folder_mode, existing):
+    """Files written through a temporary file (``mkstemp``: 0600) and folders made by ``mkdtemp`` (0700) are
+    published with the modes a plain ``open`` / ``mkdir`` gives under the umask, like the rest of the artifact."""
+    target = tmp_path / "model"
+    if existing:
+        target.mkdir()
+        (target / "checkpoint-1").write_text("kept")
+    previous = os.umask(umask)
+    try:
+        with staged_directory(target) as folder:
+            handle, temporary = tempfile.mkstemp(dir=folder)
+            os.close(handle)
+            os.replace(temporary, os.path.join(folder, "model.safetensors"))
+            _write(folder, **{"config.json": "{}"})
+            inner = tempfile.mkdtemp(dir=folder)
+            _write(inner, **{"a.txt": "a"})
+            script = os.path.join(folder, "run.sh")
+            _write(folder, **{"run.sh": "#!/bin/sh\n"})
+            os.chmod(script, 0o700)
+    finally:
+        os.umask(previous)
+    modes = {
+        os.path.relpath(os.path.join(root, name), target): stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)
+        for root, dirs, files in os.walk(target)
+        for name in dirs + files
+        if name != "checkpoint-1"
+    }
+    inner_name = os.path.basename(inner)
+    assert modes == {
+        "model.safetensors": file_mode,
+        "config.json": file_mode,
+        inner_name: folder_mode,
+        os.path.join(inner_name, "a.txt"): file_mode,
+        "run.sh": folder_mode,  # an executable keeps its execute bits
+    }
+    if not existing:  # the staging folder became the target
+        assert stat.S_IMODE(os.stat(target).st_mode) == folder_mode

@@ -77,3 +77,12 @@ def test_card_shows_the_train_command_without_tokens(artifact, tmp_path):
     save_pruned(model, tmp_path / "c", save_plots=False, command=command)
     text = (tmp_path / "c" / "README.md").read_text()
     assert "smart-hf train --config r.yaml --hub_token '***'" in text and "hf_SECRET" not in text
+
+
+def test_every_file_of_the_artifact_has_the_same_mode(tmp_path):
+    """``save_pretrained`` writes its safetensors shards through a temporary file (mode 0600): the artifact still
+    publishes them with the mode of every other file."""
+    model = sh.prepare_model(tiny_vit(), sh.SmartConfig())
+    folder = save_pruned(model, tmp_path / "artifact", save_plots=False)
+    modes = {name: os.stat(os.path.join(folder, name)).st_mode & 0o777 for name in os.listdir(folder)}
+    assert "model.safetensors" in modes and len(set(modes.values())) == 1, modes

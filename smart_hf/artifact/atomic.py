@@ -11,6 +11,11 @@ is atomic) and publishes it only when the writer finished without an exception:
   namesake with ``os.replace`` (atomic per file) and ``config.json`` goes last, so a fresh folder only becomes
   loadable once every other file is in place. Files of the target that the artifact does not write are kept.
 
+Every file and folder of the artifact gets the permissions a plain ``open`` / ``mkdir`` would give it under the
+process's umask (``0644`` / ``0755`` with the usual ``022``): writers that go through a temporary file (the
+safetensors shards of ``save_pretrained``) and the staging folder itself (``mkdtemp``) are created ``0600`` /
+``0700``, and a published artifact readable only by its writer breaks a model server running as another user.
+
 Staging folders of processes that died mid-save (``.<name>.tmp-<pid>-*``) are removed by the next save to the same
 target; a folder whose pid is still alive is left alone (it may be a concurrent writer).
 """
@@ -21,6 +26,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 
@@ -48,6 +54,7 @@ def staged_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
     staging = tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
     try:
         yield staging
+        _normalize_modes(staging)
         _fsync_tree(staging)
         _publish(staging, target, replace)
     finally:
@@ -73,6 +80,35 @@ def _publish(staging: str, target: str, replace: bool) -> None:
                 shutil.rmtree(dest)  # os.replace cannot overwrite a non-empty folder
             os.replace(source, dest)
     _fsync_dir(os.path.dirname(target))
+
+
+def _umask_modes(folder: str) -> tuple[int, int]:
+    """The modes a new file and a new folder get under this process's umask, read from two probes in ``folder``
+    (reading the umask itself means setting it, which is not thread-safe)."""
+    probe = os.path.join(folder, f".mode-probe-{os.getpid()}")
+    os.mkdir(probe)
+    folder_mode = stat.S_IMODE(os.stat(probe).st_mode)
+    os.rmdir(probe)
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    file_mode = stat.S_IMODE(os.stat(probe).st_mode)
+    os.remove(probe)
+    return file_mode, folder_mode
+
+
+def _normalize_modes(staging: str) -> None:
+    """Give every file and folder of the staged artifact (and the staging folder, which may become the target) the
+    umask's normal modes; an executable file keeps its execute bits (the folder mode)."""
+    file_mode, folder_mode = _umask_modes(staging)
+    os.chmod(staging, folder_mode)
+    for root, dirs, files in os.walk(staging):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), folder_mode)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & stat.S_IXUSR
+            os.chmod(path, folder_mode if executable else file_mode)
 
 
 def _remove_stale_staging(parent: str, name: str) -> None:
