@@ -1,4 +1,4 @@
-"""The sparsity invariants (issue 7): sparsity can neither vanish nor be silently absent, at any point of a run.
+"""The sparsity invariants: sparsity can neither vanish nor be silently absent, at any point of a run.
 
 For block 4x4 (global budget; tiny ViT and tiny ResNet), output channels (tiny ViT) and 2:4 (tiny BERT), one short
 SmartTrainer run per pattern (module fixture) checks after EVERY optimizer step -- both before and after SmartCallback

@@ -1,9 +1,11 @@
 """Writing a pruned model that stock transformers loads: squashed weights, ``smart_config.json``, a sparsity report,
 a model card.
 
-`save_pruned` works on a prepared model (or a squashed / slimmed one) without modifying or copying it: it builds the squashed state dict (hard
-masks baked into the targeted weights, every ``smart_`` tensor dropped), whose keys are exactly those of the original
-model, and lets ``save_pretrained`` write it. ``config.json`` gains a ``smart_hf`` entry (pattern, sparsity, per-layer
+`save_pruned` works on a prepared model (or a squashed / slimmed one) without modifying or copying it: it builds the
+squashed state dict (hard masks baked into the targeted weights, every ``smart_`` tensor dropped), whose keys are
+exactly those of the original model, and lets ``save_pretrained`` write it. An FSDP2-sharded model is gathered into
+that state dict directly (`squashed_state_dict`); rank 0 writes it through a weightless (meta-device) instance of
+the model's own class. ``config.json`` gains a ``smart_hf`` entry (pattern, sparsity, per-layer
 layout) that `sparsity_report` can check after loading.
 """
 
@@ -38,20 +40,47 @@ __all__ = ["save_pruned", "save_state_dict", "squashed_state_dict", "unsharded_c
 
 
 @torch.no_grad()
-def squashed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def squashed_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The state dict `squash` would produce, computed without touching ``model``.
 
-    Uses the hard masks if the model is hardened, otherwise the masks `harden` would pick now.
+    Uses the hard masks if the model is hardened, otherwise the masks `harden` would pick now. An FSDP2-sharded
+    model's whole state dict is gathered (offloaded to CPU) with ``torch.distributed.checkpoint``.
+
+    Args:
+        model: a prepared model (plain, wrapped by DDP / accelerate, or sharded by FSDP2).
+
+    Returns:
+        The squashed state dict, keyed as the original model's; ``None`` on the ranks other than 0 of a sharded
+        model (collective: every rank must call it).
+
+    Raises:
+        ValueError: the model is not prepared.
     """
-    state = get_smart_state(model)
-    root = unwrap_model(model)
-    out = {k: v for k, v in root.state_dict().items() if not is_smart_name(k)}
+    return _squashed_weights(unwrap_model(model), get_smart_state(model))
+
+
+def _squashed_weights(root: nn.Module, state) -> dict[str, torch.Tensor] | None:
+    """`squashed_state_dict` of the prepared model ``root`` whose `SmartState` is ``state``."""
     masks = [m for index in range(len(state.groups)) for m in state.hard_group_masks(index)]
-    names = dict(zip(map(id, state.layers), state.targeted_module_names))
-    for layer, mask in zip(state.layers, masks):
-        key = f"{names[id(layer)]}.weight"
-        out[key] = layer.smart_layout.apply(layer.weight.detach(), mask)
+    whole = _whole_state_dict(root)
+    if whole is None:
+        return None
+    out = {k: v for k, v in whole.items() if not is_smart_name(k)}
+    for name, layer, mask in zip(state.targeted_module_names, state.layers, masks):
+        weight = out[f"{name}.weight"]
+        out[f"{name}.weight"] = layer.smart_layout.apply(weight, mask.to(weight.device))
     return out
+
+
+def _whole_state_dict(root: nn.Module) -> dict[str, torch.Tensor] | None:
+    """``root.state_dict()``; for an FSDP2-sharded model the gathered whole one on rank 0 (CPU), ``None`` elsewhere."""
+    if not has_sharded_parameters(root):
+        return root.state_dict()
+    import torch.distributed as dist  # only sharded models need torch.distributed (absent from some builds)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    whole = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return whole if dist.get_rank() == 0 else None
 
 
 def save_pruned(
@@ -69,43 +98,44 @@ def save_pruned(
 ) -> str:
     """Save a prepared (or squashed / slimmed) model as a stock-loadable pruned checkpoint plus ``smart_config.json``,
     the sparsity report (``smart_sparsity.json``), a model card (``README.md``, see `smart_hf.hub.model_card`) and,
-    with matplotlib installed and ``save_plots``, PNG plots. Returns ``output_dir``. The model is not modified.
+    with matplotlib installed and ``save_plots``, PNG plots. The model is not modified.
 
-    ``metrics`` (``{name: value}``) go into the card; by default the last ``eval_*``/``dense_*`` values of
-    ``log_history``. ``base_model``: the Hub id that was pruned (default: from the config when it is a Hub id).
-    The write is atomic (`smart_hf.atomic.staged_directory`); ``replace_folder=True`` declares that ``output_dir``
-    holds only this artifact, so it is swapped as one unit and files of an older artifact do not linger.
-    An FSDP2-sharded model is gathered first: call it on every rank; rank 0 writes.
+    The write is atomic (`smart_hf.atomic.staged_directory`). An FSDP2-sharded prepared model is gathered into the
+    squashed state dict directly: call it on every rank; rank 0 writes.
+
+    Args:
+        model: a prepared model (plain, wrapped by DDP / accelerate, or sharded by FSDP2), or a squashed / slimmed
+            SMART model.
+        output_dir: the artifact folder.
+        processing_class: a tokenizer / image processor saved beside the model.
+        log_history: the Trainer's log history (plots, and the card's default metrics).
+        save_plots: write PNG plots (needs matplotlib).
+        stages: the stage lengths the plots mark.
+        metrics: ``{name: value}`` for the card; by default the last ``eval_*`` / ``dense_*`` values of
+            ``log_history``.
+        base_model: the Hub id that was pruned (default: from the config when it is a Hub id).
+        model_card: write ``README.md``.
+        replace_folder: ``output_dir`` holds only this artifact: it is swapped as one unit and files of an older
+            artifact do not linger.
+        command: the command line shown in the card.
+
+    Returns:
+        ``output_dir``.
+
+    Raises:
+        ValueError: the model carries PEFT adapters, is neither prepared nor a squashed SMART model, is sharded and
+            no longer prepared, or holds weights that contradict its masks.
     """
     root = unwrap_model(model)
-    if has_sharded_parameters(root):
-        root = unsharded_copy(root)
-        if root is None:  # not rank 0: it took part in the gather, rank 0 writes
-            return str(output_dir)
     config = getattr(root, "config", None)
-    adapters = adapter_module_names(root)
-    if adapters:
-        raise ValueError(
-            f"save_pruned got a model with PEFT adapters ({adapters[0]}, ...); merge them first, keeping the sparsity: "
-            "merged = smart_hf.integrations.peft.merge_and_unload(peft_model); save_pruned(merged, folder). (To keep "
-            "the adapter separate, save it with peft_model.save_pretrained.)"
-        )
-    if is_prepared(root):
-        state = get_smart_state(root)
-        metadata, report = pruning_metadata(state)
-        smart_config = state.smart_config
-    elif read_metadata(config):
-        metadata, report = read_metadata(config), sparsity_report(root)
-        smart_config = SmartConfig.from_dict(metadata["config"])
-    else:
-        raise ValueError(
-            "save_pruned needs a model prepared with smart_hf.prepare_model, or a squashed SMART model "
-            "(with config.smart_hf); for a plain model use model.save_pretrained."
-        )
-    _check_weights_obey_masks(report, metadata, is_prepared(root))
+    state, metadata, report, smart_config = _artifact_description(root)
+    _check_weights_obey_masks(report, metadata, state is not None)
+    weights = None if state is None else _squashed_weights(root, state)  # collective under FSDP2
+    if state is not None and weights is None:  # not rank 0: it took part in the gathers, rank 0 writes
+        return str(output_dir)
     # a kill mid-save leaves the previous artifact intact
     with staged_directory(output_dir, replace=replace_folder) as folder:
-        _write_weights(root, config, metadata, folder)
+        _write_weights(root, config, metadata, folder, weights)
         smart_config.save_pretrained(folder)
         with open(os.path.join(folder, REPORT_NAME), "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
@@ -126,6 +156,33 @@ def save_pruned(
     return str(output_dir)
 
 
+def _artifact_description(root: nn.Module):
+    """``(state, metadata, report, smart_config)`` of the model to save: from its `SmartState` while prepared
+    (``state`` is then set; collective under FSDP2), else from the ``config.smart_hf`` of a squashed model."""
+    adapters = adapter_module_names(root)
+    if adapters:
+        raise ValueError(
+            f"save_pruned got a model with PEFT adapters ({adapters[0]}, ...); merge them first, keeping the sparsity: "
+            "merged = smart_hf.integrations.peft.merge_and_unload(peft_model); save_pruned(merged, folder). (To keep "
+            "the adapter separate, save it with peft_model.save_pretrained.)"
+        )
+    if is_prepared(root):
+        state = get_smart_state(root)
+        return (state, *pruning_metadata(state), state.smart_config)
+    if has_sharded_parameters(root):
+        raise ValueError(
+            "save_pruned gathers an FSDP2-sharded model only while it is prepared (not squashed or slimmed); save "
+            "it before squashing, or squash and save an unsharded model."
+        )
+    metadata = read_metadata(getattr(root, "config", None))
+    if not metadata:
+        raise ValueError(
+            "save_pruned needs a model prepared with smart_hf.prepare_model, or a squashed SMART model "
+            "(with config.smart_hf); for a plain model use model.save_pretrained."
+        )
+    return None, metadata, sparsity_report(root), SmartConfig.from_dict(metadata["config"])
+
+
 def _check_weights_obey_masks(report: dict, metadata: PruningMetadata, prepared: bool) -> None:
     """Refuse to write an artifact whose report would disagree with its weights: non-zero weights in pruned units
     of a hardened model (PEFT's own merge_and_unload, or a training step not followed by apply_hard_masks_), or a
@@ -144,14 +201,15 @@ def _check_weights_obey_masks(report: dict, metadata: PruningMetadata, prepared:
         )
 
 
-def _write_weights(root: nn.Module, config, metadata: PruningMetadata, folder: str) -> None:
-    """``config.json`` (with the ``smart_hf`` entry, set only for the write) and the squashed / slim weights."""
+def _write_weights(root: nn.Module, config, metadata: PruningMetadata, folder: str, squashed: dict | None):
+    """``config.json`` (with the ``smart_hf`` entry, set only for the write) and the ``squashed`` weights of a
+    prepared model, or a squashed / slim model's own."""
     previous = read_metadata(config) if config is not None else None
     if config is not None:
         write_metadata(config, metadata)
     try:
-        if is_prepared(root):
-            root.save_pretrained(folder, state_dict=squashed_state_dict(root))
+        if squashed is not None:
+            _stock_writer(root, squashed).save_pretrained(folder, state_dict=squashed)
         elif (slim_summary(metadata) or {}).get("mode") == "per_layer":
             # a per-layer slim model's config cannot express its sizes: `load_slim` rebuilds them from the metadata
             root.config.architectures = [type(root).__name__]
@@ -164,12 +222,38 @@ def _write_weights(root: nn.Module, config, metadata: PruningMetadata, folder: s
             write_metadata(config, previous)
 
 
+def _stock_writer(root: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """What writes ``state_dict`` with ``save_pretrained``: ``root`` itself, or for an FSDP2-sharded model a
+    weightless (meta-device) instance of its own transformers class -- the sharded class would name itself in
+    ``config.architectures``. Weights tied in the model are made one tensor in ``state_dict`` again (the gather
+    copies them apart), so ``save_pretrained`` drops the duplicates as it does for the model itself."""
+    if not has_sharded_parameters(root):
+        return root
+    from torch.distributed.fsdp import FSDPModule
+
+    base_class = next(c for c in type(root).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        shell = base_class._from_config(root.config)
+    first_key = {}
+    for key, tensor in shell.state_dict(keep_vars=True).items():
+        first = first_key.setdefault(id(tensor), key)
+        if first != key and first in state_dict and key in state_dict:
+            state_dict[key] = state_dict[first]
+    return shell
+
+
 def unsharded_copy(model: nn.Module) -> nn.Module | None:
     """A plain (unsharded, CPU) copy of an FSDP2-sharded prepared model on rank 0; ``None`` on the other ranks.
 
     Collective: every rank must call it. The full state dict is gathered with ``torch.distributed.checkpoint``
     (offloaded to CPU), and rank 0 rebuilds the model from its config, prepares it with the same `SmartConfig` and
-    loads the state strictly -- so export code written for plain models (squashing, reports, cards) runs unchanged.
+    loads the state strictly. (`save_pruned` needs no copy: it gathers the squashed state dict directly.)
+
+    Args:
+        model: an FSDP2-sharded prepared model.
+
+    Returns:
+        The plain prepared copy on rank 0, ``None`` on the other ranks.
     """
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
