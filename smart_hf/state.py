@@ -93,7 +93,8 @@ class SmartStateBuffers(nn.Module):
 
     @property
     def layers(self) -> list:
-        return [layer for g in self.groups for layer in g.layers]
+        """The prepared layers, group by group."""
+        return [layer for group in self.groups for layer in group.layers]
 
     def forward(self, x=None, *_args, **_kwargs):
         """Identity: containers that call every child in turn (a root ``nn.Sequential``) pass through it."""
@@ -111,31 +112,52 @@ class SmartStateBuffers(nn.Module):
 
     # --- python mirrors of the buffers (read once per forward, not once per layer) ---
     def sync_from_buffers(self) -> None:
+        """Read the buffers into their Python mirrors (after a load, a broadcast, or at each root forward)."""
         tau, mode = torch.stack([self.temperature, self.mode.to(torch.float64)]).tolist()
         self._tau, self._mode = float(tau), int(mode)
         progress, *group_tau = torch.cat([self.budget_progress.reshape(1), self.group_tau]).tolist()
         self._progress, self._group_tau = float(progress), group_tau
 
     def set_temperature(self, tau: float) -> None:
-        """Set the (relative, with tau_start="auto") temperature; never below ``MIN_TEMPERATURE``, the operator's
-        tested floor (below it ``scores / tau`` overflows: a subnormal tau gave NaN masks)."""
+        """Set the (relative, with tau_start="auto") temperature.
+
+        Args:
+            tau: the temperature; raised to ``MIN_TEMPERATURE``, the operator's tested floor (below it
+                ``scores / tau`` overflows: a subnormal tau gave NaN masks).
+        """
         tau = max(float(tau), MIN_TEMPERATURE)
         self.temperature.fill_(tau)
         self._tau = tau
 
     def set_mode(self, mode: str) -> None:
-        """``"dense"`` (masks off), ``"soft"`` (search) or ``"hard"`` (frozen masks). Only the lifecycle and the
-        callback switch modes; users call `smart_hf.set_mode` / `smart_hf.harden`, which validate the transition."""
+        """Switch the mode. Only the lifecycle and the callback switch modes; users call `smart_hf.set_mode` /
+        `smart_hf.harden`, which validate the transition.
+
+        Args:
+            mode: ``"dense"`` (masks off), ``"soft"`` (search) or ``"hard"`` (frozen masks).
+
+        Raises:
+            ValueError: ``mode`` is not one of `MODES`.
+        """
         code = MODES.index(mode)
         self.mode.fill_(code)
         self._mode = code
 
     def set_budget_progress(self, progress: float) -> None:
-        """Budget anneal progress in [0, 1]: soft masks keep `annealed_budget` (0 = everything, 1 = the target)."""
+        """Set the budget anneal's progress.
+
+        Args:
+            progress: in [0, 1]; soft masks keep `annealed_budget` (0 = everything, 1 = the target).
+        """
         self.budget_progress.fill_(float(progress))
         self._progress = float(progress)
 
     def set_group_temperatures(self, taus: list[float]) -> None:
+        """Set every group's start temperature (``tau_start="auto"``).
+
+        Args:
+            taus: one temperature per group, in group order.
+        """
         self.group_tau.copy_(torch.tensor(taus, dtype=torch.float64))
         self._group_tau = [float(t) for t in taus]
 
@@ -151,7 +173,14 @@ class SmartStateBuffers(nn.Module):
         return self._tau * self._group_tau[group_index]
 
     def soft_budget(self, group: BudgetGroup) -> float:
-        """The ``k`` of the soft top-k: the target, or during the budget anneal more (see `annealed_budget`)."""
+        """The ``k`` of a group's soft top-k now.
+
+        Args:
+            group: one of ``groups``.
+
+        Returns:
+            Its target budget, or during the budget anneal more (see `annealed_budget`).
+        """
         if self._progress >= 1.0:
             return group.k
         return annealed_budget(group.k, group.capacity(), self._progress)
@@ -162,7 +191,14 @@ class SmartStateBuffers(nn.Module):
         has mean ``min(f, 1 - f)`` equal to ``target`` (`auto_temperature`); the schedule then runs relative to it.
         The N:M groups of one row shape share one temperature, calibrated on all their rows together: the same
         budget rule holds in every one of them, and a shared temperature lets the forward solve their rows in one
-        batch (`_soft_nm_batch`)."""
+        batch (`_soft_nm_batch`).
+
+        Args:
+            target: the mean ``min(f, 1 - f)`` each group's start mask should have.
+
+        Returns:
+            The start temperature of every group, in group order (also stored, `set_group_temperatures`).
+        """
         taus = [1.0] * len(self.groups)
         for members in temperature_sets(self.groups):
             tau = auto_temperature(partial(self._target_fractionality, members), target)
@@ -190,6 +226,7 @@ class SmartStateBuffers(nn.Module):
 
     @property
     def is_hard(self) -> bool:
+        """Whether the masks are hardened (frozen)."""
         return self._mode == _HARD
 
     @property
@@ -238,6 +275,7 @@ class SmartState(SmartStateBuffers):
                     self._cache[group_index] = self.soft_group_masks(group_index)
 
     def end_forward(self, *_args, **_kwargs) -> None:
+        """Root forward hook (also on an exception): close the forward and record its fractionality."""
         # the masks stay cached for the backward pass's recomputations; the next root forward replaces them
         self._in_root_forward = False
         if self._frac:
@@ -352,7 +390,12 @@ class SmartState(SmartStateBuffers):
     binary_group_masks = hard_group_masks  # the name older callers use (the frozen masks once hardened)
 
     def fractionality(self) -> float:
-        """Mean ``min(f, 1 - f)`` over all units in the last root forward with gradients (NaN before the first)."""
+        """How far the soft masks are from binary.
+
+        Returns:
+            Mean ``min(f, 1 - f)`` over all units in the last root forward with gradients (NaN before the first;
+            0 once hardened).
+        """
         if self._mode == _HARD:
             return 0.0
         if self._frac:  # a layer was called outside a root forward: fold its groups in now

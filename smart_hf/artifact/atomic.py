@@ -43,7 +43,13 @@ def staged_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
     Args:
         path: the folder the artifact should end up in (created with its parents if missing).
         replace: the whole folder is this artifact: swap it as one unit, dropping files the new artifact lacks.
-    On an exception the staged folder is deleted and ``path`` is untouched; the exception propagates.
+
+    Yields:
+        The staging folder to write into. On an exception the staged folder is deleted and ``path`` is untouched;
+        the exception propagates.
+
+    Raises:
+        ValueError: ``path`` is an existing file.
     """
     target = os.path.abspath(os.fspath(path))
     parent, name = os.path.split(target)
