@@ -126,9 +126,8 @@ def save_pruned(
         ValueError: the model carries PEFT adapters, is neither prepared nor a squashed SMART model, is sharded and
             no longer prepared, or holds weights that contradict its masks.
     """
-    root = unwrap_model(model)
+    root, state, metadata, report, smart_config = _artifact_description(model)
     config = getattr(root, "config", None)
-    state, metadata, report, smart_config = _artifact_description(root)
     _check_weights_obey_masks(report, metadata, state is not None)
     weights = None if state is None else _squashed_weights(root, state)  # collective under FSDP2
     if state is not None and weights is None:  # not rank 0: it took part in the gathers, rank 0 writes
@@ -156,9 +155,11 @@ def save_pruned(
     return str(output_dir)
 
 
-def _artifact_description(root: nn.Module):
-    """``(state, metadata, report, smart_config)`` of the model to save: from its `SmartState` while prepared
-    (``state`` is then set; collective under FSDP2), else from the ``config.smart_hf`` of a squashed model."""
+def _artifact_description(model: nn.Module):
+    """``(root, state, metadata, report, smart_config)`` of the model to save: ``root`` is the model inside its
+    wrappers; the rest comes from its `SmartState` while prepared (``state`` is then set; collective under FSDP2),
+    else from the ``config.smart_hf`` of a squashed model."""
+    root = unwrap_model(model)
     adapters = adapter_module_names(root)
     if adapters:
         raise ValueError(
@@ -168,7 +169,7 @@ def _artifact_description(root: nn.Module):
         )
     if is_prepared(root):
         state = get_smart_state(root)
-        return (state, *pruning_metadata(state), state.smart_config)
+        return (root, state, *pruning_metadata(state), state.smart_config)
     if has_sharded_parameters(root):
         raise ValueError(
             "save_pruned gathers an FSDP2-sharded model only while it is prepared (not squashed or slimmed); save "
@@ -180,7 +181,7 @@ def _artifact_description(root: nn.Module):
             "save_pruned needs a model prepared with smart_hf.prepare_model, or a squashed SMART model "
             "(with config.smart_hf); for a plain model use model.save_pretrained."
         )
-    return None, metadata, sparsity_report(root), SmartConfig.from_dict(metadata["config"])
+    return root, None, metadata, sparsity_report(root), SmartConfig.from_dict(metadata["config"])
 
 
 def _check_weights_obey_masks(report: dict, metadata: PruningMetadata, prepared: bool) -> None:
