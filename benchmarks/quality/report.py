@@ -94,15 +94,15 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def check_one_validation_size(rows: list[dict]) -> None:
-    """Raise if one task's rows were evaluated on validation splits of different sizes (rows before session 10 carry
-    no ``val_size``): their validation errors are not comparable, and the ablations are chosen on them."""
+    """Raise if one task's rows were evaluated on validation splits of different sizes (older rows carry no
+    ``val_size``): their validation errors are not comparable, and the ablations are chosen on them."""
     sizes = defaultdict(set)
     for row in rows:
         if "error" not in row:
             sizes[row["task"]].add(row.get("val_size"))
     for task, found in sizes.items():
         if len(found) > 1:
-            shown = sorted("unrecorded (1,000 tweets before session 10)" if s is None else str(s) for s in found)
+            shown = sorted("unrecorded (older rows)" if s is None else str(s) for s in found)
             raise ValueError(
                 f"rows of task {task!r} were evaluated on validation splits of different sizes ({', '.join(shown)}); "
                 "summarise the journals of each size separately (--from-journal), or rerun the older rows."
@@ -177,7 +177,7 @@ def _find(groups, task, pattern, method, ablation=None):
 
 
 def goals(groups: list[dict], task: str = "digits") -> dict:
-    """The issue's goals on the test error means, with the measured ratio (None where a row is missing)."""
+    """The benchmark's goals on the test error means, with the measured ratio (None where a row is missing)."""
     out = {}
     dense = _find(groups, task, None, "dense")
     for pattern in GOAL_VS_BASELINE:

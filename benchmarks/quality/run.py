@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Quality benchmark: SMART against peer pruners at the same budget and the same optimizer steps (issue 6).
+"""Quality benchmark: SMART against peer pruners at the same budget and the same optimizer steps.
 
 Per (task, seed) one dense pretrain is cached in a temp dir; every method starts from it and gets the same post-dense
 window of optimizer steps (same seeded batches, same warm-up + cosine LR): ``dense`` keeps training; one-shot
@@ -14,13 +14,25 @@ SMART searches over the first half and fine-tunes with the hard mask (``benchmar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
+
+import smart_hf as sh
+from smart_hf.demo_data import (
+    load_digits_splits,
+    load_tweet_sentiment,
+    minilm_path,
+    stratified_split,
+    tweet_sentiment_corpus,
+)
 
 from .._common import environment, result_header
 from .baselines import BASELINES, applicable
@@ -36,7 +48,7 @@ from .core import (
 )
 from .report import summarise, write_outputs
 
-# the default matrix (issue 12: the full run in about an hour on 2 cores); --smoke covers every pattern and method
+# the default matrix (the full run in about an hour on 2 cores); --smoke covers every pattern and method
 DIGITS_PATTERNS = ["block4x4@0.9", "block4x4@0.75", "block4x4@0.5", "channel@0.5", "nm2:4", "nm1:4"]
 DIGITS_PATTERNS_ALL = ["block4x4@0.5", "block4x4@0.75", "block4x4@0.9", "channel@0.3", "channel@0.5", "nm2:4", "nm1:4"]
 MINILM_PATTERNS = ["nm2:4"]
@@ -44,69 +56,45 @@ METHODS = ["dense", "magnitude", "gmp", "wns", "torch_pruning", "wanda", "moveme
 DEFAULT_METHODS = ["dense", "magnitude", "gmp", "wanda", "smart_frozen", "smart"]
 MINILM_METHODS = ["dense", "wanda", "smart_frozen", "smart"]
 MINILM_METHODS_ALL = ["dense", "magnitude", "wanda", "smart_frozen", "smart"]
-ABLATIONS = {  # SMART variants (digits only); the default row is "smart" itself
-    "tau_fixed": {"temperature_schedule": "constant"},
-    "tau_exponential": {"temperature_schedule": "exponential"},
-    "budget_layer": {"budget": "layer"},
-    "init_activation": {"score_init": "activation"},
-    "distill": {"distill": 0.5},
-    "search_0.25": {"search_fraction": 0.25},
-    "search_0.75": {"search_fraction": 0.75},
-    # score learning rates, one number for every score, in start-logit units (the defaults: 0.2 N:M, 1.0 others)
-    "score_lr_0.2": {"score_lr": 0.2},
-    "score_lr_1.0": {"score_lr": 1.0},
-    "score_lr_3.0": {"score_lr": 3.0},
-    "mask_only": {"mask_only": True},
-    "init_magnitude": {"score_init": "magnitude"},
-}
-ABLATIONS.update(  # extra variants tried on 4x4 at 90% (--ablation-names); 0.1 is infeasible there (the library raises)
-    {
-        "min_density_0.05": {"min_layer_density": 0.05},
-        "min_density_0.1": {"min_layer_density": 0.1},
-        "tau_end_1e-4": {"tau_end": 1e-4},
-        # issue 12: the start of the search and the budget anneal (the library defaults before it: old_defaults)
-        "old_defaults": {"tau_start": 1.0, "tau_end": 1e-4, "budget_anneal": 0.0, "score_lr": 0.05},
-        # the issue-12 defaults of session 3: standardised scores, one score LR 0.05 for every pattern
-        "standardized_lr_0.05": {"score_scale": "standardized", "score_lr": 0.05},
-        "no_anneal": {"budget_anneal": 0.0},
-        "tau_start_1": {"tau_start": 1.0},
-        "start_frac_0.02": {"tau_start_fractionality": 0.02},
-        # the dynamic rule checks every dynamic_window steps once the budget is held: 20 leaves a 30-step search
-        # (10 held steps) no check that can act; a window that fits the held phase
-        "dynamic_window_3": {"dynamic_window": 3},
-        # session 9: the search started on Wanda's mask (activation-aware scores) with more signal for it
-        "init_activation_search_0.75": {"score_init": "activation", "search_fraction": 0.75},
-        "init_activation_distill": {"score_init": "activation", "distill": 0.5},
-        "init_activation_search_0.25": {"score_init": "activation", "search_fraction": 0.25},
-        # the search moves ~2% of the 2:4 decisions at the N:M rate 0.2 (Wanda's mask differs from magnitude's in ~12%)
-        "init_activation_score_lr_1.0": {"score_init": "activation", "score_lr": 1.0},
-    }
-)
-# issue 12's score-rate ablations, at 4x4 / 90% (where the search matters most) and 2:4 (ABLATION_PATTERNS), 5 seeds;
-# the others stay available by name
-DEFAULT_ABLATIONS = ["standardized_lr_0.05", "score_lr_0.2", "score_lr_1.0", "score_lr_3.0"]
-# what --smoke runs: the score-rate ablations and the issue-12 ones (every SMART option the benchmark can turn)
-SMOKE_ABLATIONS = DEFAULT_ABLATIONS + [
-    "old_defaults",
-    "no_anneal",
-    "tau_start_1",
-    "start_frac_0.02",
-    "tau_end_1e-4",
-    "tau_exponential",
-    "init_activation",
-    "distill",
-    "mask_only",
-    "budget_layer",
-]
-ABLATION_PATTERNS = ["block4x4@0.9", "nm2:4"]
+ABLATIONS_FILE = Path(__file__).with_name("ablations.yaml")
+# SMART options the benchmark's method takes beside the SmartConfig fields (`SmartMethod`, `run_window`'s distill)
+METHOD_OPTIONS = ("search_fraction", "score_lr", "mask_only", "distill")
+
+
+def load_ablations(path: str | os.PathLike = ABLATIONS_FILE) -> dict:
+    """The SMART variants of ``path``: ``{"ablations": {label: options}, "default": [label, ...], "smoke": [label,
+    ...], "patterns": [pattern, ...]}`` (``smoke`` = the default labels, then ``smoke_extra``).
+
+    Raises:
+        ValueError: If a list names a label the file does not define, or an option is neither a `SmartConfig`
+            field nor one of `METHOD_OPTIONS`.
+    """
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    ablations = data["ablations"]
+    fields = {f.name for f in dataclasses.fields(sh.SmartConfig)}
+    for label, options in ablations.items():
+        unknown = sorted(set(options) - fields - set(METHOD_OPTIONS))
+        if unknown:
+            allowed = f"SmartConfig fields nor {METHOD_OPTIONS}"
+            raise ValueError(f"{path}: ablation {label!r} sets {unknown}, neither {allowed}.")
+    smoke = data["default"] + data["smoke_extra"]
+    missing = sorted(set(smoke) - set(ablations))
+    if missing:
+        raise ValueError(f"{path}: default / smoke_extra name {missing}, which are not under ablations.")
+    return {"ablations": ablations, "default": data["default"], "smoke": smoke, "patterns": data["patterns"]}
+
+
+_LOADED = load_ablations()
+ABLATIONS = _LOADED["ablations"]  # SMART variants (digits only); the default row is "smart" itself
+DEFAULT_ABLATIONS = _LOADED["default"]
+SMOKE_ABLATIONS = _LOADED["smoke"]  # what --smoke runs: every SMART option the benchmark can turn
+ABLATION_PATTERNS = _LOADED["patterns"]
 DIGITS_LAYERS = 4  # DeiT-tiny has 12; 4 keeps the full matrix within ~1 h on 2 shared cores (docs/benchmarks.md)
 
 
 def digits_task(smoke: bool, scale: float, layers: int = DIGITS_LAYERS) -> Task:
     """DeiT-tiny width (hidden 192, 3 heads, MLP 768; ``layers`` blocks) from scratch on 8x8 digits, patch 2."""
     from transformers import ViTConfig, ViTForImageClassification
-
-    from smart_hf.cli.data import load_digits_splits
 
     shape = dict(hidden_size=192, num_hidden_layers=layers, num_attention_heads=3, intermediate_size=768)
     if smoke:
@@ -133,13 +121,10 @@ def minilm_task(smoke: bool, scale: float, classes: int = 2) -> Task:
         BertForSequenceClassification,
     )
 
-    from smart_hf.cli.data import load_tweet_sentiment, minilm_path
-
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    sizes = dict(train_size=64, val_size=32, test_size=32) if smoke else TWEET_SIZES
-    ds = load_tweet_sentiment(tokenizer, max_length=48, binary=classes == 2, **sizes)
-    splits = {s: ds[s][:] for s in ds}
+    sizes = dict(train_size=64, val_size=32, test_size=32, extra_val_size=0) if smoke else TWEET_SIZES
+    splits = tweet_splits(tokenizer, binary=classes == 2, **sizes)
 
     def build(seed: int):
         torch.manual_seed(seed)
@@ -164,15 +149,51 @@ def minilm_task(smoke: bool, scale: float, classes: int = 2) -> Task:
 
 
 def minilm3_task(smoke: bool, scale: float) -> Task:
-    """MiniLM on the 3-class tweets (issue 12: a harder task than the binary one; same sizes and steps)."""
+    """MiniLM on the 3-class tweets (a harder task than the binary one; same sizes and steps)."""
     return minilm_task(smoke, scale, classes=3)
 
 
 TASKS = {"digits": digits_task, "minilm": minilm_task, "minilm3": minilm3_task}
-# issue 12: >= 5,000 test tweets, so that one error is 0.02 points (the binary subset has 23,140 tweets); 5,000
-# validation tweets too (session 10), so that defaults can be chosen at 0.2-point differences. The 4,000 added are
-# drawn after the train split: train and test are those of the 1,000-tweet runs and their dense checkpoints.
+# >= 5,000 test tweets, so that one error is 0.02 points (the binary subset has 23,140 tweets); 5,000 validation
+# tweets too, so that defaults can be chosen at 0.2-point differences. The 4,000 added (extra_val_size) are drawn
+# after the train split: train and test are those of the 1,000-validation-tweet runs and their dense checkpoints.
 TWEET_SIZES = dict(train_size=2000, val_size=1000, extra_val_size=4000, test_size=5000)
+
+
+def tweet_splits(
+    tokenizer,
+    binary: bool,
+    train_size: int,
+    val_size: int,
+    test_size: int,
+    extra_val_size: int,
+    seed: int = 0,
+    max_length: int = 48,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The tweet splits as whole tensors: `smart_hf.demo_data.load_tweet_sentiment`'s, with ``extra_val_size``
+    more validation tweets drawn after its train split (`stratified_split` draws in order, so a fourth draw changes
+    none of the first three): the train and test splits, and the first ``val_size`` validation tweets, are those of
+    ``extra_val_size=0``."""
+    if extra_val_size < 0:
+        raise ValueError(f"extra_val_size must be >= 0, got {extra_val_size}.")
+    ds = load_tweet_sentiment(
+        tokenizer, max_length=max_length, binary=binary, train_size=train_size, val_size=val_size, test_size=test_size,
+        seed=seed,
+    )  # fmt: skip
+    splits = {s: ds[s][:] for s in ds}  # whole split as tensors: row access to a Dataset per step is slow
+    if not extra_val_size:
+        return splits
+    texts, labels, _ = tweet_sentiment_corpus(binary)
+    sizes = [test_size, val_size, train_size, extra_val_size]
+    if sum(sizes) > len(labels):
+        raise ValueError(f"split sizes {sizes} (test, validation, train, extra validation) exceed the {len(labels)} "
+                         "available tweets.")  # fmt: skip
+    extra = stratified_split(labels, sizes, seed)[3]
+    encoded = tokenizer([texts[i] for i in extra], padding="max_length", truncation=True, max_length=max_length)
+    added = {column: torch.tensor(values, dtype=torch.int64) for column, values in encoded.items()}
+    added["labels"] = torch.from_numpy(np.asarray(labels[extra], dtype=np.int64))
+    splits["validation"] = {k: torch.cat([v, added[k]]) for k, v in splits["validation"].items()}
+    return splits
 STEPS = {"digits": (240, 60), "minilm": (100, 80), "minilm3": (100, 80)}  # (dense pretrain, post-dense window) steps
 
 
@@ -203,7 +224,7 @@ def pretrain_job(job: dict) -> dict:
     sizes = task_sizes(task)
     if job.get("reuse") and Path(job["path"]).exists() and record_path.exists():
         cached = json.loads(record_path.read_text())
-        if cached.get("task_sizes", sizes) != sizes:  # records before session 9 carry none: trusted by name
+        if cached.get("task_sizes", sizes) != sizes:  # older records carry none: trusted by name
             raise ValueError(
                 f"--dense-cache: {job['path']} was trained with {cached['task_sizes']}, this run's task has "
                 f"{sizes}; delete that checkpoint and its .json (or pass another --dense-cache folder) to retrain it."
