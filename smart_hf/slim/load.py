@@ -14,7 +14,7 @@ import safetensors.torch
 import transformers
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from ..metadata import read as read_metadata
@@ -23,6 +23,7 @@ from .cnn import resize_chain_for_load
 from .coupled import resize_coupled_for_load
 from .ffn import resize_ffn_for_load
 from .heads import resize_heads_for_load
+from .portable import SMART_SLIM_PREFIX, portable_classes
 
 __all__ = ["auto_model_class", "load_slim"]
 
@@ -60,6 +61,9 @@ def load_slim(path: str | os.PathLike, auto_class=None, **kwargs) -> nn.Module:
 
 
 def _load_slim(path, auto_class, **kwargs) -> nn.Module:
+    config_dict, _ = PretrainedConfig.get_config_dict(path)
+    if str(config_dict.get("model_type", "")).startswith(SMART_SLIM_PREFIX):
+        return _load_portable(path, auto_class, **kwargs)
     config = AutoConfig.from_pretrained(path)
     cls = auto_model_class(config, auto_class)
     slim_meta = slim_summary(read_metadata(config))
@@ -79,3 +83,25 @@ def _load_slim(path, auto_class, **kwargs) -> nn.Module:
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model.eval()
+
+
+def _load_portable(path, auto_class, **kwargs) -> nn.Module:
+    """A per-layer slim artifact that ships ``modeling_smart_slim.py``: loaded with smart_hf's own copy of that file
+    (nothing from the artifact runs), the class picked by ``auto_class`` or ``config.architectures``."""
+    from .remote import modeling_smart_slim
+
+    family = PretrainedConfig.get_config_dict(path)[0]["model_type"].removeprefix(SMART_SLIM_PREFIX)
+    if family not in modeling_smart_slim.FAMILIES:
+        raise ValueError(f"{path}: model_type {SMART_SLIM_PREFIX}{family} is not a family this smart_hf knows.")
+    config_class = getattr(modeling_smart_slim, f"SmartSlim{modeling_smart_slim.FAMILIES[family][0]}")
+    config = config_class.from_pretrained(path)
+    _, auto_map = portable_classes(config)
+    if auto_class is not None:
+        target = auto_map.get(auto_class.__name__, f".SmartSlim{auto_class.__name__}")
+    else:
+        archs = getattr(config, "architectures", None) or ["?"]
+        target = f".SmartSlim{archs[0].removeprefix('SmartSlim')}"
+    cls = getattr(modeling_smart_slim, target.rpartition(".")[2], None)
+    if cls is None:
+        raise ValueError(f"{path}: no slim class for {target.rpartition('.')[2]}; pass auto_class=AutoModelFor...")
+    return cls.from_pretrained(path, config=config, **kwargs).eval()
