@@ -179,10 +179,17 @@ def portable_classes(config, architecture: str | None = None) -> tuple[type, dic
         arch = arch.removeprefix("SmartSlim")
         if not hasattr(remote, f"SmartSlim{arch}"):
             continue
-        for auto_name in dir(modeling_auto):
-            mapping = getattr(getattr(modeling_auto, auto_name), "_model_mapping", None)
-            if auto_name.startswith("AutoModel") and getattr(mapping, "_model_mapping", {}).get(family) == arch:
-                auto_map[auto_name] = f"{_MODULE}.SmartSlim{arch}"
+        mapped = [
+            name
+            for name in dir(modeling_auto)
+            if name.startswith("AutoModel")
+            and getattr(getattr(getattr(modeling_auto, name), "_model_mapping", None), "_model_mapping", {}).get(family)
+            == arch
+        ]
+        by_suffix = f"AutoModel{arch.removeprefix(stem)}"  # DeiT maps the teacher variant; its own class by name
+        if not mapped and arch != f"{stem}Model" and hasattr(modeling_auto, by_suffix):
+            mapped = [by_suffix]
+        auto_map.update({name: f"{_MODULE}.SmartSlim{arch}" for name in mapped})
     return config_class, auto_map
 
 
