@@ -13,6 +13,7 @@ import re
 import shlex
 
 from ..constants import REPORT_NAME
+from ..slim.describe import removed_units_text, speedup_rows, widths_table
 
 __all__ = [
     "CARD_NAME",
@@ -20,6 +21,7 @@ __all__ = [
     "card_tags",
     "metrics_from_log_history",
     "model_card",
+    "natural_key",
     "redact_command",
     "write_model_card",
 ]
@@ -45,10 +47,22 @@ def redact_command(argv: list[str]) -> list[str]:
 
 
 def card_tags(metadata: dict) -> list[str]:
-    """``pruned``, ``sparse``, ``smart-hf`` plus ``2:4``/``n:m-sparse``, ``block-sparse`` or ``channel-pruned``."""
+    """The card's tags: ``pruned``, ``smart-hf``, plus by pattern ``sparse`` with ``2:4``/``n:m-sparse``,
+    ``block-sparse`` or ``channel-pruned``; coupled units and slim models (whole units removed, no zeros to exploit)
+    get ``structured-pruning`` instead of the sparse tags.
+
+    Args:
+        metadata: ``config.smart_hf`` of the artifact.
+
+    Returns:
+        The tags, ``pruned`` and ``smart-hf`` first.
+    """
     cfg = metadata.get("config", {})
+    tags = ["pruned", "smart-hf"]
+    if _structured(metadata):
+        return tags + ["structured-pruning"]
     patterns = {info.get("pattern") for info in metadata.get("layers", {}).values()} or {cfg.get("pattern")}
-    tags = ["pruned", "sparse", "smart-hf"]
+    tags.append("sparse")
     if "nm" in patterns:
         n, m = cfg.get("n", 2), cfg.get("m", 4)
         tags += [f"{n}:{m}", "n:m-sparse"]
@@ -57,6 +71,11 @@ def card_tags(metadata: dict) -> list[str]:
     if "channel" in patterns:
         tags.append("channel-pruned")
     return tags
+
+
+def _structured(metadata: dict) -> bool:
+    """Coupled units (`smart_hf.coupling`) or a slim model: whole units are (or are to be) removed."""
+    return bool(metadata.get("coupled") or metadata.get("slim") or metadata.get("config", {}).get("pattern") == "coupled")
 
 
 def _base_model(config) -> str | None:
@@ -80,6 +99,19 @@ def _pattern_text(metadata: dict) -> str:
 
 
 def _speed_text(metadata: dict) -> str:
+    if metadata.get("slim"):
+        return (
+            "This model is already physically smaller: the pruned units are gone from the weight shapes, so a plain "
+            "forward is the speed-up, on any engine that runs the stock architecture (eager PyTorch, `torch.compile`, "
+            "ONNX export). No sparse kernel is involved."
+        )
+    if _structured(metadata):
+        return (
+            "The pruned units (FFN neurons, attention heads / GQA groups, conv channels) are stored as zeros. Remove "
+            "them to get the speed: `smart_hf.slim(model, mode='per_layer')` (every layer keeps its own widths; "
+            "loads with `trust_remote_code=True` or `smart_hf.load_slim`) or `mode='uniform'` (one width per kind, "
+            "stock-loadable), or `smart-hf export DIR --to SLIM_DIR --slim --mode per_layer`."
+        )
     tags = card_tags(metadata)
     lines = [
         "The weights are stored dense with the pruned ones set to zero, so the file and a plain forward cost what the "
@@ -107,18 +139,9 @@ def _speed_text(metadata: dict) -> str:
     return "\n".join(lines)
 
 
-def _slimmed_parts(slim: dict) -> str:
-    parts = [
-        label
-        for key, label in (("pairs", "FFN channels"), ("heads", "attention heads"), ("convs", "conv channels"))
-        if slim.get(key)
-    ]
-    return ", ".join(parts) or "units"
-
-
 def _layer_table(report: dict, max_rows: int = 300) -> str:
     rows = ["| layer | shape | pattern | units kept | sparsity |", "|---|---|---|---|---|"]
-    for row in report.get("layers", [])[:max_rows]:
+    for row in sorted(report.get("layers", []), key=lambda r: natural_key(r["name"]))[:max_rows]:
         pattern = {"block": "x".join(map(str, row["block_shape"])), "channel": "channel"}.get(
             row["pattern"], f"{row['n']}:{row['m']}"
         )
@@ -136,6 +159,71 @@ def _layer_table(report: dict, max_rows: int = 300) -> str:
             f"{total['weights'] - total['zeros']:,} non-zero | {total['sparsity']:.4f} |"
         )
     return "\n".join(rows)
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``layer.2`` before ``layer.10``.
+
+    Args:
+        name: a module name.
+
+    Returns:
+        The name split into text and integer parts.
+    """
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _slim_intro(slim: dict) -> str:
+    before, after = slim.get("params_before", 0), slim.get("params_after", 0)
+    share = 100 * (before - after) / max(before, 1)
+    return (
+        f"Pruned units were removed physically ({slim.get('mode')} slimming): {removed_units_text(slim)}; "
+        f"{before:,} -> {after:,} parameters ({share:.1f}% fewer than the dense model)."
+    )
+
+
+def _slim_load(slim: dict, cls: str) -> str | None:
+    """The loading snippet of a per-layer slim artifact (``None``: the stock snippet applies)."""
+    if slim.get("mode") != "per_layer":
+        return None
+    if slim.get("loading") == "trust_remote_code":
+        auto = "AutoModel" if cls.endswith("Model") and "For" not in cls else _auto_name(cls)
+        return (
+            "Every layer keeps its own widths, which the stock config cannot describe: the folder ships "
+            "`modeling_smart_slim.py` (the stock classes, each layer resized to the widths in `config.json`), so "
+            "stock transformers loads it with `trust_remote_code=True` (no smart_hf needed):\n\n"
+            f'```python\nfrom transformers import {auto}\n\nmodel = {auto}.from_pretrained("REPO_OR_DIR", '
+            'trust_remote_code=True)\n```\n\nWith smart_hf installed, `smart_hf.load_slim("REPO_OR_DIR")` loads it '
+            "with smart_hf's own copy of that file."
+        )
+    return (
+        "Every layer keeps its own widths, which the stock config cannot describe; load with smart_hf:\n\n"
+        '```python\nimport smart_hf\n\nmodel = smart_hf.load_slim("REPO_OR_DIR")   # per-layer sizes\n```'
+    )
+
+
+def _auto_name(cls: str) -> str:
+    """``AutoModelFor<Task>`` for a transformers class name (``BertForSequenceClassification`` ->
+    ``AutoModelForSequenceClassification``; GPT-2's ``LMHeadModel`` -> ``AutoModelForCausalLM``)."""
+    if cls.endswith("LMHeadModel"):
+        return "AutoModelForCausalLM"
+    _, sep, task = cls.partition("For")
+    return f"AutoModelFor{task}" if sep else "AutoModel"
+
+
+def _widths_section(slim: dict | None) -> str | None:
+    table = widths_table(slim) if slim else ""
+    if not table:
+        return None
+    return f"## Widths per layer\n\nUnits kept / units before slimming, per layer.\n\n{table}\n"
+
+
+def _speedup_section(measured: dict | None) -> str | None:
+    rows = speedup_rows(measured)
+    if not rows:
+        return None
+    lines = ["| engine, setting | speed-up over dense |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    return "## Measured speed-up\n\n" + "\n".join(lines) + "\n"
 
 
 def _metrics_table(metrics: dict | None) -> str:
@@ -166,6 +254,7 @@ def model_card(
     metrics: dict | None = None,
     base_model: str | None = None,
     command: str | list[str] | None = None,
+    measured_speedup: dict | None = None,
 ):
     """A `huggingface_hub.ModelCard` for a pruned artifact.
 
@@ -178,6 +267,11 @@ def model_card(
             like a Hub id).
         command: the command that reproduces the artifact (``smart-hf train`` passes its own, token values
             redacted with `redact_command`); without one the card points at ``smart_config.json``.
+        measured_speedup: the measured speed-up of the slim model over the dense one, a dict per engine / batch
+            (``smart_summary.json``'s ``measured_speedup``); shown in its own section when given.
+
+    Returns:
+        The card (``card.save(path)`` writes it).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -192,21 +286,14 @@ def model_card(
     intro = (
         f"This model was pruned with [smart_hf](https://arxiv.org/abs/2403.19969) (SMART: learned masks through a "
         f"differentiable top-k){f' from [{base_model}](https://huggingface.co/{base_model})' if base_model else ''}. "
-        f"Pattern: **{_pattern_text(metadata)}**; {100 * total.get('sparsity', 0.0):.2f}% of the targeted weights "
-        f"are zero (smart_hf {metadata.get('smart_hf_version', '?')})."
+        f"Pattern: **{_pattern_text(metadata)}** (smart_hf {metadata.get('smart_hf_version', '?')})."
     )
+    load = f'```python\nfrom transformers import {cls}\n\nmodel = {cls}.from_pretrained("REPO_OR_DIR")\n```'
     if slim:
-        load = (
-            '```python\nimport smart_hf\n\nmodel = smart_hf.load_slim("REPO_OR_DIR")   # per-layer sizes\n```'
-            if slim.get("mode") == "per_layer"
-            else f'```python\nfrom transformers import {cls}\n\nmodel = {cls}.from_pretrained("REPO_OR_DIR")\n```'
-        )
-        intro += (
-            f" Pruned {_slimmed_parts(slim)} were removed physically ({slim.get('mode')} slimming); "
-            f"{slim.get('params_removed', 0):,} parameters fewer than the dense model."
-        )
+        intro += " " + _slim_intro(slim)
+        load = _slim_load(slim, cls) or load
     else:
-        load = f'```python\nfrom transformers import {cls}\n\nmodel = {cls}.from_pretrained("REPO_OR_DIR")\n```'
+        intro += f" {100 * total.get('sparsity', 0.0):.2f}% of the targeted weights are zero."
     body = [
         "# Pruned model (smart_hf)",
         "",
@@ -216,7 +303,7 @@ def model_card(
         "",
         "## How to load",
         "",
-        "Stock transformers, no smart_hf needed" + (" (except for per-layer slim models):" if slim else ":"),
+        "Stock transformers, no smart_hf needed:",
         "",
         load,
         "",
@@ -227,6 +314,8 @@ def model_card(
         "",
         _speed_text(metadata),
         "",
+        _speedup_section(measured_speedup),
+        _widths_section(slim),
         "## Per-layer sparsity",
         "",
         _layer_table(report),
