@@ -16,6 +16,7 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 
 import smart_hf as sh
 from smart_hf.artifact.card import card_tags, model_card, natural_key
+from smart_hf.cli.slim_table import format_artifact_rows
 from smart_hf.metadata import read as read_metadata
 from smart_hf.slim import head_pruning_overrides, load_slim
 from smart_hf.slim.describe import removed_units, slim_summary_line, speedup_rows, widths_table
@@ -271,3 +272,22 @@ def test_models_the_shipped_file_does_not_cover_keep_load_slim():
     from smart_hf.slim.portable import make_portable
 
     assert "not a family" in make_portable(model, {})
+
+
+def test_final_table_says_what_slimming_removed_and_how_it_loads():
+    row = {"parameters": 10, "nonzero_parameters": 10, "file_mb": 1.0, "latency_ms": 2.0}
+    extra = {
+        "cost_removed": 0.5,
+        "dense": row,
+        "pruned": row,
+        "slim": {**row, "latency_ms": 1.0},
+        "summary_line": "slimmed (per_layer): removed 8 of 16 FFN neurons; 10 -> 6 parameters (-40.0%)",
+        "slim_loading": "trust_remote_code",
+        "slim_mode": "per_layer",
+        "slim_dir": "out/slim",
+        "max_abs_logit_diff": 0.0,
+        "batch": 4,
+        "loadavg_1m": 1.0,
+    }
+    text = "\n".join(format_artifact_rows(extra))
+    assert "removed 8 of 16 FFN neurons" in text and "trust_remote_code=True" in text

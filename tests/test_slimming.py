@@ -452,6 +452,7 @@ def test_resnet_per_layer_slim_is_exact_reports_border_channels_and_loads(tmp_pa
     assert [c["before"] - c["after"] for c in summary["convs"]] == removed and sum(removed) > 0
     assert [c["kept_masked"] for c in summary["convs"]] == kept_masked and sum(kept_masked) > 0
     assert summary["params_removed"] == params
+    assert summary["loading"] == "load_slim" and "not a family" in summary["loading_note"]  # no shipped CNN file
     left = {e["name"]: e for e in summary["left_masked"]}
     for record in summary["convs"]:
         if record["kept_masked"]:

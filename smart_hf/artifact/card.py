@@ -8,12 +8,15 @@ reproduces it. `save_pruned` writes it; `push_pruned_to_hub` uploads the folder 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 
 from ..constants import REPORT_NAME
+from ..metadata import read as read_metadata
 from ..slim.describe import removed_units_text, speedup_rows, widths_table
+from ..slim.load import load_config
 
 __all__ = [
     "CARD_NAME",
@@ -23,10 +26,12 @@ __all__ = [
     "model_card",
     "natural_key",
     "redact_command",
+    "write_folder_card",
     "write_model_card",
 ]
 
 CARD_NAME = "README.md"
+SUMMARY_NAME = "smart_summary.json"  # the run summary `smart-hf train` writes; read for ``measured_speedup``
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -336,7 +341,52 @@ def model_card(
 
 
 def write_model_card(output_dir: str | os.PathLike, config, metadata: dict, report: dict, **kwargs) -> str:
-    """Write ``README.md`` into ``output_dir``; returns its path."""
+    """Write ``README.md`` into ``output_dir``.
+
+    Args:
+        output_dir: the artifact folder.
+        config, metadata, report: as for `model_card`.
+        **kwargs: the other `model_card` arguments; without ``measured_speedup``, the ``measured_speedup`` of
+            ``output_dir/smart_summary.json`` (top level or under ``"artifact"``) when that file has one.
+
+    Returns:
+        The card's path.
+    """
     path = os.path.join(output_dir, CARD_NAME)
+    if kwargs.get("measured_speedup") is None:
+        kwargs["measured_speedup"] = _summary_speedup(output_dir)
     model_card(config, metadata, report, **kwargs).save(path)
     return path
+
+
+def write_folder_card(folder: str | os.PathLike, **kwargs) -> str:
+    """(Re)write the card of an artifact folder from what the folder records (``config.json``'s ``smart_hf``
+    entry, ``smart_sparsity.json`` and, for ``measured_speedup``, ``smart_summary.json``).
+
+    Args:
+        folder: the artifact folder.
+        **kwargs: `model_card` arguments (``metrics``, ``command``, ``measured_speedup``, ...).
+
+    Returns:
+        The card's path.
+    """
+    config = load_config(folder)  # a per-layer slim artifact has its own model_type
+    report = {}
+    if os.path.isfile(os.path.join(folder, REPORT_NAME)):
+        with open(os.path.join(folder, REPORT_NAME), encoding="utf-8") as fh:
+            report = json.load(fh)
+    return write_model_card(folder, config, read_metadata(config) or {}, report, **kwargs)
+
+
+def _summary_speedup(folder: str | os.PathLike) -> dict | None:
+    """``measured_speedup`` from the folder's ``smart_summary.json`` (``None`` when absent or unreadable)."""
+    path = os.path.join(folder, SUMMARY_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    found = summary.get("measured_speedup") or (summary.get("artifact") or {}).get("measured_speedup")
+    return found if isinstance(found, dict) else None

@@ -20,7 +20,11 @@ Two modes:
   ``hidden_size / num_attention_heads``) and CNN chains (``ResNetConfig`` has per-stage widths only) cannot be
   expressed this way: uniform mode leaves them masked (reported) and raises when nothing else is slimmable.
 * ``"per_layer"``: every layer keeps exactly its own units. The sizes are recorded in ``config.smart_hf["slim"]``
-  (``pairs``, ``heads``, ``convs``); load with `load_slim` (stock ``from_pretrained`` refuses the shapes).
+  (``pairs``, ``heads``, ``convs``, ``coupled``). For BERT, RoBERTa, ViT, DeiT, GPT-2 and Llama-style models the
+  config also records every resized layer's shape and points (``auto_map``) at a static modeling file that
+  ``save_pretrained`` copies into the folder (`smart_hf.slim.portable`): stock
+  ``AutoModelFor....from_pretrained(folder, trust_remote_code=True)`` loads it without smart_hf. Any per-layer
+  artifact loads with `load_slim`.
 
 Pruned units that are not removed stay zeros in place (fc2 / output projections and the last conv of a residual block
 feed the residual stream; q/k channels of kept heads; border-inexact conv channels); `slim` returns them under

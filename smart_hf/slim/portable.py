@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .remote import modeling_smart_slim
+
 __all__ = ["MODELING_FILE", "SMART_SLIM_PREFIX", "make_portable", "portable_classes", "slim_layer_widths"]
 
 logger = logging.getLogger(__name__)
@@ -33,13 +35,6 @@ MODELING_FILE = "modeling_smart_slim.py"
 _MODULE = MODELING_FILE[: -len(".py")]
 SMART_SLIM_PREFIX = "smart_slim_"  # the model_type prefix of the shipped config classes
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
-
-
-def _remote():
-    """The shipped modeling module (imported on first use: it imports five transformers model families)."""
-    from .remote import modeling_smart_slim
-
-    return modeling_smart_slim
 
 
 def _stock_class(model: nn.Module) -> type:
@@ -59,7 +54,7 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
 def _differences(model: nn.Module, probe: nn.Module) -> tuple[dict, dict, str | None]:
     """``(shapes, attributes, problem)``: the linear shapes and head counts where ``model`` differs from ``probe``
     (the stock model built from the config), or why a stock class resized this way cannot describe it."""
-    heads = _remote().HEAD_ATTRIBUTES
+    heads = modeling_smart_slim.HEAD_ATTRIBUTES
     probe_modules = dict(probe.named_modules())
     shapes, attributes = {}, {}
     for name, module in model.named_modules():
@@ -167,7 +162,7 @@ def portable_classes(config, architecture: str | None = None) -> tuple[type, dic
     """
     from transformers.models.auto import modeling_auto
 
-    remote = _remote()
+    remote = modeling_smart_slim
     family = config.model_type.removeprefix(remote.MODEL_TYPE_PREFIX)
     if family not in remote.FAMILIES:
         return None
@@ -207,7 +202,7 @@ def make_portable(model: nn.Module, slim_meta: dict) -> str | None:
     """
     config = getattr(model, "config", None)
     classes = portable_classes(config, type(model).__name__) if config is not None else None
-    if classes is None or not hasattr(_remote(), "SmartSlim" + type(model).__name__.removeprefix("SmartSlim")):
+    if classes is None or not hasattr(modeling_smart_slim, "SmartSlim" + type(model).__name__.removeprefix("SmartSlim")):
         return f"{type(model).__name__} is not a family the shipped modeling file covers"
     stock_config = copy.deepcopy(config)
     for key in ("per_layer_config", "auto_map"):  # a model slimmed before: probe the stock shapes
@@ -220,7 +215,7 @@ def make_portable(model: nn.Module, slim_meta: dict) -> str | None:
     config_class, auto_map = classes
     config.__class__ = config_class  # the same stock config under its own model_type; no attribute changes
     config_class.register_for_auto_class()  # config.save_pretrained copies the modeling file (transformers' hook)
-    remote = _remote()
+    remote = modeling_smart_slim
     setattr(config, remote.SHAPES_KEY, shapes)
     setattr(config, remote.ATTRIBUTES_KEY, attributes)
     config.auto_map = auto_map

@@ -95,31 +95,32 @@ class SmartSlimModelMixin:
         resize_to_recorded_widths(self, config)
 
 
-def _define_classes():
-    """``SmartSlim<stock name>`` for every family: one config class and the model classes transformers has."""
-    names = []
-    for family, (config_name, suffixes) in FAMILIES.items():
-        stock_config = getattr(transformers, config_name)
-        config_class = type(
-            f"SmartSlim{config_name}",
-            (SmartSlimConfigMixin, stock_config),
+def _config_class(family):
+    """``SmartSlim<Family>Config``, made once (transformers checks that a model's ``config_class`` is the config's
+    class, so every lookup must return the same object)."""
+    config_name = FAMILIES[family][0]
+    name = f"SmartSlim{config_name}"
+    if name not in globals():
+        globals()[name] = type(
+            name,
+            (SmartSlimConfigMixin, getattr(transformers, config_name)),
             {"model_type": MODEL_TYPE_PREFIX + family, "__module__": __name__},
         )
-        globals()[config_class.__name__] = config_class
-        names.append(config_class.__name__)
+    return globals()[name]
+
+
+def __getattr__(name):
+    """``SmartSlim<stock class name>`` on first use (so importing this file imports no model family)."""
+    for family, (config_name, suffixes) in FAMILIES.items():
         stem = config_name[: -len("Config")]
+        if name == f"SmartSlim{config_name}":
+            return _config_class(family)
         for suffix in suffixes:
-            stock_model = getattr(transformers, stem + suffix, None)
-            if stock_model is None:
-                continue
-            model_class = type(
-                f"SmartSlim{stem}{suffix}",
-                (SmartSlimModelMixin, stock_model),
-                {"config_class": config_class, "__module__": __name__},
-            )
-            globals()[model_class.__name__] = model_class
-            names.append(model_class.__name__)
-    return names
-
-
-__all__ = _define_classes()
+            if name == f"SmartSlim{stem}{suffix}" and hasattr(transformers, stem + suffix):
+                globals()[name] = type(
+                    name,
+                    (SmartSlimModelMixin, getattr(transformers, stem + suffix)),
+                    {"config_class": _config_class(family), "__module__": __name__},
+                )
+                return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
