@@ -253,6 +253,8 @@ def test_coupled_and_slim_cards_say_what_was_removed():
     assert "FFN neurons" in text and f"{summary['params_after']:,}" in text
     assert "## Widths per layer" in text and "trust_remote_code=True" in text
     assert "| eager, batch 32 | 1.90x |" in text
+    assert "Stock transformers, no smart_hf needed:" not in text  # it needs trust_remote_code=True
+    assert "## Per-layer sparsity" not in text  # every pruned unit is gone: no zeros to tabulate
     assert speedup_rows(None) == []
 
 

@@ -223,6 +223,16 @@ def _widths_section(slim: dict | None) -> str | None:
     return f"## Widths per layer\n\nUnits kept / units before slimming, per layer.\n\n{table}\n"
 
 
+def _sparsity_section(report: dict, slim: dict | None) -> list[str]:
+    """The per-layer sparsity table; for a slim model only when zeros are left in place (its widths table says what
+    was removed)."""
+    if not slim:
+        return ["## Per-layer sparsity", "", _layer_table(report), ""]
+    if not report.get("total", {}).get("zeros"):
+        return []
+    return ["## Pruned weights left in place as zeros", "", _layer_table(report), ""]
+
+
 def _speedup_section(measured: dict | None) -> str | None:
     rows = speedup_rows(measured)
     if not rows:
@@ -308,7 +318,7 @@ def model_card(
         "",
         "## How to load",
         "",
-        "Stock transformers, no smart_hf needed:",
+        None if slim and slim.get("mode") == "per_layer" else "Stock transformers, no smart_hf needed:",
         "",
         load,
         "",
@@ -321,10 +331,7 @@ def model_card(
         "",
         _speedup_section(measured_speedup),
         _widths_section(slim),
-        "## Per-layer sparsity",
-        "",
-        _layer_table(report),
-        "",
+        *_sparsity_section(report, slim),
         "## How to reproduce",
         "",
         (

@@ -23,6 +23,7 @@ import re
 
 import torch
 from torch import nn
+from transformers.models.auto import modeling_auto
 from transformers.pytorch_utils import Conv1D
 
 from .remote import modeling_smart_slim
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 MODELING_FILE = "modeling_smart_slim.py"
 _MODULE = MODELING_FILE[: -len(".py")]
-SMART_SLIM_PREFIX = "smart_slim_"  # the model_type prefix of the shipped config classes
+SMART_SLIM_PREFIX = modeling_smart_slim.MODEL_TYPE_PREFIX  # the model_type prefix of the shipped config classes
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
@@ -160,19 +161,16 @@ def portable_classes(config, architecture: str | None = None) -> tuple[type, dic
     Returns:
         ``(config class, {"AutoConfig" | "AutoModel" | "AutoModelFor...": "modeling_smart_slim.<class>"})``.
     """
-    from transformers.models.auto import modeling_auto
-
-    remote = modeling_smart_slim
-    family = config.model_type.removeprefix(remote.MODEL_TYPE_PREFIX)
-    if family not in remote.FAMILIES:
+    family = config.model_type.removeprefix(modeling_smart_slim.MODEL_TYPE_PREFIX)
+    if family not in modeling_smart_slim.FAMILIES:
         return None
-    config_class = getattr(remote, f"SmartSlim{remote.FAMILIES[family][0]}")
+    config_class = getattr(modeling_smart_slim, f"SmartSlim{modeling_smart_slim.FAMILIES[family][0]}")
     auto_map = {"AutoConfig": f"{_MODULE}.{config_class.__name__}"}
-    stem = remote.FAMILIES[family][0][: -len("Config")]
+    stem = modeling_smart_slim.FAMILIES[family][0][: -len("Config")]
     archs = [architecture] if architecture else list(getattr(config, "architectures", None) or [])
     for arch in [f"{stem}Model", *archs]:
         arch = arch.removeprefix("SmartSlim")
-        if not hasattr(remote, f"SmartSlim{arch}"):
+        if not hasattr(modeling_smart_slim, f"SmartSlim{arch}"):
             continue
         mapped = [
             name
@@ -204,20 +202,16 @@ def make_portable(model: nn.Module, slim_meta: dict) -> str | None:
     classes = portable_classes(config, type(model).__name__) if config is not None else None
     if classes is None or not hasattr(modeling_smart_slim, "SmartSlim" + type(model).__name__.removeprefix("SmartSlim")):
         return f"{type(model).__name__} is not a family the shipped modeling file covers"
-    stock_config = copy.deepcopy(config)
-    for key in ("per_layer_config", "auto_map"):  # a model slimmed before: probe the stock shapes
-        stock_config.__dict__.pop(key, None)
     with torch.device("meta"):
-        probe = _stock_class(model)._from_config(stock_config)
+        probe = _stock_class(model)._from_config(copy.deepcopy(config))
     shapes, attributes, problem = _differences(model, probe)
     if problem:
         return problem
     config_class, auto_map = classes
     config.__class__ = config_class  # the same stock config under its own model_type; no attribute changes
     config_class.register_for_auto_class()  # config.save_pretrained copies the modeling file (transformers' hook)
-    remote = modeling_smart_slim
-    setattr(config, remote.SHAPES_KEY, shapes)
-    setattr(config, remote.ATTRIBUTES_KEY, attributes)
+    setattr(config, modeling_smart_slim.SHAPES_KEY, shapes)
+    setattr(config, modeling_smart_slim.ATTRIBUTES_KEY, attributes)
     config.auto_map = auto_map
     head_dim = getattr(config, "head_dim", None)
     pinned = isinstance(head_dim, int) and all(

@@ -21,19 +21,18 @@ HEAD_ATTRIBUTES = frozenset(
     {"num_heads", "num_attention_heads", "num_key_value_heads", "num_key_value_groups", "all_head_size", "split_size"}
 )
 
-# model_type suffix -> (stock config class, stock model classes)
+# model_type suffix -> (stock config class, suffixes of the stock model classes)
+_TEXT_TASKS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
 FAMILIES = {
-    "bert": ("BertConfig", ("Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
-                            "ForMaskedLM", "ForMultipleChoice", "LMHeadModel", "ForPreTraining")),
-    "roberta": ("RobertaConfig", ("Model", "ForSequenceClassification", "ForTokenClassification",
-                                  "ForQuestionAnswering", "ForMaskedLM", "ForMultipleChoice", "ForCausalLM")),
+    "bert": ("BertConfig", ("Model", *_TEXT_TASKS, "ForMaskedLM", "ForMultipleChoice", "LMHeadModel", "ForPreTraining")),
+    "roberta": ("RobertaConfig", ("Model", *_TEXT_TASKS, "ForMaskedLM", "ForMultipleChoice", "ForCausalLM")),
     "vit": ("ViTConfig", ("Model", "ForImageClassification", "ForMaskedImageModeling")),
-    "deit": ("DeiTConfig", ("Model", "ForImageClassification", "ForImageClassificationWithTeacher",
-                            "ForMaskedImageModeling")),
-    "gpt2": ("GPT2Config", ("Model", "LMHeadModel", "ForSequenceClassification", "ForTokenClassification",
-                            "ForQuestionAnswering")),
-    "llama": ("LlamaConfig", ("Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification",
-                              "ForQuestionAnswering")),
+    "deit": (
+        "DeiTConfig",
+        ("Model", "ForImageClassification", "ForImageClassificationWithTeacher", "ForMaskedImageModeling"),
+    ),
+    "gpt2": ("GPT2Config", ("Model", "LMHeadModel", *_TEXT_TASKS)),
+    "llama": ("LlamaConfig", ("Model", "ForCausalLM", *_TEXT_TASKS)),
 }
 MODEL_TYPE_PREFIX = "smart_slim_"
 
