@@ -165,9 +165,13 @@ def test_config_records_the_widths_per_layer_and_in_per_layer_config(artifacts):
         for layer, kept in widths.items():  # an entry equal to the global width is left out by transformers
             if "ffn" in kept and kept["ffn"][1] != kept["ffn"][0]:
                 assert per_layer[layer][ffn_key] == kept["ffn"][1], (name, layer)
-        if family == "llama":  # the head size is pinned (config.head_dim): head counts are described too
-            heads = {layer: kept["heads"][1] for layer, kept in widths.items() if kept["heads"][1] != 4}
-            assert all(per_layer[layer]["num_attention_heads"] == h for layer, h in heads.items())
+        if family in ("llama", "vit", "deit"):  # the head size is pinned (config.head_dim): head counts too
+            heads = {layer: kept["heads"] for layer, kept in widths.items() if "heads" in kept}
+            assert config["head_dim"] == (8 if family == "llama" else 16)
+            for layer, (before, after) in heads.items():
+                assert after == before or per_layer[layer]["num_attention_heads"] == after, (name, layer)
+        else:  # BERT, RoBERTa and GPT-2 derive the head size from the head count: no per-layer head counts
+            assert not any("num_attention_heads" in entry for entry in per_layer.values()), name
 
 
 def test_load_slim_loads_the_portable_artifacts_with_its_own_copy(artifacts):
@@ -177,6 +181,18 @@ def test_load_slim_loads_the_portable_artifacts_with_its_own_copy(artifacts):
         assert type(model).__module__ == modeling_smart_slim.__name__
         with torch.no_grad():
             torch.testing.assert_close(model(**art["inputs"]).logits, art["masked"], atol=1e-4, rtol=0)
+
+
+def test_loaded_decoders_generate_like_a_full_forward(artifacts):
+    for name in ("gpt2", "llama"):  # the KV cache follows the per-layer key/value widths
+        model = load_slim(artifacts[name]["folder"])
+        ids = artifacts[name]["inputs"]["input_ids"][:1, :4]
+        generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+        seq = ids
+        with torch.no_grad():
+            for _ in range(4):
+                seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert generated.tolist() == seq.tolist(), name
 
 
 def test_shipped_file_resizes_only_linear_layers_to_positive_sizes():

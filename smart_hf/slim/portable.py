@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 MODELING_FILE = "modeling_smart_slim.py"
 _MODULE = MODELING_FILE[: -len(".py")]
 SMART_SLIM_PREFIX = modeling_smart_slim.MODEL_TYPE_PREFIX  # the model_type prefix of the shipped config classes
+_READS_HEAD_DIM = frozenset({"vit", "deit"})  # attention that takes its head size from config.head_dim when set
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
@@ -213,10 +214,20 @@ def make_portable(model: nn.Module, slim_meta: dict) -> str | None:
     setattr(config, modeling_smart_slim.SHAPES_KEY, shapes)
     setattr(config, modeling_smart_slim.ATTRIBUTES_KEY, attributes)
     config.auto_map = auto_map
-    head_dim = getattr(config, "head_dim", None)
-    pinned = isinstance(head_dim, int) and all(
-        (record.get("head_dim") or record.get("set", {}).get("head_dim")) == head_dim
-        for record in slim_meta.get("heads", []) + [r for r in slim_meta.get("coupled", []) if r["set"]["head_dim"]]
-    )
-    _apply_per_layer_config(config, _per_layer_overrides(config, slim_layer_widths(slim_meta), pinned))
+    overrides = _per_layer_overrides(config, slim_layer_widths(slim_meta), _pin_head_dim(config, slim_meta))
+    _apply_per_layer_config(config, overrides)
     return None
+
+
+def _pin_head_dim(config, slim_meta: dict) -> bool:
+    """Whether ``config.head_dim`` states the head size of every slimmed attention block, so that a per-layer head
+    count describes the layer. ViT and DeiT read ``config.head_dim`` when present: it is pinned to the size they
+    derive. BERT, RoBERTa and GPT-2 derive the size from ``hidden_size / heads`` whatever the config says."""
+    sizes = {r["head_dim"] for r in slim_meta.get("heads", [])}
+    sizes |= {r["set"]["head_dim"] for r in slim_meta.get("coupled", []) if r["set"].get("head_dim")}
+    if len(sizes) != 1:
+        return False
+    family = config.model_type.removeprefix(SMART_SLIM_PREFIX)
+    if family in _READS_HEAD_DIM and getattr(config, "head_dim", None) is None:
+        config.head_dim = next(iter(sizes))
+    return getattr(config, "head_dim", None) == next(iter(sizes))
