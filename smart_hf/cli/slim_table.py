@@ -86,7 +86,21 @@ def coupled_artifact_rows(
     dense architecture (``dense_factory()``) and the pruned artifact in ``artifact_dir`` (see module docstring).
     Returns ``{"dense"|"pruned"|"slim": {"parameters", "file_mb", "latency_ms"}, "slim_dir", "slim_mode",
     "slim_loading", "removed_units", "widths_per_layer", "summary_line", "measured_speedup", "max_abs_logit_diff",
-    "loadavg_1m", "batch"}``; the slim folder's card is rewritten with the measured speed-up (eager, this batch)."""
+    "loadavg_1m", "batch"}``; the slim folder's card is rewritten with the measured speed-up (eager, this batch).
+
+    Args:
+        model: the trained, prepared model (not modified).
+        dense_factory: builds the dense architecture.
+        output_dir: the run's output folder (``slim/`` is written under it).
+        test_dataset: the test split (one batch is used).
+        batch_size: the batch size timed.
+        budget: ``"layer"`` slims uniformly, anything else per layer.
+        artifact_dir: the pruned artifact's folder (its file size), or ``None``.
+        repeats: timed rounds.
+
+    Returns:
+        The dict described above.
+    """
     mode = "uniform" if budget == "layer" else "per_layer"
     removed = cost_removed(model)
     pruned = squash(copy.deepcopy(model)).eval()
@@ -135,7 +149,15 @@ def coupled_artifact_rows(
 
 
 def format_artifact_rows(extra: dict) -> list[str]:
-    """Table lines: parameters, file size and latency of dense / pruned / slim, and the speed-up over dense."""
+    """Table lines: parameters, file size and latency of dense / pruned / slim, the speed-up over dense, and what
+    slimming removed and how the slim folder loads.
+
+    Args:
+        extra: `coupled_artifact_rows`' result.
+
+    Returns:
+        The lines.
+    """
     lines = [
         f"coupled units: {100 * extra['cost_removed']:.1f}% of their cost removed",
         f"{'artifact':<10}{'params':>12}{'non-zero':>12}{'file MB':>10}{'latency ms':>12}{'speed-up':>10}",

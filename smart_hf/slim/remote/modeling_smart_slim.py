@@ -62,7 +62,16 @@ def _positive_int(value, what):
 
 def resize_to_recorded_widths(model, config):
     """Rebuild the linear layers of ``config.smart_slim_shapes`` at their recorded sizes and set the head counts of
-    ``config.smart_slim_attributes`` (freshly constructed model, weights not loaded yet)."""
+    ``config.smart_slim_attributes`` (freshly constructed model, weights not loaded yet).
+
+    Args:
+        model: the stock model just built from ``config``.
+        config: its config.
+
+    Raises:
+        ValueError: a recorded name that is not a linear layer, an attribute that is not a head count, or a size
+            that is not a positive integer.
+    """
     for name, shape in (getattr(config, SHAPES_KEY, None) or {}).items():
         out_features, in_features = (_positive_int(v, SHAPES_KEY) for v in shape)
         name, module = _resolve(model, name)
