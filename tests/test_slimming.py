@@ -106,12 +106,11 @@ def test_per_layer_slim_loads_with_load_slim(arch, tmp_path):
     torch.testing.assert_close(_logits(model, inputs), masked, atol=1e-4, rtol=0)
     save_pruned(model, tmp_path, save_plots=False)
     loaded = load_slim(tmp_path)
-    assert type(loaded) is type(model)
+    assert isinstance(loaded, type(model))  # the stock class, each layer resized (smart_hf.slim.portable)
     torch.testing.assert_close(_logits(loaded, inputs), masked, atol=1e-4, rtol=0)
-    assert "load_slim" in (tmp_path / "README.md").read_text()
-    if len(set(sizes)) > 1:
-        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # stock loading refuses, loudly
-            auto.from_pretrained(tmp_path)
+    assert "trust_remote_code=True" in (tmp_path / "README.md").read_text()
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # stock loading runs no shipped code unasked
+        auto.from_pretrained(tmp_path, trust_remote_code=False)
 
 
 def test_slim_of_a_reloaded_squashed_model(tmp_path):
@@ -453,6 +452,7 @@ def test_resnet_per_layer_slim_is_exact_reports_border_channels_and_loads(tmp_pa
     assert [c["before"] - c["after"] for c in summary["convs"]] == removed and sum(removed) > 0
     assert [c["kept_masked"] for c in summary["convs"]] == kept_masked and sum(kept_masked) > 0
     assert summary["params_removed"] == params
+    assert summary["loading"] == "load_slim" and "not a family" in summary["loading_note"]  # no shipped CNN file
     left = {e["name"]: e for e in summary["left_masked"]}
     for record in summary["convs"]:
         if record["kept_masked"]:

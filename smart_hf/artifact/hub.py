@@ -5,13 +5,10 @@ with `HfApi.upload_folder`. Tokens are passed to huggingface_hub only; they are 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 
-from ..constants import REPORT_NAME
-from ..metadata import read as read_metadata
-from .card import CARD_NAME, HUB_ID, write_model_card
+from .card import CARD_NAME, HUB_ID, write_folder_card
 from .export import save_pruned
 
 logger = logging.getLogger(__name__)
@@ -158,13 +155,4 @@ def _fill_repo_id(folder: str, repo_id: str) -> None:
 
 
 def _card_for_folder(folder: str, **kwargs) -> str:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(folder)
-    metadata = read_metadata(config) or {}
-    report_path = os.path.join(folder, REPORT_NAME)
-    report = {}
-    if os.path.isfile(report_path):
-        with open(report_path, encoding="utf-8") as fh:
-            report = json.load(fh)
-    return write_model_card(folder, config, metadata, report, **kwargs)
+    return write_folder_card(folder, **kwargs)

@@ -1,7 +1,8 @@
 """What the main job's final table adds for coupled units: the slim artifact against the dense model, measured.
 
 For ``pattern="coupled"`` the trained model is squashed and slimmed (``mode="uniform"`` for ``budget="layer"``,
-stock-loadable where the config can express the sizes; else ``"per_layer"``, loaded with `smart_hf.load_slim`) and
+stock-loadable where the config can express the sizes; else ``"per_layer"``, loaded with stock
+``from_pretrained(..., trust_remote_code=True)`` or `smart_hf.load_slim`) and
 written to ``<output_dir>/slim``. Three models are then compared on one batch of the test split: the dense
 architecture (a fresh model built from the same config: its cost does not depend on the weight values), the pruned
 artifact with its zeros stored in place, and the slim artifact. Per model: parameters, size of ``model.safetensors``
@@ -20,9 +21,12 @@ import time
 import torch
 from torch import nn
 
+from ..artifact.card import write_folder_card
 from ..artifact.export import save_pruned
 from ..lifecycle import get_smart_state, squash
 from ..slim import slim
+from ..slim.describe import removed_units, slim_summary_line
+from ..slim.portable import slim_layer_widths
 
 __all__ = ["coupled_artifact_rows", "format_artifact_rows", "round_robin_latency_ms"]
 
@@ -81,7 +85,22 @@ def coupled_artifact_rows(
     """Slim a copy of the trained (prepared) ``model``, save it under ``output_dir/slim`` and measure it against the
     dense architecture (``dense_factory()``) and the pruned artifact in ``artifact_dir`` (see module docstring).
     Returns ``{"dense"|"pruned"|"slim": {"parameters", "file_mb", "latency_ms"}, "slim_dir", "slim_mode",
-    "max_abs_logit_diff", "loadavg_1m", "batch"}``."""
+    "slim_loading", "removed_units", "widths_per_layer", "summary_line", "measured_speedup", "max_abs_logit_diff",
+    "loadavg_1m", "batch"}``; the slim folder's card is rewritten with the measured speed-up (eager, this batch).
+
+    Args:
+        model: the trained, prepared model (not modified).
+        dense_factory: builds the dense architecture.
+        output_dir: the run's output folder (``slim/`` is written under it).
+        test_dataset: the test split (one batch is used).
+        batch_size: the batch size timed.
+        budget: ``"layer"`` slims uniformly, anything else per layer.
+        artifact_dir: the pruned artifact's folder (its file size), or ``None``.
+        repeats: timed rounds.
+
+    Returns:
+        The dict described above.
+    """
     mode = "uniform" if budget == "layer" else "per_layer"
     removed = cost_removed(model)
     pruned = squash(copy.deepcopy(model)).eval()
@@ -109,20 +128,36 @@ def coupled_artifact_rows(
         }
         for name, m in models.items()
     }
+    batch = len(next(iter(inputs.values())))
+    measured = {"eager": {f"batch {batch}": latency["dense"] / latency["slim"]}}
+    write_folder_card(slim_dir, measured_speedup=measured)
     return {
         **rows,
         "cost_removed": removed,
         "slim_dir": slim_dir,
         "slim_mode": mode,
+        "slim_loading": summary["loading"],
+        "removed_units": {kind: list(pair) for kind, pair in removed_units(summary).items()},
+        "widths_per_layer": {str(k): {u: list(w) for u, w in v.items()} for k, v in slim_layer_widths(summary).items()},
+        "summary_line": slim_summary_line(summary),
+        "measured_speedup": measured,
         "left_masked": len(summary["left_masked"]),
         "max_abs_logit_diff": diff,
         "loadavg_1m": os.getloadavg()[0],
-        "batch": len(next(iter(inputs.values()))),
+        "batch": batch,
     }
 
 
 def format_artifact_rows(extra: dict) -> list[str]:
-    """Table lines: parameters, file size and latency of dense / pruned / slim, and the speed-up over dense."""
+    """Table lines: parameters, file size and latency of dense / pruned / slim, the speed-up over dense, and what
+    slimming removed and how the slim folder loads.
+
+    Args:
+        extra: `coupled_artifact_rows`' result.
+
+    Returns:
+        The lines.
+    """
     lines = [
         f"coupled units: {100 * extra['cost_removed']:.1f}% of their cost removed",
         f"{'artifact':<10}{'params':>12}{'non-zero':>12}{'file MB':>10}{'latency ms':>12}{'speed-up':>10}",
@@ -134,6 +169,13 @@ def format_artifact_rows(extra: dict) -> list[str]:
             f"{name:<10}{row['parameters']:>12,}{row['nonzero_parameters']:>12,}{size:>10}{row['latency_ms']:>12.2f}"
             f"{extra['dense']['latency_ms'] / row['latency_ms']:>9.2f}x"
         )
+    if "summary_line" in extra:
+        loading = {
+            "stock": "stock from_pretrained",
+            "trust_remote_code": "stock from_pretrained(..., trust_remote_code=True) or smart_hf.load_slim",
+            "load_slim": "smart_hf.load_slim",
+        }.get(extra.get("slim_loading"), "smart_hf.load_slim")
+        lines.append(f"{extra['summary_line']}; loads with {loading}")
     lines.append(
         f"slim ({extra['slim_mode']}) in {extra['slim_dir']}: outputs == pruned (max |logit diff| "
         f"{extra['max_abs_logit_diff']:.1e}); latency: median forward of a batch of {extra['batch']} test examples, "

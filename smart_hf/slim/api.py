@@ -20,7 +20,11 @@ Two modes:
   ``hidden_size / num_attention_heads``) and CNN chains (``ResNetConfig`` has per-stage widths only) cannot be
   expressed this way: uniform mode leaves them masked (reported) and raises when nothing else is slimmable.
 * ``"per_layer"``: every layer keeps exactly its own units. The sizes are recorded in ``config.smart_hf["slim"]``
-  (``pairs``, ``heads``, ``convs``); load with `load_slim` (stock ``from_pretrained`` refuses the shapes).
+  (``pairs``, ``heads``, ``convs``, ``coupled``). For BERT, RoBERTa, ViT, DeiT, GPT-2 and Llama-style models the
+  config also records every resized layer's shape and points (``auto_map``) at a static modeling file that
+  ``save_pretrained`` copies into the folder (`smart_hf.slim.portable`): stock
+  ``AutoModelFor....from_pretrained(folder, trust_remote_code=True)`` loads it without smart_hf. Any per-layer
+  artifact loads with `load_slim`.
 
 Pruned units that are not removed stay zeros in place (fc2 / output projections and the last conv of a residual block
 feed the residual stream; q/k channels of kept heads; border-inexact conv channels); `slim` returns them under
@@ -33,6 +37,7 @@ import logging
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from ..lifecycle import is_prepared, squash
 from ..metadata import PruningMetadata, set_layer_shape, slim_summary, with_slim
@@ -42,6 +47,7 @@ from .cnn import chain_candidates, slim_conv_chain
 from .coupled import coupled_widths, slim_coupled
 from .ffn import apply_ffn, plan_ffn, uniform_ffn_size
 from .heads import apply_heads, plan_heads, uniform_heads_error
+from .portable import make_portable
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +96,26 @@ def slim(model: nn.Module, mode: str = "uniform") -> dict:
     first); returns ``{"mode", "pairs": [{"fc1", "fc2", "before", "after"}], "heads": [{"attention", "q", "k", "v",
     "o", "head_dim", "before", "after"}], "convs": [{"conv", "norm", "consumer", "before", "after", "folded",
     "kept_masked"}], "left_masked": [{"name", "reason"(, "channels")}], "params_before", "params_after",
-    "params_removed"}``. The summary without ``left_masked`` is also recorded in ``model.config.smart_hf["slim"]``."""
+    "params_removed", "loading"}``. The summary without ``left_masked`` is also recorded in
+    ``model.config.smart_hf["slim"]``.
+
+    ``"per_layer"`` slim models of BERT, RoBERTa, ViT, DeiT, GPT-2 and Llama-style families also get a config that
+    stock ``AutoModelFor....from_pretrained(folder, trust_remote_code=True)`` loads without smart_hf
+    (`smart_hf.slim.portable`; ``"loading": "trust_remote_code"``); other families load with `load_slim`
+    (``"loading": "load_slim"``). Uniform coupled slimming that keeps pruned units (layers kept different counts, or
+    a config that cannot describe a kind) logs a warning with the counts.
+
+    Args:
+        model: a SMART model (prepared, squashed, or a squashed artifact loaded back), not yet slimmed.
+        mode: ``"uniform"`` (stock-loadable config sizes) or ``"per_layer"`` (every layer its own widths).
+
+    Returns:
+        The summary described above.
+
+    Raises:
+        ValueError: an unknown ``mode``, a model that is already slim or has nothing to slim, or uniform slimming
+            that no config rewrite can describe.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     meta = with_slim(_slim_metadata(model), {})  # a private copy: layer shapes are edited in place below
@@ -125,6 +150,7 @@ def slim(model: nn.Module, mode: str = "uniform") -> dict:
     params_after = sum(p.numel() for p in model.parameters())
     summary = {"mode": mode, "pairs": pairs, "heads": heads, "convs": convs}
     summary.update(params_before=params_before, params_after=params_after, params_removed=params_before - params_after)
+    _record_loading(model, summary)
     write_metadata(model, with_slim(meta, summary))
     for entry in left:
         logger.info("smart_hf: slim left %s masked in place (%s)", entry["name"], entry["reason"])
@@ -145,8 +171,49 @@ def _slim_coupled(model: nn.Module, meta: PruningMetadata, mode: str) -> dict:
     params_after = sum(p.numel() for p in model.parameters())
     summary = {"mode": mode, "pairs": [], "heads": [], "convs": [], "coupled": done, "config": changes}
     summary.update(params_before=params_before, params_after=params_after, params_removed=params_before - params_after)
+    _record_loading(model, summary)
     write_metadata(model, with_slim(meta, summary))
+    if mode == "uniform":
+        _warn_uniform_kept(model, summary, left)
     return {**summary, "left_masked": left}
+
+
+def _record_loading(model: nn.Module, summary: dict) -> None:
+    """``summary["loading"]``: how the artifact loads -- ``"stock"`` (uniform), ``"trust_remote_code"`` (per-layer,
+    the shipped modeling file, `smart_hf.slim.portable`) or ``"load_slim"`` (per-layer, a family that file does not
+    cover; the reason in ``summary["loading_note"]``)."""
+    if summary["mode"] == "uniform":
+        summary["loading"] = "stock"
+        return
+    problem = make_portable(model, summary)
+    summary["loading"] = "load_slim" if problem else "trust_remote_code"
+    if problem:
+        summary["loading_note"] = problem
+
+
+def _warn_uniform_kept(model: nn.Module, summary: dict, left: list[dict]) -> None:
+    """Uniform slimming keeps every set at the largest kept count of its kind: with a global budget the layers keep
+    different counts, and the padding units stay as zeros. Say how much was kept that the masks had pruned."""
+    kept_zero = sum(
+        int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, Conv1D))
+    )
+    units = [(r["set"]["kind"], r["set"]["units"], r["after"]) for r in summary["coupled"]]
+    lines = [
+        f"{kind}: {sum(a for k, _, a in units if k == kind)}/{sum(u for k, u, _ in units if k == kind)} units kept"
+        for kind in sorted({k for k, _, _ in units})
+    ]
+    if left:
+        lines.append(f"{len(left)} set(s) left masked in place, every unit kept ({left[0]['reason']})")
+    if kept_zero or left:
+        logger.warning(
+            "smart_hf: uniform slimming kept %s parameters (%s of them zero): one width per kind, the largest any "
+            "layer kept, so layers that kept fewer keep pruned units as zeros; %s. For a smaller, faster model use "
+            "slim(model, mode='per_layer') (loads with trust_remote_code=True or smart_hf.load_slim), or prune with "
+            "budget='layer' so every layer keeps the same count.",
+            f"{summary['params_after']:,}",
+            f"{kept_zero:,}",
+            "; ".join(lines) or "no unit removed",
+        )
 
 
 def _left_masked(layers: dict, notes: dict, handled: set, convs: list[dict]) -> list[dict]:
