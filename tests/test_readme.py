@@ -1,5 +1,7 @@
 """The README runs as written: its python snippets execute, and the files and recipes it names exist.
 
+The snippets import only the public API and `smart_hf.demo_data` (a user has no other way to reach the demo data).
+
 The ```python blocks run in order in one namespace (a later snippet may use a name an earlier one defined, as a
 reader would) inside a temporary folder. A block runs unless `SKIPPED` lists it with the reason. The default suite
 runs the snippets at smoke size (`SMOKE` rewrites their step counts, and each rewrite must match the README);
@@ -21,12 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 # A distinctive piece of a block's code -> why the test does not run that block.
-SKIPPED = {
-    "sh.push_pruned_to_hub(model_or_dir": "a menu of alternatives for different patterns: the 2:4 kernels need CUDA and "
-    "the push needs the Hub; each call is tested on its own in tests/test_slimming.py, tests/test_sparse.py and "
-    "tests/test_hub.py",
-}
-# Smoke size of the 60-second example in the default suite: the README text -> what runs instead.
+SKIPPED: dict[str, str] = {}
+# Smoke size of the 30-second example in the default suite: the README text -> what runs instead.
 SMOKE = {
     "max_steps=900, pretrain_steps=300, search_steps=300": "max_steps=12, pretrain_steps=4, search_steps=4",
     "max_steps=300, learning_rate=3e-3": "max_steps=8, learning_rate=3e-3",
@@ -93,6 +91,12 @@ def _check_artifacts(tmp_path):
         assert not info["unexpected_keys"] and not info["missing_keys"], (folder, info)
 
 
+def test_snippets_use_only_the_public_api():
+    """No snippet reaches into the command line's internals or a private name."""
+    for line, code in python_blocks(README.read_text(encoding="utf-8")):
+        assert not re.search(r"\bsmart_hf\.cli\b|\bsmart_hf(\.\w+)*\._", code), f"README.md:{line}"
+
+
 def test_one_import_line():
     """The names users look for at the top level, as PEFT and TRL have them."""
     from smart_hf import SmartCallback, SmartConfig, SmartTrainer, SmartTrainingArguments  # noqa: F401
@@ -121,8 +125,9 @@ def train_commands(text: str) -> list[list[str]]:
 
 
 def test_readme_train_commands_parse():
-    """Every key a README command passes exists, and the recipes it names parse with it."""
-    commands = [c for c in train_commands(README.read_text(encoding="utf-8")) if "--help" not in c]
+    """Every key a command of the README or the guide passes exists, and the recipes it names parse with it."""
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    commands = [c for page in pages for c in train_commands(page.read_text(encoding="utf-8")) if "--help" not in c]
     assert len(commands) >= 3
     for args in commands:
         recipe = None
