@@ -11,12 +11,9 @@ import importlib
 import inspect
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
-
-from smart_hf._aliases import MOVED
 
 PACKAGE = Path(__file__).resolve().parents[1] / "smart_hf"
 
@@ -25,7 +22,7 @@ LAYERS = [
     ("smart_hf._version", "smart_hf.constants", "smart_hf._field_checks", "smart_hf.core"),
     ("smart_hf.config", "smart_hf.metadata"),
     ("smart_hf.distributed",),
-    ("smart_hf.state", "smart_hf.layers", "smart_hf.scores", "smart_hf.coupling"),
+    ("smart_hf.state", "smart_hf.budget_groups", "smart_hf.layers", "smart_hf.scores", "smart_hf.coupling"),
     ("smart_hf.report",),
     ("smart_hf.inject", "smart_hf.lifecycle"),
     ("smart_hf.slim",),
@@ -34,7 +31,7 @@ LAYERS = [
     ("smart_hf.training",),
     ("smart_hf.demo_data",),  # offline demo data for the CLI, examples and benchmarks; imports no smart_hf module
     ("smart_hf.cli",),
-    ("smart_hf._aliases", "smart_hf"),  # the package root re-exports everything
+    ("smart_hf",),  # the package root re-exports everything
 ]
 
 
@@ -133,19 +130,6 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
             timeout=120,
         )
         assert proc.returncode == 0, f"{name}:\n{proc.stderr[-2000:]}"
-
-
-@pytest.mark.parametrize("old", sorted(MOVED))
-def test_moved_modules_still_import_with_a_deprecation_warning(old):
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    assert any(issubclass(w.category, DeprecationWarning) and MOVED[old] in str(w.message) for w in caught)
-    new = importlib.import_module(MOVED[old])
-    public = getattr(new, "__all__", None) or [n for n in vars(new) if not n.startswith("_")]
-    for attr in public[:5]:
-        assert getattr(module, attr) is getattr(new, attr)
 
 
 def test_public_api_at_the_top_level():
