@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_models import text_inputs, tiny_bert, tiny_deit, tiny_gpt2, tiny_llama, tiny_vit, vit_inputs
 from torch import nn
-from transformers import RobertaConfig, RobertaForSequenceClassification
+from transformers import PretrainedConfig, RobertaConfig, RobertaForSequenceClassification
 
 import smart_hf as sh
 from smart_hf.artifact.card import card_tags, model_card, natural_key
@@ -39,6 +39,9 @@ def tiny_roberta():
 
 
 # name -> (factory, inputs, the stock Auto class a user would call)
+# newer transformers configs carry per-layer overrides (`per_layer_config`); the supported floor (5.9) does not
+HAS_PER_LAYER_CONFIG = hasattr(PretrainedConfig, "per_layer_config")
+
 FAMILIES = {
     "bert": (tiny_bert, text_inputs, "AutoModelForSequenceClassification"),
     "roberta": (tiny_roberta, text_inputs, "AutoModelForSequenceClassification"),
@@ -161,6 +164,9 @@ def test_config_records_the_widths_per_layer_and_in_per_layer_config(artifacts):
         assert config["smart_slim_shapes"], name
         widths = slim_layer_widths(art["summary"])
         ffn_key = "n_inner" if family == "gpt2" else "intermediate_size"
+        if not HAS_PER_LAYER_CONFIG:  # transformers without the per-layer schema: the widths live in smart_slim_*
+            assert "per_layer_config" not in config, name
+            continue
         per_layer = {int(k): v for k, v in config["per_layer_config"].items()}
         for layer, kept in widths.items():  # an entry equal to the global width is left out by transformers
             if "ffn" in kept and kept["ffn"][1] != kept["ffn"][0]:
