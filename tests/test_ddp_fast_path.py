@@ -8,7 +8,9 @@ broadcast writes the buffers' storage without bumping their version counters, so
 (whose forward follows hardening, before any re-masking) every targeted layer takes the fast path on every rank.
 
 A real 2-process ``SmartTrainer`` run under ``accelerate launch`` (CPU, gloo; the config in
-``recipes/accelerate/cpu_2proc.yaml``); this file is also its worker: ``python tests/test_ddp_fast_path.py OUT``.
+``recipes/accelerate/cpu_2proc.yaml``); this file is also its worker: ``python tests/test_ddp_fast_path.py OUT``
+(``SMART_CHECK_DEVICE=cuda`` trains on the GPUs instead: ``scripts/gpu_check.sh`` launches it with the DDP and FSDP2
+recipes).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def worker(out_dir: str) -> None:
     def spy(self):
         weight = original(self)
         if self._smart_state.is_hard and self.training:
-            calls.append((step[0], weight.data_ptr() == self.weight.data_ptr()))
+            plain = not hasattr(self.weight, "full_tensor")  # an FSDP2 DTensor has no single storage to compare
+            calls.append((step[0], plain and weight.data_ptr() == self.weight.data_ptr()))
         return weight
 
     SmartLayerMixin.smart_weight = spy
@@ -67,7 +70,7 @@ def worker(out_dir: str) -> None:
         pretrain_steps=0,
         search_steps=2,
         report_to=[],
-        use_cpu=True,
+        use_cpu=os.environ.get("SMART_CHECK_DEVICE", "cpu") == "cpu",
         save_strategy="no",
         learning_rate=1e-3,
         seed=0,
@@ -85,11 +88,15 @@ def worker(out_dir: str) -> None:
             "ddp": type(trainer.model_wrapped).__name__,
             "calls": calls,
             "layers": len(smart.layers),
-            "masks": torch.cat([layer.smart_mask.flatten() for layer in smart.layers]),
-            "weights": torch.cat([layer.weight.detach().flatten() for layer in smart.layers]),
+            "masks": torch.cat([layer.smart_mask.flatten().cpu() for layer in smart.layers]),
+            "weights": torch.cat([_whole(layer.weight).detach().flatten().cpu() for layer in smart.layers]),
         },
         os.path.join(out_dir, f"rank{trainer.args.process_index}.pt"),
     )
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def _free_port() -> int:
