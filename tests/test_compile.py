@@ -65,7 +65,7 @@ def runs(tmp_path_factory):
     return {
         "eager": _run(out / "eager", False, 12),
         "compiled": _run(out / "compiled", True, 12),
-        "compiled_long": _run(out / "long", True, 20),
+        "compiled_long": _run(out / "long", True, 16),
     }
 
 

@@ -247,13 +247,13 @@ class _SoftTopK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_f):
         f, c = ctx.saved_tensors
-        s = f * (1 - f)
-        su = s * grad_f.to(f.dtype)
+        s = torch.rsub(f, 1).mul_(f)  # f (1 - f)
+        su = torch.mul(s, grad_f.to(f.dtype))
         cs = s if c is None else (c * s).to(f.dtype)
         coupling = su.sum(-1, keepdim=True, dtype=torch.float64) / cs.sum(
             -1, keepdim=True, dtype=torch.float64
         ).clamp_min(1e-300)
-        grad = (su - cs * coupling.to(f.dtype)) / ctx.tau
+        grad = torch.addcmul(su, cs, coupling.to(f.dtype), value=-1).div_(ctx.tau)  # (su - cs * coupling) / tau
         return grad.to(ctx.in_dtype), None, None, None, None, None
 
 
@@ -457,7 +457,9 @@ class _ShortRowsTopK(torch.autograd.Function):
         (f,) = ctx.saved_tensors
         u = grad_f.reshape(f.shape).to(f.dtype)
         ones = torch.ones(f.shape[-1], dtype=f.dtype, device=f.device)
-        s = torch.rsub(f, 1).mul_(f)  # f (1 - f)
-        coupling = torch.mv(torch.mul(s, u), ones).div_(torch.mv(s, ones).clamp_min_(torch.finfo(f.dtype).tiny))
-        grad = torch.sub(u, coupling.unsqueeze(-1)).mul_(s).div_(ctx.tau)  # (s u - s * coupling) / tau
+        s = torch.rsub(f, 1).mul_(f)  # f (1 - f); not f - f * f, which cancels where f is near 1
+        su = torch.mul(s, u)
+        coupling = torch.mv(su, ones).div_(torch.mv(s, ones).clamp_min_(torch.finfo(f.dtype).tiny))
+        # (s u - s * coupling) / tau in two passes over the (R, m) tensors (su is reused, not recomputed)
+        grad = torch.addcmul(su, s, coupling.unsqueeze(-1), value=-1).div_(ctx.tau)
         return grad.to(ctx.in_dtype).reshape(grad_f.shape), None, None, None
