@@ -18,7 +18,7 @@ Measures, on CPU with ``--threads`` intra-op threads (default 2):
 
 Only public names are used (no patching). Older code is timed by running this file in a checkout of it
 (``git worktree add /tmp/old <commit>``, then ``PYTHONPATH=/tmp/old python -m benchmarks.topk`` from there), in the
-same session as the current code so the load is alike.
+same minutes as the current code so the load is alike.
 
 Prints markdown tables and the goals (<= 20 ms forward for 1e6 scores; search-mode step <= 1.15x plain) and
 writes everything, with the environment, to ``--out`` as JSON.

@@ -40,7 +40,14 @@ __all__ = [
 
 
 def is_sharded(tensor) -> bool:
-    """True for an FSDP2 parameter (a ``DTensor``)."""
+    """Whether ``tensor`` is an FSDP2 parameter (a ``DTensor``).
+
+    Args:
+        tensor: any object.
+
+    Returns:
+        `bool`: True for a ``DTensor``.
+    """
     return DTensor is not None and isinstance(tensor, DTensor)
 
 
@@ -50,6 +57,12 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     ``grad_placements=Partial("avg")`` declares that each rank's gradient of the gathered tensor is a partial
     (per-rank-data) value: autograd then reduce-scatters it into the shards with a mean, the same reduction FSDP
     applies to the weight gradients.
+
+    Args:
+        tensor (`torch.Tensor`): a plain tensor or a ``DTensor``.
+
+    Returns:
+        `torch.Tensor`: ``tensor`` itself when plain, else the gathered whole tensor (differentiable).
     """
     if not is_sharded(tensor):
         return tensor
@@ -59,7 +72,18 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def own_rows(whole: torch.Tensor, like) -> torch.Tensor:
-    """This rank's part of ``whole`` for a parameter ``like`` sharded as ``Shard(0)`` (``torch.chunk`` layout)."""
+    """This rank's part of ``whole`` for a parameter ``like`` sharded as ``Shard(0)`` (``torch.chunk`` layout).
+
+    Args:
+        whole (`torch.Tensor`): a tensor of the whole parameter's shape.
+        like: the (possibly sharded) parameter whose layout to follow.
+
+    Returns:
+        `torch.Tensor`: ``whole`` for a plain ``like``, else this rank's rows (empty when it holds none).
+
+    Raises:
+        ValueError: for a ``DTensor`` placed other than ``[Shard(0)]``.
+    """
     if not is_sharded(like):
         return whole
     placements = like.placements
