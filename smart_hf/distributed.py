@@ -103,7 +103,12 @@ def own_rows(whole: torch.Tensor, like) -> torch.Tensor:
 def zero_own_rows_(param: torch.Tensor, whole_pruned: torch.Tensor) -> None:
     """Write zeros where the boolean ``whole_pruned`` (the whole weight's shape) is True, in place; ``param`` may be
     a shard: each rank fills its own rows. Filling (not multiplying) also clears a NaN/Inf that reached a pruned
-    weight (NaN * 0 is NaN)."""
+    weight (NaN * 0 is NaN).
+
+    Args:
+        param (`torch.Tensor`): the weight, plain or an FSDP2 shard; changed in place.
+        whole_pruned (`torch.Tensor`): boolean, the whole weight's shape; True where pruned.
+    """
     local = param.to_local() if is_sharded(param) else param
     local.masked_fill_(own_rows(whole_pruned, param), 0.0)
 
@@ -117,6 +122,14 @@ def whole_parameters(
     On exit the parameters in ``write_back`` copy their own rows back into the shards (values changed in place
     inside the block persist, as with FSDP1's ``summon_full_params(writeback=True)``); all originals are restored.
     Collective: every rank must enter with the same modules. A no-op when nothing is sharded.
+
+    Args:
+        modules: the modules whose parameters to swap.
+        names: parameter names to swap in each module (e.g. ``("weight", "smart_scores")``).
+        write_back: the names whose changed values are written back into the shards on exit.
+
+    Returns:
+        A context manager; inside it the parameters are whole.
     """
     swapped = []
     for module in modules:
@@ -138,4 +151,12 @@ def whole_parameters(
 
 
 def has_sharded_parameters(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is an FSDP2 ``DTensor``.
+
+    Args:
+        model (`nn.Module`): any model.
+
+    Returns:
+        `bool`: True when at least one parameter is sharded.
+    """
     return any(is_sharded(p) for p in model.parameters())
