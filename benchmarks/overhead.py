@@ -23,7 +23,7 @@ Only public names are used. Older code is timed by running this same file agains
 (copy this file there if the old one differs); the numbers of the code before the short-row N:M solver and the
 clean-weight hard stage (when this benchmark patched them in) stay recorded in docs/benchmarks.md.
 
-    HF_HUB_OFFLINE=1 python -m benchmarks.overhead                     # a few minutes on 2 shared cores
+    HF_HUB_OFFLINE=1 python -m benchmarks.overhead                     # 24 runs; 23 min at load 8 on 2 cores
     HF_HUB_OFFLINE=1 python -m benchmarks.overhead --compile           # + torch.compile (slower: compiling)
     HF_HUB_OFFLINE=1 python -m benchmarks.overhead --device cuda       # on a GPU
     HF_HUB_OFFLINE=1 python -m benchmarks.overhead --quick             # seconds; what the tests run
