@@ -6,13 +6,19 @@ Measures, on CPU with ``--threads`` intra-op threads (default 2):
 1. ``soft_topk`` on one row of N scores (N = 1e4 .. 1e7, k = N/2, float32) at tau = 0.1 and tau = 1e-3: forward
    (scores without grad) and forward+backward (loss ``sum(f * g)`` with a fixed random ``g``); median and min of
    several warm repeats.
-2. ``soft_topk`` on 1e6 N:M groups (scores ``(1e6, 4)``, k = 2), forward and forward+backward.
+2. ``soft_topk`` on 1e6 N:M groups (scores ``(1e6, 4)``, k = 2), forward and forward+backward; and at the
+   fractional k = 2.7 of the budget anneal, by the short-row path and by the general solver (the same operator with
+   the unit costs passed explicitly, which the short-row path does not take).
 3. One training step (forward, backward, AdamW step) of a DeiT-tiny-shaped ``ViTForImageClassification``: the plain
    model vs deep copies of it prepared with SMART -- block 4x4 global budget in soft search mode, the same after
    ``harden`` (fine-tune mode, with ``apply_hard_masks_`` after the optimizer step), and N:M 2:4 in soft mode. The
    variants are measured interleaved (step i of every variant, in rotating order, before step i + 1), on the same
    inputs, so slow drifts of the machine hit all of them alike; each ratio is reported both as a ratio of medians
    and as the median of per-step ratios.
+
+Only public names are used (no patching). Older code is timed by running this file in a checkout of it
+(``git worktree add /tmp/old <commit>``, then ``PYTHONPATH=/tmp/old python -m benchmarks.topk`` from there), in the
+same minutes as the current code so the load is alike.
 
 Prints markdown tables and the goals (<= 20 ms forward for 1e6 scores; search-mode step <= 1.15x plain) and
 writes everything, with the environment, to ``--out`` as JSON.
@@ -24,7 +30,6 @@ writes everything, with the environment, to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import statistics
 import sys
@@ -34,9 +39,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
-import smart_hf.state as state_module
 from smart_hf import SmartConfig, apply_hard_masks_, harden, prepare_model, soft_topk
-from smart_hf.core import topk
 
 from ._common import RESULTS_DIR, environment, result_header, source_state, write_json
 
@@ -93,24 +96,36 @@ def _summary_ms(times_s: list[float]) -> dict:
 
 # -------------------------------------------------------------------------------------------------------- soft_topk
 def bench_soft_topk(
-    shape: tuple[int, ...], k: float, tau: float, *, seed: int, min_repeats: int, max_repeats: int, budget_s: float
+    shape: tuple[int, ...],
+    k: float,
+    tau: float,
+    *,
+    seed: int,
+    min_repeats: int,
+    max_repeats: int,
+    budget_s: float,
+    general: bool = False,
 ) -> dict:
+    """Forward and forward+backward times of ``soft_topk`` on random scores of ``shape``, its budget error and
+    its solver evaluations. ``general``: pass the unit costs explicitly (``cost=ones(N)``), the same operator that
+    the short-row path (taken for N:M rows without costs) computes, solved by the general safeguarded solver."""
+    cost = torch.ones(shape[-1]) if general else None
     gen = torch.Generator().manual_seed(seed)
     scores = torch.randn(shape, generator=gen)
     upstream = torch.randn(shape, generator=gen)
     leaf = scores.clone().requires_grad_(True)
 
     def forward():
-        soft_topk(scores, k, tau)
+        soft_topk(scores, k, tau, cost=cost)
 
     def forward_backward():
         leaf.grad = None
-        (soft_topk(leaf, k, tau) * upstream).sum().backward()
+        (soft_topk(leaf, k, tau, cost=cost) * upstream).sum().backward()
 
     fwd = time_fn(forward, min_repeats=min_repeats, max_repeats=max_repeats, budget_s=budget_s)
     fwd_bwd = time_fn(forward_backward, min_repeats=min_repeats, max_repeats=max_repeats, budget_s=budget_s)
     with torch.no_grad(), _CountSigmoid() as counter:
-        f = soft_topk(scores, k, tau)
+        f = soft_topk(scores, k, tau, cost=cost)
     rows = f.reshape(-1, shape[-1]).sum(-1, dtype=torch.float64)
     return {
         "shape": list(shape),
@@ -244,7 +259,7 @@ def _all_masks(state) -> list[torch.Tensor]:
 
 def _mask_cost(model, repeats: dict) -> dict:
     """Time of computing every soft mask of a prepared model once (what one search-mode forward adds), without and
-    with the backward through the top-k; plus the number of soft_topk calls and solver evaluations per forward."""
+    with the backward through the top-k; plus the number of solver evaluations (sigmoid passes) per forward."""
     state = model.smart_state
     gen = torch.Generator().manual_seed(0)
     probes = [torch.randn(layer.smart_layout.score_shape, generator=gen) for layer in state.layers]
@@ -259,18 +274,11 @@ def _mask_cost(model, repeats: dict) -> dict:
         for layer in state.layers:
             layer.smart_scores.grad = None
 
-    calls = []
-    real = state_module.soft_topk
-    state_module.soft_topk = lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs)
-    try:
-        with _CountSigmoid() as counter:
-            forward()
-    finally:
-        state_module.soft_topk = real
+    with _CountSigmoid() as counter:
+        forward()
     fwd = time_fn(forward, **repeats)
     fwd_bwd = time_fn(forward_backward, **repeats)
     return {
-        "soft_topk_calls": len(calls),
         "sigmoid_passes": counter.count,
         "forward": _summary_ms(fwd),
         "forward_backward": _summary_ms(fwd_bwd),
@@ -278,18 +286,6 @@ def _mask_cost(model, repeats: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- output
-@contextlib.contextmanager
-def _forced_general_solver(active: bool):
-    """Within the block, `soft_topk` never takes the short-row path (the code before it accepted a fractional k)."""
-    original = topk._short_rows_apply
-    if active:
-        topk._short_rows_apply = lambda *args, **kwargs: False
-    try:
-        yield
-    finally:
-        topk._short_rows_apply = original
-
-
 def _fmt_n(n: int) -> str:
     exp = len(str(n)) - 1
     return f"1e{exp}" if n == 10**exp else str(n)
@@ -335,8 +331,8 @@ def markdown_overhead(result: dict) -> str:
             lines.append(
                 f"\n{name}: computing all masks alone takes {mask['forward']['median_ms']:.1f} ms "
                 f"(min {mask['forward']['min_ms']:.1f}) forward, {mask['forward_backward']['median_ms']:.1f} "
-                f"ms (min {mask['forward_backward']['min_ms']:.1f}) with backward; {mask['soft_topk_calls']} "
-                f"soft_topk call(s), {mask['sigmoid_passes']} sigmoid passes per forward."
+                f"ms (min {mask['forward_backward']['min_ms']:.1f}) with backward; "
+                f"{mask['sigmoid_passes']} sigmoid passes per forward."
             )
     return "\n".join(lines)
 
@@ -434,8 +430,8 @@ def main(argv=None) -> int:
     for tau in TAUS:
         for solver in ("short_rows", "general"):
             log(f"soft_topk N:M groups={nm_groups} k=2.7 tau={tau} solver={solver}")
-            with _forced_general_solver(solver == "general"):
-                row = bench_soft_topk((nm_groups, 4), 2.7, tau, seed=args.seed, **(reps if args.smoke else big))
+            kw = reps if args.smoke else big
+            row = bench_soft_topk((nm_groups, 4), 2.7, tau, seed=args.seed, general=solver == "general", **kw)
             annealed_rows.append({**row, "solver": solver})
     log(f"ViT training steps: {vit}")
     overhead = bench_overhead(seed=args.seed, **vit)

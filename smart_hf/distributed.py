@@ -40,7 +40,14 @@ __all__ = [
 
 
 def is_sharded(tensor) -> bool:
-    """True for an FSDP2 parameter (a ``DTensor``)."""
+    """Whether ``tensor`` is an FSDP2 parameter (a ``DTensor``).
+
+    Args:
+        tensor: any object.
+
+    Returns:
+        `bool`: True for a ``DTensor``.
+    """
     return DTensor is not None and isinstance(tensor, DTensor)
 
 
@@ -50,6 +57,12 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     ``grad_placements=Partial("avg")`` declares that each rank's gradient of the gathered tensor is a partial
     (per-rank-data) value: autograd then reduce-scatters it into the shards with a mean, the same reduction FSDP
     applies to the weight gradients.
+
+    Args:
+        tensor (`torch.Tensor`): a plain tensor or a ``DTensor``.
+
+    Returns:
+        `torch.Tensor`: ``tensor`` itself when plain, else the gathered whole tensor (differentiable).
     """
     if not is_sharded(tensor):
         return tensor
@@ -59,7 +72,18 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def own_rows(whole: torch.Tensor, like) -> torch.Tensor:
-    """This rank's part of ``whole`` for a parameter ``like`` sharded as ``Shard(0)`` (``torch.chunk`` layout)."""
+    """This rank's part of ``whole`` for a parameter ``like`` sharded as ``Shard(0)`` (``torch.chunk`` layout).
+
+    Args:
+        whole (`torch.Tensor`): a tensor of the whole parameter's shape.
+        like: the (possibly sharded) parameter whose layout to follow.
+
+    Returns:
+        `torch.Tensor`: ``whole`` for a plain ``like``, else this rank's rows (empty when it holds none).
+
+    Raises:
+        ValueError: for a ``DTensor`` placed other than ``[Shard(0)]``.
+    """
     if not is_sharded(like):
         return whole
     placements = like.placements
@@ -79,7 +103,12 @@ def own_rows(whole: torch.Tensor, like) -> torch.Tensor:
 def zero_own_rows_(param: torch.Tensor, whole_pruned: torch.Tensor) -> None:
     """Write zeros where the boolean ``whole_pruned`` (the whole weight's shape) is True, in place; ``param`` may be
     a shard: each rank fills its own rows. Filling (not multiplying) also clears a NaN/Inf that reached a pruned
-    weight (NaN * 0 is NaN)."""
+    weight (NaN * 0 is NaN).
+
+    Args:
+        param (`torch.Tensor`): the weight, plain or an FSDP2 shard; changed in place.
+        whole_pruned (`torch.Tensor`): boolean, the whole weight's shape; True where pruned.
+    """
     local = param.to_local() if is_sharded(param) else param
     local.masked_fill_(own_rows(whole_pruned, param), 0.0)
 
@@ -93,6 +122,14 @@ def whole_parameters(
     On exit the parameters in ``write_back`` copy their own rows back into the shards (values changed in place
     inside the block persist, as with FSDP1's ``summon_full_params(writeback=True)``); all originals are restored.
     Collective: every rank must enter with the same modules. A no-op when nothing is sharded.
+
+    Args:
+        modules: the modules whose parameters to swap.
+        names: parameter names to swap in each module (e.g. ``("weight", "smart_scores")``).
+        write_back: the names whose changed values are written back into the shards on exit.
+
+    Returns:
+        A context manager; inside it the parameters are whole.
     """
     swapped = []
     for module in modules:
@@ -114,4 +151,12 @@ def whole_parameters(
 
 
 def has_sharded_parameters(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is an FSDP2 ``DTensor``.
+
+    Args:
+        model (`nn.Module`): any model.
+
+    Returns:
+        `bool`: True when at least one parameter is sharded.
+    """
     return any(is_sharded(p) for p in model.parameters())

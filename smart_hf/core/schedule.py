@@ -27,7 +27,21 @@ _BINARY_ENOUGH = 1e-4  # fractionality below which there is nothing left to esca
 
 
 def temperature_at(step: int, total_steps: int, tau_start: float, tau_end: float, schedule: str) -> float:
-    """Base temperature at optimizer ``step`` of a search stage lasting ``total_steps`` steps."""
+    """Base temperature at optimizer ``step`` of a search stage lasting ``total_steps`` steps.
+
+    Args:
+        step: optimizer steps into the search (clamped to ``[0, total_steps]``).
+        total_steps: length of the search stage in optimizer steps.
+        tau_start: temperature at step 0.
+        tau_end: temperature at the last step.
+        schedule: ``"dynamic"`` / ``"exponential"`` (geometric), ``"cosine"``, ``"linear"`` or ``"constant"``.
+
+    Returns:
+        The temperature (a float).
+
+    Raises:
+        ValueError: for an unknown ``schedule``.
+    """
     p = min(max(step / max(total_steps, 1), 0.0), 1.0)
     if schedule in ("exponential", "dynamic"):
         return tau_start * (tau_end / tau_start) ** p
@@ -54,7 +68,20 @@ class DynamicState:
 def dynamic_update(
     state: DynamicState, step: int, fractionality: float, window: int, min_decrease: float, cut: float
 ) -> tuple[DynamicState, bool]:
-    """One check of the dynamic rule; returns the new state and whether tau was cut (the caller then jitters)."""
+    """One check of the dynamic rule: every ``window`` steps, cut the tau scale by ``cut`` when the fractionality
+    fell by less than ``min_decrease`` (relative) since the last check and is not yet binary enough.
+
+    Args:
+        state: the rule's state after the last check.
+        step: the current optimizer step.
+        fractionality: mean ``min(f, 1 - f)`` of the soft masks now.
+        window: steps between two checks.
+        min_decrease: relative decrease of the fractionality that counts as progress.
+        cut: factor applied to the scale when stuck (< 1).
+
+    Returns:
+        ``(new state, whether tau was cut)``; the caller jitters the scores after a cut.
+    """
     if step - state.ref_step < window:
         return state, False
     stuck = fractionality > _BINARY_ENOUGH and fractionality > state.ref_fractionality * (1.0 - min_decrease)
@@ -82,6 +109,20 @@ def auto_temperature(
     Returns 1.0 when even ``lo`` leaves the mask above the target (tied scores, e.g. ``score_init="constant"``:
     their mask is ``k/N`` at every tau, so only the dynamic rule's jitter can break them), and ``hi`` for a group
     whose mask is binary at every tau (it keeps everything).
+
+    Args:
+        fractionality_at: ``tau -> mean min(f, 1 - f)`` of the soft masks at temperature ``tau``.
+        target: the fractionality wanted, in ``(0, 0.5)``.
+        lo: smallest temperature searched.
+        hi: largest temperature searched.
+        iters: most evaluations of ``fractionality_at``.
+        rtol: relative tolerance on the fractionality.
+
+    Returns:
+        The temperature (a float in ``[lo, hi]``, or 1.0 as described above).
+
+    Raises:
+        ValueError: when ``target`` is not in ``(0, 0.5)``.
     """
     if not 0.0 < target < 0.5:
         raise ValueError(f"target fractionality must be in (0, 0.5), got {target}; e.g. 0.05.")

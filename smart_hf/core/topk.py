@@ -117,7 +117,22 @@ def solve_shift(
     because every term is then below (above) ``k / C``. Inside it, Newton steps ``t - g/g'`` with
     ``g' = sum c_i f_i (1 - f_i)`` are taken when they stay in the bracket, bisection otherwise; the bracket
     shrinks every iteration, so the method always converges. Rows with ``k = 0`` or ``k = C`` return ``-inf`` /
-    ``+inf``. Returns ``t`` with shape ``scores.shape[:-1]``.
+    ``+inf``.
+
+    Args:
+        scores (`torch.Tensor` of shape `(..., N)`): mask scores, one row per leading index.
+        k (`float` or `torch.Tensor`): budget per row, `0 <= k <= sum(cost)`.
+        tau (`float`): temperature > 0.
+        cost (`torch.Tensor`, *optional*): positive cost per unit, `(N,)` or broadcastable to `scores`.
+        shift_init (`torch.Tensor`, *optional*): a starting shift per row (e.g. the previous step's).
+
+    Returns:
+        `torch.Tensor`: the float64 shift ``t`` of shape ``scores.shape[:-1]``.
+
+    Raises:
+        ValueError: for non-finite or non-floating scores, ``tau <= 0``, negative costs or ``k`` outside
+            ``[0, sum(cost)]``.
+        TypeError: when ``scores`` is not a tensor.
     """
     _check_inputs(scores, tau)
     x, c, kk = _rows(scores, k, cost)
@@ -211,6 +226,11 @@ def soft_topk(
     Returns:
         `torch.Tensor` of `scores.shape` in `promote(scores.dtype, float32)`, in `(0, 1)`, with the exact
         implicit gradient; plus `t` when `return_shift`.
+
+    Raises:
+        ValueError: for non-finite or non-floating scores, ``tau <= 0``, non-positive costs or ``k`` outside
+            ``[0, sum(cost)]``.
+        TypeError: when ``scores`` is not a tensor or ``k`` is a string.
     """
     _check_tau(tau)
     if _short_rows_apply(scores, k, cost):  # N:M groups: the vectorised solve below, no float64 copy
@@ -247,13 +267,13 @@ class _SoftTopK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_f):
         f, c = ctx.saved_tensors
-        s = f * (1 - f)
-        su = s * grad_f.to(f.dtype)
+        s = torch.rsub(f, 1).mul_(f)  # f (1 - f)
+        su = torch.mul(s, grad_f.to(f.dtype))
         cs = s if c is None else (c * s).to(f.dtype)
         coupling = su.sum(-1, keepdim=True, dtype=torch.float64) / cs.sum(
             -1, keepdim=True, dtype=torch.float64
         ).clamp_min(1e-300)
-        grad = (su - cs * coupling.to(f.dtype)) / ctx.tau
+        grad = torch.addcmul(su, cs, coupling.to(f.dtype), value=-1).div_(ctx.tau)  # (su - cs * coupling) / tau
         return grad.to(ctx.in_dtype), None, None, None, None, None
 
 
@@ -265,7 +285,17 @@ def hard_topk(scores: torch.Tensor, k, cost: torch.Tensor | None = None) -> torc
     kept when ``cost_before_p + cost_p / 2 < k``: with unit costs and integer ``k`` that is exactly the top ``k``;
     with costs the kept cost is within half a unit of ``k``.
 
-    Returns a `{0, 1}` tensor of `scores.shape` and `scores.dtype` (at least float32).
+    Args:
+        scores (`torch.Tensor` of shape `(..., N)`): mask scores, one row per leading index.
+        k (`float` or `torch.Tensor`): budget per row, `0 <= k <= sum(cost)`.
+        cost (`torch.Tensor`, *optional*): positive cost per unit, `(N,)` or broadcastable to `scores`.
+
+    Returns:
+        `torch.Tensor`: a `{0, 1}` tensor of `scores.shape` and `promote(scores.dtype, float32)`.
+
+    Raises:
+        ValueError: for non-finite or non-floating scores, non-positive costs or ``k`` outside ``[0, sum(cost)]``.
+        TypeError: when ``scores`` is not a tensor.
     """
     _check_scores(scores, "hard_topk")
     n = scores.shape[-1]
@@ -280,7 +310,14 @@ def hard_topk(scores: torch.Tensor, k, cost: torch.Tensor | None = None) -> torc
 
 
 def mask_fractionality(mask: torch.Tensor) -> float:
-    """Mean of ``min(f, 1 - f)``: 0 for a binary mask, up to 0.5 for a mask stuck at 1/2."""
+    """Mean of ``min(f, 1 - f)``: 0 for a binary mask, up to 0.5 for a mask stuck at 1/2.
+
+    Args:
+        mask (`torch.Tensor`): a soft mask with values in ``[0, 1]``, any shape.
+
+    Returns:
+        `float`: the mean fractionality (0.0 for an empty mask).
+    """
     if mask.numel() == 0:
         return 0.0
     m = mask.detach().float()
@@ -457,7 +494,9 @@ class _ShortRowsTopK(torch.autograd.Function):
         (f,) = ctx.saved_tensors
         u = grad_f.reshape(f.shape).to(f.dtype)
         ones = torch.ones(f.shape[-1], dtype=f.dtype, device=f.device)
-        s = torch.rsub(f, 1).mul_(f)  # f (1 - f)
-        coupling = torch.mv(torch.mul(s, u), ones).div_(torch.mv(s, ones).clamp_min_(torch.finfo(f.dtype).tiny))
-        grad = torch.sub(u, coupling.unsqueeze(-1)).mul_(s).div_(ctx.tau)  # (s u - s * coupling) / tau
+        s = torch.rsub(f, 1).mul_(f)  # f (1 - f); not f - f * f, which cancels where f is near 1
+        su = torch.mul(s, u)
+        coupling = torch.mv(su, ones).div_(torch.mv(s, ones).clamp_min_(torch.finfo(f.dtype).tiny))
+        # (s u - s * coupling) / tau in two passes over the (R, m) tensors (su is reused, not recomputed)
+        grad = torch.addcmul(su, s, coupling.unsqueeze(-1), value=-1).div_(ctx.tau)
         return grad.to(ctx.in_dtype).reshape(grad_f.shape), None, None, None

@@ -112,7 +112,20 @@ class SmartTrainingArguments(TrainingArguments):
 
 
 def stage_lengths(total_steps: int, pretrain_steps: int, search_steps: int | None, search_fraction: float):
-    """``(pretrain, search, finetune)`` optimizer steps for a run of ``total_steps``; raises if they do not fit."""
+    """``(pretrain, search, finetune)`` optimizer steps for a run of ``total_steps``.
+
+    Args:
+        total_steps: optimizer steps of the whole run.
+        pretrain_steps: dense steps first.
+        search_steps: structure-search steps, or None for ``search_fraction`` of the steps after pretraining.
+        search_fraction: share of the post-pretrain steps searched when ``search_steps`` is None.
+
+    Returns:
+        `tuple[int, int, int]`: the pretrain, search and fine-tune step counts.
+
+    Raises:
+        ValueError: when the run has no steps, no search step, or the stages exceed the run.
+    """
     if total_steps <= 0:
         raise ValueError("the run has no optimizer steps; the training dataset is empty or max_steps is 0.")
     search = search_steps if search_steps is not None else int(round(search_fraction * (total_steps - pretrain_steps)))
