@@ -59,6 +59,7 @@ class SmartLayerMixin:
     def smart_unit_mask(self) -> torch.Tensor:
         return self._smart_state.unit_mask(self)
 
+    @torch.compiler.disable  # reads the per-step clean-weight flag: compiled, it would guard and recompile
     def smart_weight(self) -> torch.Tensor:
         """The weight the layer computes with: ``weight * expand(mask)`` (plain weight in dense mode).
 

@@ -261,6 +261,7 @@ class SmartState(SmartStateBuffers):
         return {**super().__getstate__(), "_cache": None, "_replayed": set(), "_in_root_forward": False}
 
     # --- root forward hooks ---
+    @torch.compiler.disable  # host-side solve and Python state: run eagerly, no guards on tau / budgets
     def begin_forward(self, *_args, **_kwargs) -> None:
         """Root forward pre-hook: solve every group's soft masks now, outside any checkpointed block."""
         self.sync_from_buffers()
@@ -274,6 +275,7 @@ class SmartState(SmartStateBuffers):
                 else:
                     self._cache[group_index] = self.soft_group_masks(group_index)
 
+    @torch.compiler.disable  # host-side solve and Python state: run eagerly, no guards on tau / budgets
     def end_forward(self, *_args, **_kwargs) -> None:
         """Root forward hook (also on an exception): close the forward and record its fractionality."""
         # the masks stay cached for the backward pass's recomputations; the next root forward replaces them
@@ -284,6 +286,7 @@ class SmartState(SmartStateBuffers):
             self._frac = {}
 
     # --- masks ---
+    @torch.compiler.disable  # host-side solve and Python state: run eagerly, no guards on tau / budgets
     def unit_mask(self, layer) -> torch.Tensor | None:
         """The mask of a layer in unit space, as its forward uses it now.
 

@@ -191,19 +191,21 @@ def test_bench_quality_comparisons_pair_by_seed_and_show_the_headroom():
 
 def test_bench_overhead_smoke(tmp_path):
     out = tmp_path / "o.json"
-    proc = _run_benchmark("overhead", ["--smoke", "--threads", "1", "--out", str(out)])
-    assert "| variant |" in proc.stdout
+    proc = _run_benchmark("overhead", ["--quick", "--threads", "1", "--out", str(out)])
+    assert "| variant |" in proc.stdout and "load average" in proc.stdout
     data = json.loads(out.read_text())
     assert set(data["shapes"]) == {"17tok", "197tok"}  # both token counts, side by side in one run
-    stages = {f"{p}/{s}" for p in ("block4x4@0.5", "nm2:4") for s in ("search", "finetune")}
+    patterns = ("nm2:4", "nm1:4", "block4x4@0.5", "channel@0.5", "coupled@0.5")
+    stages = {f"eager/{p}/{s}" for p in patterns for s in ("search_anneal", "search", "finetune")}
     for shape in data["shapes"].values():
         variants = shape["variants"]
-        assert {"dense"} | stages == set(variants)
+        assert {"eager/dense"} | stages == set(variants)
         for v in variants.values():
             assert v["median_ms"] > 0 and v["steps"] == len(v["all_ms"]) >= 1
-        assert variants["dense"]["ratio_of_medians"] == pytest.approx(1.0)
+        assert variants["eager/dense"]["ratio_of_medians"] == pytest.approx(1.0)
         assert set(shape["goals"]) == stages
     assert data["shapes"]["197tok"]["tokens"] == 197 and data["shapes"]["17tok"]["tokens"] == 17
+    assert data["environment"]["loadavg_end"] is not None
 
 
 def test_bench_quality_minilm_smoke(tmp_path):
