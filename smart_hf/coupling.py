@@ -44,6 +44,7 @@ __all__ = [
     "find_coupled_sets",
     "member_indices",
     "no_coupling_message",
+    "refuse_per_head_tables",
 ]
 
 _ACT_NAMES = ("activation_fn", "act_fn", "act", "activation", "intermediate_act_fn")
@@ -280,8 +281,10 @@ class CoupledBinding:
     """What an owner layer knows about its set while prepared: the set, its budget cost per unit and the partner
     modules (held directly: deepcopy/pickle of the model keep them identical to the model's own)."""
 
-    def __init__(self, cset: CoupledSet, unit_cost: int, partners: list[nn.Module]):
-        self.cset, self.unit_cost, self.partners = cset, int(unit_cost), partners
+    def __init__(self, cset: CoupledSet, unit_cost: float, partners: list[nn.Module]):
+        # MACs (an int) for a sparsity budget; measured seconds (a float) for a speed target (`smart_hf.latency`)
+        self.cset, self.partners = cset, partners
+        self.unit_cost = int(unit_cost) if float(unit_cost).is_integer() else float(unit_cost)
 
     @torch.no_grad()
     def zero_partners_(self, unit_mask: torch.Tensor) -> None:
@@ -334,6 +337,7 @@ def coupled_targets(model: nn.Module, selected) -> list[tuple[str, nn.Module, Un
         if all(selected(m.name, model.get_submodule(m.name)) for m in weighted):
             owner = model.get_submodule(cset.owner)
             chosen.append((cset.owner, owner, owner_layout(owner, cset)))
+    refuse_per_head_tables(model, [s for s in sets if s.owner in {c[0] for c in chosen}])
     if not chosen:
         raise ValueError(
             f"pattern='coupled' found {len(sets)} coupled sets but target_modules / target_regex / exclude_modules "
@@ -361,3 +365,31 @@ def coupled_records(layers: list[nn.Module]) -> list[dict]:
         if binding is not None:
             out.append({"set": binding.cset.to_dict(), "unit_cost": binding.unit_cost})
     return out
+
+
+def refuse_per_head_tables(model: nn.Module, chosen_sets: list[CoupledSet]) -> None:
+    """Refuse head sets whose attention module holds per-head parameters that are not members of the set (Swin's
+    ``relative_position_bias_table`` has one column per head): removing a head would leave its table column in
+    place and the slim forward would fail to broadcast.
+
+    Args:
+        model: the model being prepared.
+        chosen_sets: the coupled sets selected for pruning.
+
+    Raises:
+        ValueError: naming the parameter and the fix (prune FFNs only, or another pattern).
+    """
+    for cset in chosen_sets:
+        if cset.kind != "heads" or cset.attention is None:
+            continue
+        attention = model.get_submodule(cset.attention)
+        members = {id(p) for m in cset.members for p in model.get_submodule(m.name).parameters()}
+        extra = [n for n, p in attention.named_parameters() if id(p) not in members]
+        if extra:
+            suffix = ".".join(cset.owner.split(".")[-3:])
+            raise ValueError(
+                f"pattern='coupled' cannot remove attention heads of {type(model).__name__}: {cset.attention} "
+                f"holds per-head parameters besides q/k/v/o ({', '.join(extra[:3])}) that slim would leave at the "
+                f"full head count. Prune only its FFN neurons with exclude_modules=[{suffix!r}], or use "
+                "pattern='channel' / 'block'."
+            )

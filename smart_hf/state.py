@@ -31,6 +31,7 @@ from .core.budget import annealed_budget, global_weight_budget, layer_keep_units
 from .core.schedule import MIN_TEMPERATURE, auto_temperature
 from .core.topk import hard_topk, soft_topk
 from .distributed import full_tensor
+from .latency.widths import round_group_widths
 
 MODES = ("dense", "soft", "hard")  # the public mode names (`SmartState.mode_name`, `SmartState.set_mode`)
 # The ``mode`` buffer stores the index into MODES (checkpointed as an integer); `_mode` mirrors it in Python.
@@ -381,7 +382,7 @@ class SmartState(nn.Module):
         k_free = group.k - float((cost * f).sum())
         if free.any():  # else every unit is reserved (sparsity 0 on one-unit layers): nothing left to rank
             f = f.masked_scatter(free, hard_topk(flat[free], k_free, cost[free]))
-        return self._split(group, f)
+        return round_group_widths(group, self._split(group, f), self.smart_config)  # coupled width multiples
 
     def _flat_scores(self, group: BudgetGroup):
         device = group.layers[0].smart_scores.device
