@@ -386,7 +386,9 @@ def refuse_per_head_tables(model: nn.Module, chosen_sets: list[CoupledSet]) -> N
         members = {id(p) for m in cset.members for p in model.get_submodule(m.name).parameters()}
         extra = [n for n, p in attention.named_parameters() if id(p) not in members]
         if extra:
-            suffix = ".".join(cset.owner.split(".")[-3:])
+            parts, common = cset.owner.split("."), cset.attention.split(".")
+            shared = next((i for i, (a, b) in enumerate(zip(parts, common)) if a != b), len(common))
+            suffix = ".".join(parts[max(shared - 1, 0) :])  # e.g. "attention.o_proj": this set's owner in every block
             raise ValueError(
                 f"pattern='coupled' cannot remove attention heads of {type(model).__name__}: {cset.attention} "
                 f"holds per-head parameters besides q/k/v/o ({', '.join(extra[:3])}) that slim would leave at the "
