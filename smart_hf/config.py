@@ -368,7 +368,7 @@ class UnitSettings:
 
 
 def _validate_search(config) -> None:
-    """The auto start temperature and the budget anneal (issue 12)."""
+    """The auto start temperature and the budget anneal."""
     check_number("tau_start_fractionality", config.tau_start_fractionality, integral=False)
     check_number("budget_anneal", config.budget_anneal, integral=False)
     if not 0.0 < config.tau_start_fractionality < 0.5:

@@ -222,7 +222,14 @@ def _conv_chains(model, name, module) -> list[CoupledSet]:
 
 
 def find_coupled_sets(model: nn.Module) -> list[CoupledSet]:
-    """Every coupled set of ``model`` by module structure, in module order (see the module docstring)."""
+    """Every coupled set of ``model`` by module structure, in module order (see the module docstring).
+
+    Args:
+        model: any module (prepared or not).
+
+    Returns:
+        The sets whose owner is unique and whose member sizes agree.
+    """
     sets = []
     for name, module in model.named_modules():
         found = (
@@ -252,7 +259,16 @@ def no_coupling_message(model: nn.Module) -> str:
 
 def coupled_unit_cost(model: nn.Module, cset: CoupledSet, tokens: int = 0) -> int:
     """Weights one unit removes over all members (Linear/Conv1D: its MACs per token), plus ``2 * tokens * d`` per
-    query head with ``tokens > 0`` (the ``Q K^T`` and ``A V`` MACs per token). BatchNorm entries are not counted."""
+    query head with ``tokens > 0`` (the ``Q K^T`` and ``A V`` MACs per token). BatchNorm entries are not counted.
+
+    Args:
+        model: the model holding the set.
+        cset: the coupled set.
+        tokens: sequence length whose attention matmuls a head adds (0: weights only).
+
+    Returns:
+        The cost of one unit (an int). A speed target replaces it by measured time (`smart_hf.latency`).
+    """
     cost = 0
     for member in cset.members:
         module = model.get_submodule(member.name)
@@ -279,7 +295,13 @@ def entries_mask(member: Member, unit_mask: torch.Tensor) -> torch.Tensor:
 
 class CoupledBinding:
     """What an owner layer knows about its set while prepared: the set, its budget cost per unit and the partner
-    modules (held directly: deepcopy/pickle of the model keep them identical to the model's own)."""
+    modules (held directly: deepcopy/pickle of the model keep them identical to the model's own).
+
+    Args:
+        cset: the coupled set.
+        unit_cost: the budget cost of one unit: MACs (kept an int) or, with a speed target, nanoseconds (a float).
+        partners: the set's member modules other than the owner, in ``cset.members`` order.
+    """
 
     def __init__(self, cset: CoupledSet, unit_cost: float, partners: list[nn.Module]):
         # MACs (an int) for a sparsity budget; measured seconds (a float) for a speed target (`smart_hf.latency`)
@@ -327,7 +349,19 @@ def owner_layout(module: nn.Module, cset: CoupledSet) -> UnitLayout:
 
 def coupled_targets(model: nn.Module, selected) -> list[tuple[str, nn.Module, UnitLayout]]:
     """``(owner name, owner module, owner layout)`` of every coupled set whose weight layers all pass
-    ``selected(name, module)`` (the usual targeting rules); raises with the fix when there is none."""
+    ``selected(name, module)`` (the usual targeting rules).
+
+    Args:
+        model: the model to prepare.
+        selected: ``selected(name, module) -> bool``, the targeting rules.
+
+    Returns:
+        One triple per chosen set, in module order.
+
+    Raises:
+        ValueError: naming the fix, when the model has no coupled set, the targets leave none, or a chosen head
+            set has per-head parameters slim cannot cut (`refuse_per_head_tables`).
+    """
     sets = find_coupled_sets(model)
     if not sets:
         raise ValueError(no_coupling_message(model))

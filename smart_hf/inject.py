@@ -171,6 +171,24 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
     sub-module holding temperature and stage, and forward hooks that compute the masks once per forward. Scores
     are initialised from ``config.score_init``; ``"activation"`` needs ``calibration_data``, an iterable of model
     input batches (dicts), read before the model is changed.
+
+    With ``config.target_speedup`` a latency model is measured first (on the model's device and dtype, or read from
+    the cache; `smart_hf.latency`), every coupled unit's budget cost becomes its measured marginal time and the
+    global budget keeps ``dense time / target``; the solved budget is ``get_smart_state(model).speed_target``.
+
+    Args:
+        model: the model to prune (a ``torch.nn.Module``, typically a transformers model).
+        config: what to prune and how.
+        calibration_data: input batches for ``score_init="activation"``.
+
+    Returns:
+        ``model``, prepared.
+
+    Raises:
+        TypeError: for a model that is not a ``torch.nn.Module``.
+        ValueError: naming the fix -- no target, an already prepared model, PEFT adapters, NaN weights, missing
+            calibration data, a budget the guard cannot honour, or a speed target out of reach (the largest
+            reachable speed-up named). The model is left unchanged.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
