@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import statistics
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 
 from ..coupling import CoupledSet
 from .blocks import block_signature, capture_input_shapes, rebuild_block
-from .timing import latency_inputs, load_average, spread, time_call, warn_if_noisy
+from .timing import latency_inputs, load_average, spread, time_round_robin, warn_if_noisy
 
 __all__ = ["cache_dir", "latency_key", "measure_latency_model", "width_grid"]
 
@@ -108,35 +109,42 @@ def width_grid(units: int, multiple: int = 1) -> list[int]:
 
 
 def _fit(widths: list[int], seconds: list[float], units: int) -> tuple[float, float]:
-    """Least-squares ``t = a + b w``; ``b <= 0`` (noise) falls back to ``t = t(units) w / units``."""
+    """Least-squares ``t = a + b w`` with ``a >= 0`` (a negative intercept, i.e. noise, refits through the origin:
+    ``b = sum w t / sum w^2``); ``b <= 0`` falls back to ``t = t(units) w / units``."""
     mw, mt = statistics.fmean(widths), statistics.fmean(seconds)
     var = sum((w - mw) ** 2 for w in widths)
     slope = sum((w - mw) * (t - mt) for w, t in zip(widths, seconds)) / var if var > 0 else 0.0
+    intercept = mt - slope * mw
+    if intercept < 0:
+        intercept, slope = 0.0, sum(w * t for w, t in zip(widths, seconds)) / sum(w * w for w in widths)
     if slope <= 0:
         return 0.0, seconds[-1] / units
-    return mt - slope * mw, slope
+    return intercept, slope
 
 
-def _time_blocks(model, sets, shapes, multiple: int, max_seconds: float) -> tuple[dict, dict]:
-    blocks, by_owner = {}, {}
+def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) -> tuple[list[float], dict, dict]:
+    """The dense forward and every distinct block at its width grid, timed round-robin in one pass."""
+    fns, grids, owners, first = {"dense": lambda: model(**inputs)}, {}, {}, {}
     for cset in sets:
         if cset.owner not in shapes:
             continue
         sig = block_signature(model, cset, shapes[cset.owner])
-        by_owner[cset.owner] = sig
-        if sig in blocks:
+        owners[cset.owner] = sig
+        if sig in grids:
             continue
-        grid = width_grid(cset.units, 1 if cset.kind == "heads" else multiple)
-        medians, spreads = [], []
-        device = next(model.parameters()).device
-        for w in grid:
-            times = time_call(rebuild_block(model, cset, shapes[cset.owner], w), device, max_seconds=max_seconds)
-            medians.append(statistics.median(times))
-            spreads.append(spread(times))
-        a, b = _fit(grid, medians, cset.units)
-        blocks[sig] = {"kind": cset.kind, "units": cset.units, "widths": grid, "seconds": medians, "a": a, "b": b}
-        blocks[sig]["spread"] = max(spreads)
-    return blocks, by_owner
+        first[sig] = cset
+        grids[sig] = width_grid(cset.units, 1 if cset.kind == "heads" else multiple)
+        for w in grids[sig]:
+            fns[(sig, w)] = rebuild_block(model, cset, shapes[cset.owner], w)
+    device = next(model.parameters()).device
+    times = time_round_robin(fns, device, max_seconds=max_seconds)
+    blocks = {}
+    for sig, grid in grids.items():
+        medians = [statistics.median(times[(sig, w)]) for w in grid]
+        a, b = _fit(grid, medians, first[sig].units)
+        blocks[sig] = {"kind": first[sig].kind, "units": first[sig].units, "widths": grid, "seconds": medians}
+        blocks[sig].update(a=a, b=b, spread=max(spread(times[(sig, w)]) for w in grid))
+    return times["dense"], blocks, owners
 
 
 def _load_cached(path: Path, key: dict) -> dict | None:
@@ -164,7 +172,7 @@ def measure_latency_model(
     seq_len: int,
     multiple: int = 1,
     use_cache: bool = True,
-    max_seconds: float = 4.0,
+    max_seconds: float = 30.0,
 ) -> dict:
     """Measure (or load from the cache) the latency model of ``model`` at ``batch x seq_len`` (module docstring).
 
@@ -175,7 +183,7 @@ def measure_latency_model(
         seq_len: tokens per sequence (text models; vision models use their image size).
         multiple: the FFN / conv width multiple (the timed grid is rounded to it).
         use_cache: read and write the on-disk cache.
-        max_seconds: per measured width / the dense model, no further repeat starts after this (3 always run).
+        max_seconds: no further round of the round-robin timing starts after this (3 rounds always run).
 
     Returns:
         ``{"key", "dense_seconds", "dense_spread", "fixed_seconds", "blocks": {signature: fit}, "owners":
@@ -196,18 +204,25 @@ def measure_latency_model(
     try:
         with torch.inference_mode():
             shapes = capture_input_shapes(model, sets, lambda: model(**inputs))  # also the dense warm-up
-        device = next(model.parameters()).device
-        dense = time_call(lambda: model(**inputs), device, repeats=7, warmup=0, max_seconds=max_seconds)
-        blocks, owners = _time_blocks(model, sets, shapes, multiple, max_seconds)
+        dense, blocks, owners = _time_all(model, inputs, sets, shapes, multiple, max_seconds)
     finally:
         model.train(was_training)
     dense_s = statistics.median(dense)
     full = sum(blocks[sig]["a"] + blocks[sig]["b"] * blocks[sig]["units"] for sig in owners.values())
+    if full > dense_s:  # blocks alone slower than the whole model: inconsistent timings, scale them into it
+        warnings.warn(
+            f"smart_hf latency: the coupled blocks timed alone took {full / dense_s:.2f}x the whole dense forward "
+            f"(load average {load_average()}); their fits are scaled into the dense time. Measure on a quiet machine.",
+            stacklevel=2,
+        )
+        for block in blocks.values():
+            block["a"], block["b"] = block["a"] * dense_s / full, block["b"] * dense_s / full
+        full = dense_s
     payload = {
         "key": key,
         "dense_seconds": dense_s,
         "dense_spread": spread(dense),
-        "fixed_seconds": dense_s - full,  # signed: the model predicts the dense time exactly
+        "fixed_seconds": dense_s - full,  # so that the model predicts the dense time exactly
         "blocks": blocks,
         "owners": owners,
         "load": load_average(),

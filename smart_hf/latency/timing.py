@@ -16,7 +16,7 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["SPREAD_WARN", "latency_inputs", "load_average", "spread", "time_call", "warn_if_noisy"]
+__all__ = ["SPREAD_WARN", "latency_inputs", "load_average", "spread", "time_call", "time_round_robin", "warn_if_noisy"]
 
 # A spread above this (p90 - p10 over the median of the repeats) is reported: on a quiet machine CPU forwards of
 # more than a millisecond repeat within a few percent, so 15% means other work is sharing the cores.
@@ -106,6 +106,40 @@ def time_call(fn, device: torch.device, repeats: int = 5, warmup: int = 1, max_s
             fn()
             _sync(device)
             times.append(time.perf_counter() - start)
+    return times
+
+
+def time_round_robin(
+    fns: dict, device: torch.device, repeats: int = 7, warmup: int = 1, max_seconds: float = 30.0
+) -> dict[str, list[float]]:
+    """Seconds per call of every ``fns[name]()``, timed in turns: each round calls every function once, so load
+    that comes and goes on a shared machine stretches all of them alike and their ratios stay meaningful.
+
+    Args:
+        fns: name -> callable without arguments.
+        device: where they run (CUDA is synchronised around each call).
+        repeats: the most rounds.
+        warmup: untimed rounds first.
+        max_seconds: time after which no further round starts (3 always run).
+
+    Returns:
+        name -> the timed calls' durations in seconds.
+    """
+    times = {name: [] for name in fns}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        start_all = time.perf_counter()
+        for i in range(repeats):
+            if i >= 3 and time.perf_counter() - start_all > max_seconds:
+                break
+            for name, fn in fns.items():
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
     return times
 
 
