@@ -193,3 +193,21 @@ def test_measure_speedup_records_target_and_achieved():
     assert dense.training is False and model.training is False
     with pytest.raises(ValueError, match="positive ints"):
         measure_speedup(dense, model, (0, 8))
+
+
+def test_fit_is_least_squares_with_a_non_negative_intercept():
+    from smart_hf.latency.model import _fit
+
+    assert _fit([1, 2, 4], [3.0, 5.0, 9.0], 4) == pytest.approx((1.0, 2.0))  # exact line t = 1 + 2 w
+    a, b = _fit([1, 2, 4], [0.0, 2.0, 6.0], 4)  # the line t = -2 + 2 w would have a negative intercept
+    assert a == 0.0 and b == pytest.approx((0 * 1 + 2 * 2 + 6 * 4) / (1 + 4 + 16))  # refit through the origin
+    assert _fit([1, 2, 4], [5.0, 4.0, 3.0], 4) == (0.0, 3.0 / 4)  # falling with width (noise): proportional
+
+
+def test_round_robin_timing_calls_every_function_each_round():
+    from smart_hf.latency.timing import time_round_robin
+
+    calls = []
+    times = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
+                             repeats=4, warmup=1)
+    assert calls == ["a", "b"] * 5 and [len(t) for t in times.values()] == [4, 4]
