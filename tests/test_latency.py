@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from tiny_models import tiny_bert, tiny_vit
+from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, tiny_resnet, tiny_vit
 from transformers import BertConfig, BertForSequenceClassification
 
 import smart_hf as sh
@@ -211,3 +211,15 @@ def test_round_robin_timing_calls_every_function_each_round():
     times = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
                              repeats=4, warmup=1)
     assert calls == ["a", "b"] * 5 and [len(t) for t in times.values()] == [4, 4]
+
+
+@pytest.mark.parametrize(
+    "build, kinds",
+    [(tiny_resnet, {"conv"}), (tiny_gpt2, {"heads", "ffn"}), (tiny_llama, {"heads", "ffn"})],
+)
+def test_every_family_the_finder_accepts_gets_a_latency_model(build, kinds):
+    model = build().eval()
+    lat = _measure(model)
+    assert {b["kind"] for b in lat["blocks"].values()} == kinds  # fused GPT-2 c_attn, GQA, conv -> BN -> conv
+    assert all(b["b"] > 0 and b["a"] >= 0 for b in lat["blocks"].values())
+    assert predicted_seconds(lat, {}) == pytest.approx(lat["dense_seconds"])

@@ -21,6 +21,8 @@ __all__ = ["SPREAD_WARN", "latency_inputs", "load_average", "spread", "time_call
 # A spread above this (p90 - p10 over the median of the repeats) is reported: on a quiet machine CPU forwards of
 # more than a millisecond repeat within a few percent, so 15% means other work is sharing the cores.
 SPREAD_WARN = 0.15
+# Image side used for vision configs without ``image_size`` (transformers' ResNet): the ImageNet resolution.
+CNN_IMAGE_SIZE = 224
 
 
 def load_average() -> float | None:
@@ -150,8 +152,8 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def latency_inputs(model: nn.Module, batch: int, seq_len: int) -> dict:
     """Random inputs of the user's shape for ``model``: ``pixel_values`` ``(batch, channels, size, size)`` for a
-    vision config (``image_size`` and ``num_channels``; the token count follows from the image), else ``input_ids``
-    ``(batch, seq_len)`` (no KV cache for decoders).
+    vision config (``num_channels``, side ``image_size`` or `CNN_IMAGE_SIZE`; the token count follows from the
+    image), else ``input_ids`` ``(batch, seq_len)`` (no KV cache for decoders).
 
     Args:
         model: a transformers model (its ``config`` is read).
@@ -162,20 +164,21 @@ def latency_inputs(model: nn.Module, batch: int, seq_len: int) -> dict:
         Keyword inputs on the model's device (pixel values in its dtype).
 
     Raises:
-        ValueError: when the config names neither an image size nor a vocabulary.
+        ValueError: when the config names neither image channels nor a vocabulary.
     """
     device, dtype = _model_device_dtype(model)
     cfg = getattr(model, "config", None)
     size, channels = getattr(cfg, "image_size", None), getattr(cfg, "num_channels", None)
-    if size is not None and channels is not None:
+    if channels is not None and not getattr(cfg, "vocab_size", None):
+        size = size or CNN_IMAGE_SIZE  # CNN configs (ResNet) carry no image size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         gen = torch.Generator().manual_seed(0)
         return {"pixel_values": torch.randn(batch, channels, h, w, generator=gen).to(device, dtype)}
     vocab = getattr(cfg, "vocab_size", None)
     if not vocab:
         raise ValueError(
-            f"target_speedup cannot build inputs for {type(model).__name__}: its config has neither image_size + "
-            "num_channels nor vocab_size; use a sparsity budget for this model."
+            f"target_speedup cannot build inputs for {type(model).__name__}: its config has neither num_channels "
+            "(images) nor vocab_size (text); use a sparsity budget for this model."
         )
     gen = torch.Generator().manual_seed(0)
     inputs = {"input_ids": torch.randint(0, vocab, (batch, seq_len), generator=gen).to(device)}
