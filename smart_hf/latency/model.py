@@ -137,7 +137,7 @@ def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) ->
         for w in grids[sig]:
             fns[(sig, w)] = rebuild_block(model, cset, shapes[cset.owner], w)
     device = next(model.parameters()).device
-    times = time_round_robin(fns, device, max_seconds=max_seconds)
+    times = time_round_robin(fns, device, max_seconds=max_seconds, warm=("dense",))  # warmed by the shape capture
     blocks = {}
     for sig, grid in grids.items():
         medians = [statistics.median(times[(sig, w)]) for w in grid]

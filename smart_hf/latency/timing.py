@@ -112,7 +112,7 @@ def time_call(fn, device: torch.device, repeats: int = 5, warmup: int = 1, max_s
 
 
 def time_round_robin(
-    fns: dict, device: torch.device, repeats: int = 7, warmup: int = 1, max_seconds: float = 30.0
+    fns: dict, device: torch.device, repeats: int = 7, warmup: int = 1, max_seconds: float = 30.0, warm: tuple = ()
 ) -> dict[str, list[float]]:
     """Seconds per call of every ``fns[name]()``, timed in turns: each round calls every function once, so load
     that comes and goes on a shared machine stretches all of them alike and their ratios stay meaningful.
@@ -123,6 +123,7 @@ def time_round_robin(
         repeats: the most rounds.
         warmup: untimed rounds first.
         max_seconds: time after which no further round starts (3 always run).
+        warm: names already warmed up by the caller (skipped in the warm-up rounds).
 
     Returns:
         name -> the timed calls' durations in seconds.
@@ -130,8 +131,9 @@ def time_round_robin(
     times = {name: [] for name in fns}
     with torch.inference_mode():
         for _ in range(warmup):
-            for fn in fns.values():
-                fn()
+            for name, fn in fns.items():
+                if name not in warm:
+                    fn()
         start_all = time.perf_counter()
         for i in range(repeats):
             if i >= 3 and time.perf_counter() - start_all > max_seconds:
