@@ -13,6 +13,10 @@ The result is cached as JSON under ``$SMART_HF_CACHE`` (default ``$HF_HOME/smart
 ``~/.cache/huggingface/smart_hf``) in ``latency/<hash>.json``, keyed by device name, dtype, threads, input shape,
 torch version and the model's layer shapes; the key is stored in the file and compared in full on load, so a
 latency model measured on another device, dtype, thread count or shape is never reused.
+
+Cost of a build: one forward to capture the block input shapes (it also warms the dense model up), one warm-up of
+the rebuilt blocks, then at least 3 rounds (more while ``max_seconds`` allows) of the dense forward and every block
+at every grid width -- about 5 dense forwards in all, since the grid of one block per kind sums to ~2.5 full blocks.
 """
 
 from __future__ import annotations
