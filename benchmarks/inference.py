@@ -37,6 +37,12 @@ of the heads each model really has counted), the parameter/weight memory and the
     HF_HUB_OFFLINE=1 python -m benchmarks.inference              # full run
     HF_HUB_OFFLINE=1 python -m benchmarks.inference --smoke      # seconds; for CI (the four original variants)
     HF_HUB_OFFLINE=1 python -m benchmarks.inference --models resnet-50 --batches 1 8
+    HF_HUB_OFFLINE=1 python -m benchmarks.inference --variants coupled --engines eager compile onnx
+
+``--engines eager compile onnx`` runs every variant in each engine (`benchmarks.engines`: outputs checked equal to
+eager's before timing) and reports each engine's speed-up over the dense model *in the same engine*, and its ratio
+to eager's speed-up. ``--device cuda`` runs eager / compile on the GPU (ONNX Runtime stays a CPU engine here). The
+1-minute load average is recorded before and after every batch.
 """
 
 from __future__ import annotations
@@ -51,11 +57,9 @@ import torch
 from torch import nn
 
 import smart_hf as sh
-from smart_hf.artifact.kernels import BSRLinear
-from smart_hf.cli.slim_table import round_robin_latency_ms
-from smart_hf.slim.heads import find_attention_blocks, head_pruning_overrides
 
-from ._common import environment, result_header, write_json
+from ._common import environment, load_average, result_header, write_json
+from .engines import ENGINES, engine_runners, round_robin_ms
 from .macs import attention_macs
 
 warnings.filterwarnings("ignore", message=".*Sparse BSR tensor support is in beta.*")
@@ -108,6 +112,12 @@ def build_resnet(smoke: bool):
     return model, lambda b: {"pixel_values": torch.randn(b, 3, size, size)}
 
 
+def _is_bsr(module: nn.Module) -> bool:
+    """A linear whose weight is stored block-sparse (`smart_hf.to_sparse_kernels(model, "bsr")`)."""
+    weight = getattr(module, "weight", None)
+    return hasattr(module, "in_features") and weight is not None and weight.layout == torch.sparse_bsr
+
+
 def flops(model: nn.Module, inputs: dict) -> tuple[float, float]:
     """(dense FLOPs, FLOPs with every zero weight skipped) of one forward: linears, convs, attention matmuls."""
     totals = [0.0, 0.0]
@@ -115,7 +125,7 @@ def flops(model: nn.Module, inputs: dict) -> tuple[float, float]:
 
     def linear_hook(module, args, _out):
         x = args[0]
-        if isinstance(module, BSRLinear):
+        if _is_bsr(module):
             dense_w = module.out_features * module.in_features
             nnz = int((module.weight.to_dense() != 0).sum())
             rows = x.numel() // module.in_features
@@ -130,7 +140,7 @@ def flops(model: nn.Module, inputs: dict) -> tuple[float, float]:
         totals[1] += 2 * positions * int((module.weight != 0).sum())
 
     for module in model.modules():
-        if isinstance(module, (nn.Linear, BSRLinear)):
+        if isinstance(module, nn.Linear) or _is_bsr(module):
             handles.append(module.register_forward_hook(linear_hook))
         elif isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(conv_hook))
@@ -143,19 +153,22 @@ def flops(model: nn.Module, inputs: dict) -> tuple[float, float]:
 
 
 def attention_flops_macs(model: nn.Module, inputs: dict) -> int:
-    """MACs of the attention matmuls with the heads each block really has (slim-heads removes some)."""
-    blocks = find_attention_blocks(model)
-    if not blocks:
-        return 0
+    """MACs of the attention matmuls with the heads each block really has (slim-heads removes some): one value
+    projection per block (BERT ``attention.self.value``, ViT ``attention.v_proj``), its width / the head size."""
     cfg = model.config
+    if not hasattr(cfg, "num_attention_heads"):
+        return 0
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    widths = [
+        m.out_features
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name.endswith(("attention.self.value", "attention.v_proj"))
+    ]
     if "pixel_values" in inputs:
         b, seq = inputs["pixel_values"].shape[0], (cfg.image_size // cfg.patch_size) ** 2 + 1
     else:
         b, seq = inputs["input_ids"].shape
-    widths = [model.get_submodule(block["v"]).out_features for block in blocks]
-    return sum(
-        attention_macs(seq, width // block["head_dim"], block["head_dim"], b) for width, block in zip(widths, blocks)
-    )
+    return sum(attention_macs(seq, width // head_dim, head_dim, b) for width in widths)
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -214,7 +227,7 @@ def variants(name: str, smoke: bool, sparsity: float, block: int, wanted: tuple[
         models["slim"] = slim
     if "slim-heads" in wanted:
         heads = fresh()
-        overrides = head_pruning_overrides(heads, sparsity=head_sparsity)
+        overrides = sh.head_pruning_overrides(heads, sparsity=head_sparsity)
         sh.prepare_model(
             heads, sh.SmartConfig(pattern="channel", sparsity=sparsity, budget="layer", overrides=overrides)
         )
@@ -248,7 +261,7 @@ def tokens(name: str, smoke: bool) -> int:
     return 16 if smoke else 128
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat (seconds)")
     parser.add_argument("--threads", type=int, default=2)
@@ -260,59 +273,101 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants", nargs="+", choices=VARIANTS, default=None, help="default: all (--smoke: the four original ones)"
     )
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["eager"], help="eager, compile, onnx")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--head-sparsity", type=float, default=0.5, help="fraction of heads pruned (slim-heads)")
     parser.add_argument("--out", default="docs/results/bench_inference.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _batch_rows(name, sparsity, batch, models, runners, make_inputs, args, info) -> list[dict]:
+    """One row per (variant, engine) at one batch size, all timed round-robin in one pass."""
+    inputs = {k: v.to(args.device) for k, v in make_inputs(batch).items()}
+    load_before = load_average()
+    flat = {(v, e): run for v, per in runners.items() for e, run in per.items()}
+    all_times = round_robin_ms({f"{v}/{e}": run for (v, e), run in flat.items()}, inputs, args.repeats)
+    medians = {key: statistics.median(all_times[f"{key[0]}/{key[1]}"]) for key in flat}
+    ref_flops = flops(models["dense"], inputs)[0]
+    rows = []
+    for (variant, engine), median in medians.items():
+        dense_flops, nnz_flops = flops(models[variant], inputs)
+        speedup = medians[("dense", engine)] / median if ("dense", engine) in medians else None
+        rows.append(
+            {
+                "model": name,
+                "sparsity": sparsity,
+                "batch": batch,
+                "variant": variant,
+                "engine": engine,
+                "median_ms": median,
+                "min_ms": min(all_times[f"{variant}/{engine}"]),
+                "all_ms": all_times[f"{variant}/{engine}"],
+                "speedup": speedup,
+                "speedup_vs_eager": _vs_eager(medians, variant, speedup),
+                "ideal_speedup": ref_flops / nnz_flops,
+                "executed_flops_ratio": ref_flops / dense_flops,
+                "weight_mb": weight_bytes(models[variant]) / 2**20,
+                "peak_forward_mb": peak_forward_bytes(models[variant], inputs) / 2**20 if args.device == "cpu" else None,
+                "load_before": load_before,
+                "load_after": load_average(),
+                **info,
+            }
+        )
+        print(f"{name} s={sparsity} b={batch} {variant}/{engine}: {median:.2f} ms ({speedup}x)", file=sys.stderr)
+    return rows
+
+
+def _vs_eager(medians: dict, variant: str, speedup: float | None) -> float | None:
+    """An engine's speed-up as a share of eager's (1.0 = it keeps all of eager's speed-up)."""
+    keys = (("dense", "eager"), (variant, "eager"))
+    if speedup is None or not all(k in medians for k in keys):
+        return None
+    return speedup / (medians[keys[0]] / medians[keys[1]])
+
+
+def _print_table(rows: list[dict]) -> None:
+    print(
+        "| model | sparsity | batch | variant | engine | median ms | speed-up | vs eager's | ideal (FLOPs) | "
+        "weights MB | load |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        vs = "" if r["speedup_vs_eager"] is None else f"{100 * r['speedup_vs_eager']:.0f}%"
+        load = "" if r["load_before"] is None else f"{r['load_before'][0]:.1f}"
+        print(
+            f"| {r['model']} | {r['sparsity']} | {r['batch']} | {r['variant']} | {r['engine']} | "
+            f"{r['median_ms']:.2f} | {r['speedup'] or float('nan'):.2f}x | {vs} | {r['ideal_speedup']:.2f}x | {r['weight_mb']:.2f} | "
+            f"{load} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.smoke:
         args.repeats, args.batches, args.block, args.sparsity = 1, [1, 2], 8, [0.5]
+    if args.device == "cuda" and "onnx" in args.engines:
+        raise SystemExit("--engines onnx runs ONNX Runtime on the CPU here; drop onnx or use --device cpu.")
     wanted = tuple(dict.fromkeys(("dense", *(args.variants or (SMOKE_VARIANTS if args.smoke else VARIANTS)))))
+    engines = tuple(dict.fromkeys(args.engines))
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
         for sparsity in args.sparsity:
             kinds = tuple(v for v in wanted if v in CNN_VARIANTS) if name == "resnet-50" else wanted
             make_inputs, models, info = variants(name, args.smoke, sparsity, args.block, kinds, args.head_sparsity)
+            models = {k: m.to(args.device) for k, m in models.items()}
+            example = {k: v.to(args.device) for k, v in make_inputs(2).items()}
+            runners, engine_info = {}, {}
+            for variant, model in models.items():
+                runners[variant], errors, build_s, failed = engine_runners(model, engines, example)
+                engine_info[variant] = {"max_abs_diff_vs_eager": errors, "build_s": build_s, "engine_failed": failed}
+                for engine, why in failed.items():
+                    print(f"{name} {variant}: {engine} left out ({why})", file=sys.stderr)
             for batch in args.batches:
-                inputs = make_inputs(batch)
-                base, all_times = None, round_robin_latency_ms(models, inputs, args.repeats)
-                for variant, model in models.items():
-                    times = all_times[variant]
-                    dense_flops, nnz_flops = flops(model, inputs)
-                    median = statistics.median(times)
-                    base = median if variant == "dense" else base
-                    if variant == "dense":
-                        ref_flops = dense_flops
-                    row = {
-                        "model": name,
-                        "sparsity": sparsity,
-                        "batch": batch,
-                        "variant": variant,
-                        "median_ms": median,
-                        "min_ms": min(times),
-                        "all_ms": times,
-                        "speedup": base / median,
-                        "ideal_speedup": ref_flops / nnz_flops,
-                        "executed_flops_ratio": ref_flops / dense_flops,
-                        "weight_mb": weight_bytes(model) / 2**20,
-                        "peak_forward_mb": peak_forward_bytes(model, inputs) / 2**20,
-                        **info,
-                    }
-                    rows.append(row)
-                    print(
-                        f"{name} s={sparsity} b={batch} {variant}: {median:.2f} ms ({row['speedup']:.2f}x, "
-                        f"ideal {row['ideal_speedup']:.2f}x)",
-                        file=sys.stderr,
-                    )
-    header = (
-        "| model | sparsity | batch | variant | median ms | speed-up | ideal (FLOPs) | weights MB | peak fwd MB |\n"
-        "|---|---|---|---|---|---|---|---|---|"
-    )
-    print(header)
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['sparsity']} | {r['batch']} | {r['variant']} | {r['median_ms']:.2f} | "
-            f"{r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {r['weight_mb']:.2f} | {r['peak_forward_mb']:.2f} |"
-        )
+                batch_rows = _batch_rows(name, sparsity, batch, models, runners, make_inputs, args, info)
+                for row in batch_rows:
+                    row.update(engine_info[row["variant"]])
+                rows += batch_rows
+    _print_table(rows)
     result = {
         **result_header("inference", args.smoke, argv, environment(threads=torch.get_num_threads())),
         "settings": {
@@ -322,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             "head_sparsity": args.head_sparsity,
             "batches": args.batches,
             "variants": list(wanted),
+            "engines": list(engines),
+            "device": args.device,
         },
         "rows": rows,
     }

@@ -1,13 +1,17 @@
 """Type and format checks of `SmartConfig` fields: each raises a TypeError / ValueError that names the accepted form.
 
-Kept apart from `config.py` (which owns the schema and its cross-field rules): these only look at one value.
+Kept apart from `config.py` (which owns the schema and its cross-field rules): these look at one value, or (the
+speed target) at the few fields that go with it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import re
+
+from .constants import WIDTH_MULTIPLES
 
 OVERRIDE_KEYS = {"regex", "pattern", "block_shape", "n", "m", "sparsity"}
 _OVERRIDE_EXAMPLE = 'e.g. {"regex": ".*mlp.fc1", "pattern": "block", "block_shape": [4, 4], "sparsity": 0.7}'
@@ -88,3 +92,53 @@ def parse_override(raw) -> dict:
     if "block_shape" in out:
         out["block_shape"] = int_list("override block_shape", out["block_shape"])
     return out
+
+
+def check_speed_target(config) -> None:
+    """Check ``target_speedup`` against ``pattern``, ``sparsity`` and ``budget``, the latency shape and
+    ``width_multiple`` of a `SmartConfig` (types already checked).
+
+    Args:
+        config: the `SmartConfig` being validated (before its default sparsity is filled in).
+
+    Raises:
+        ValueError: naming the fix, for a target <= 1, a target with another pattern, with a sparsity or with a
+            per-layer budget, a latency shape < 1 or a width multiple outside 1/8/16/32/64.
+    """
+    if config.width_multiple is not None and config.width_multiple not in WIDTH_MULTIPLES:
+        raise ValueError(
+            f"width_multiple must be one of {list(WIDTH_MULTIPLES)}, got {config.width_multiple}; e.g. 8 (CPU) or "
+            "64 (GPU tensor cores), or 1 for no rounding."
+        )
+    if config.width_multiple not in (None, 1) and config.pattern != "coupled":
+        raise ValueError(
+            f"width_multiple={config.width_multiple} rounds coupled units per layer; use pattern='coupled' or drop "
+            "width_multiple."
+        )
+    if config.latency_batch_size < 1 or config.latency_seq_len < 1:
+        raise ValueError(
+            f"latency_batch_size and latency_seq_len must be >= 1, got {config.latency_batch_size} and "
+            f"{config.latency_seq_len}; e.g. 32 and 128."
+        )
+    target = config.target_speedup
+    if target is None:
+        return
+    if config.pattern != "coupled":
+        raise ValueError(
+            f"target_speedup needs pattern='coupled' (whole FFN neurons, heads and channels are what makes a model "
+            f"faster), got pattern={config.pattern!r}; set pattern='coupled' or give a sparsity instead."
+        )
+    if config.sparsity is not None:
+        raise ValueError(
+            f"give either sparsity ({config.sparsity}, a share of the MACs) or target_speedup ({target}, a measured "
+            "speed-up), not both; drop one of them."
+        )
+    if not 1.0 < target < math.inf:
+        raise ValueError(
+            f"target_speedup must be > 1 (dense time / pruned time), got {target}; e.g. 2.0 for twice as fast."
+        )
+    if config.budget != "global":
+        raise ValueError(
+            "target_speedup spends one global budget of measured time over all layers; use budget='global' (or a "
+            "sparsity with budget='layer')."
+        )

@@ -16,7 +16,7 @@ from typing import Literal
 
 from packaging import version
 
-from ._field_checks import check_number, check_regex, choice, int_list, name_list, parse_override
+from ._field_checks import check_number, check_regex, check_speed_target, choice, int_list, name_list, parse_override
 from ._version import __version__
 from .constants import BUDGETS, CONFIG_NAME, PATTERNS, SCORE_INITS, SCORE_SCALES, TEMPERATURE_SCHEDULES
 
@@ -59,6 +59,34 @@ class SmartConfig:
         metadata={
             "help": "Fraction of targeted weights to remove, in [0, 1). Default 0.5 for block/channel; N:M "
             "fixes it at 1 - n/m."
+        },
+    )
+    target_speedup: float | None = field(
+        default=None,
+        metadata={
+            "help": "pattern='coupled' only: prune to a measured speed-up instead of a sparsity (dense time / slim "
+            "time, e.g. 2.0). At prepare a latency model of the coupled blocks is measured on the model's device "
+            "and dtype at latency_batch_size x latency_seq_len and cached (smart_hf.latency); the global budget "
+            "then spends measured time. Give either this or `sparsity`, not both."
+        },
+    )
+    latency_batch_size: int = field(
+        default=32, metadata={"help": "target_speedup: the batch size the speed-up is measured and aimed at."}
+    )
+    latency_seq_len: int = field(
+        default=128,
+        metadata={
+            "help": "target_speedup: tokens per sequence of text models (vision models take theirs from the image "
+            "size)."
+        },
+    )
+    width_multiple: int | None = field(
+        default=None,
+        metadata={
+            "help": "pattern='coupled', global budget: kept FFN neurons / CNN channels per layer are rounded to a "
+            "multiple of this (1, 8, 16, 32 or 64; heads are whole heads / GQA groups anyway), so the slim matmuls "
+            "keep kernel-friendly widths. Unset: 8 with target_speedup on CPU, 64 on CUDA, 1 (no rounding) with a "
+            "sparsity."
         },
     )
     budget: Literal["global", "layer"] = field(
@@ -174,7 +202,8 @@ class SmartConfig:
         if isinstance(self.tau_start, str) and self.tau_start.strip().lower() == "auto":
             self.tau_start = None  # "auto" is the documented spelling of the default (YAML recipes, JSON configs)
         self._check_types()
-        if self.sparsity is None:
+        check_speed_target(self)
+        if self.sparsity is None and self.target_speedup is None:
             self.sparsity = (1.0 - self.n / self.m if self.m > 0 else None) if self.pattern == "nm" else 0.5
         self.overrides = [parse_override(o) for o in (self.overrides or [])] or None
         _validate_unit_settings(self.unit_settings())
@@ -339,7 +368,7 @@ class UnitSettings:
 
 
 def _validate_search(config) -> None:
-    """The auto start temperature and the budget anneal (issue 12)."""
+    """The auto start temperature and the budget anneal."""
     check_number("tau_start_fractionality", config.tau_start_fractionality, integral=False)
     check_number("budget_anneal", config.budget_anneal, integral=False)
     if not 0.0 < config.tau_start_fractionality < 0.5:
@@ -350,9 +379,20 @@ def _validate_search(config) -> None:
         raise ValueError(f"budget_anneal must be in [0, 1], got {config.budget_anneal}; e.g. 2/3, or 0 for none.")
 
 
-_INT_FIELDS = ("n", "m", "calibration_batches", "dynamic_window", "score_seed", "coupled_tokens")
+_INT_FIELDS = (
+    "n",
+    "m",
+    "calibration_batches",
+    "dynamic_window",
+    "score_seed",
+    "coupled_tokens",
+    "latency_batch_size",
+    "latency_seq_len",
+    "width_multiple",
+)
 _REAL_FIELDS = (
     "sparsity",
+    "target_speedup",
     "min_layer_density",
     "score_noise",
     "tau_start",
@@ -387,5 +427,7 @@ def _validate_unit_settings(cfg: UnitSettings) -> None:
                 f"pattern='nm' fixes sparsity at 1 - n/m = {1 - cfg.n / cfg.m:g}, but sparsity="
                 f"{cfg.sparsity}; drop `sparsity` or change n/m."
             )
+    if cfg.sparsity is None and cfg.pattern == "coupled":
+        return  # a speed target: the budget is solved at prepare (`smart_hf.latency`)
     if cfg.sparsity is None or not 0.0 <= cfg.sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {cfg.sparsity}; e.g. 0.5 removes half the weights.")

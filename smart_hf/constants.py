@@ -15,6 +15,7 @@ BUDGETS = ("global", "layer")
 SCORE_INITS = ("magnitude", "activation", "constant")
 SCORE_SCALES = ("start_temperature", "standardized")
 TEMPERATURE_SCHEDULES = ("dynamic", "exponential", "cosine", "linear", "constant")
+WIDTH_MULTIPLES = (1, 8, 16, 32, 64)
 
 # Default score learning rates, as a step of the start logits m / tau0 per optimizer step (score_parameter_groups):
 # N:M groups (their one-shot prior is strong: a group of m keeps its n largest) move gently; blocks, channels and

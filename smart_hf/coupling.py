@@ -44,6 +44,7 @@ __all__ = [
     "find_coupled_sets",
     "member_indices",
     "no_coupling_message",
+    "refuse_per_head_tables",
 ]
 
 _ACT_NAMES = ("activation_fn", "act_fn", "act", "activation", "intermediate_act_fn")
@@ -221,7 +222,14 @@ def _conv_chains(model, name, module) -> list[CoupledSet]:
 
 
 def find_coupled_sets(model: nn.Module) -> list[CoupledSet]:
-    """Every coupled set of ``model`` by module structure, in module order (see the module docstring)."""
+    """Every coupled set of ``model`` by module structure, in module order (see the module docstring).
+
+    Args:
+        model: any module (prepared or not).
+
+    Returns:
+        The sets whose owner is unique and whose member sizes agree.
+    """
     sets = []
     for name, module in model.named_modules():
         found = (
@@ -251,7 +259,16 @@ def no_coupling_message(model: nn.Module) -> str:
 
 def coupled_unit_cost(model: nn.Module, cset: CoupledSet, tokens: int = 0) -> int:
     """Weights one unit removes over all members (Linear/Conv1D: its MACs per token), plus ``2 * tokens * d`` per
-    query head with ``tokens > 0`` (the ``Q K^T`` and ``A V`` MACs per token). BatchNorm entries are not counted."""
+    query head with ``tokens > 0`` (the ``Q K^T`` and ``A V`` MACs per token). BatchNorm entries are not counted.
+
+    Args:
+        model: the model holding the set.
+        cset: the coupled set.
+        tokens: sequence length whose attention matmuls a head adds (0: weights only).
+
+    Returns:
+        The cost of one unit (an int). A speed target replaces it by measured time (`smart_hf.latency`).
+    """
     cost = 0
     for member in cset.members:
         module = model.get_submodule(member.name)
@@ -278,10 +295,18 @@ def entries_mask(member: Member, unit_mask: torch.Tensor) -> torch.Tensor:
 
 class CoupledBinding:
     """What an owner layer knows about its set while prepared: the set, its budget cost per unit and the partner
-    modules (held directly: deepcopy/pickle of the model keep them identical to the model's own)."""
+    modules (held directly: deepcopy/pickle of the model keep them identical to the model's own).
 
-    def __init__(self, cset: CoupledSet, unit_cost: int, partners: list[nn.Module]):
-        self.cset, self.unit_cost, self.partners = cset, int(unit_cost), partners
+    Args:
+        cset: the coupled set.
+        unit_cost: the budget cost of one unit: MACs (kept an int) or, with a speed target, nanoseconds (a float).
+        partners: the set's member modules other than the owner, in ``cset.members`` order.
+    """
+
+    def __init__(self, cset: CoupledSet, unit_cost: float, partners: list[nn.Module]):
+        # MACs (an int) for a sparsity budget; measured seconds (a float) for a speed target (`smart_hf.latency`)
+        self.cset, self.partners = cset, partners
+        self.unit_cost = int(unit_cost) if float(unit_cost).is_integer() else float(unit_cost)
 
     @torch.no_grad()
     def zero_partners_(self, unit_mask: torch.Tensor) -> None:
@@ -324,7 +349,19 @@ def owner_layout(module: nn.Module, cset: CoupledSet) -> UnitLayout:
 
 def coupled_targets(model: nn.Module, selected) -> list[tuple[str, nn.Module, UnitLayout]]:
     """``(owner name, owner module, owner layout)`` of every coupled set whose weight layers all pass
-    ``selected(name, module)`` (the usual targeting rules); raises with the fix when there is none."""
+    ``selected(name, module)`` (the usual targeting rules).
+
+    Args:
+        model: the model to prepare.
+        selected: ``selected(name, module) -> bool``, the targeting rules.
+
+    Returns:
+        One triple per chosen set, in module order.
+
+    Raises:
+        ValueError: naming the fix, when the model has no coupled set, the targets leave none, or a chosen head
+            set has per-head parameters slim cannot cut (`refuse_per_head_tables`).
+    """
     sets = find_coupled_sets(model)
     if not sets:
         raise ValueError(no_coupling_message(model))
@@ -334,6 +371,7 @@ def coupled_targets(model: nn.Module, selected) -> list[tuple[str, nn.Module, Un
         if all(selected(m.name, model.get_submodule(m.name)) for m in weighted):
             owner = model.get_submodule(cset.owner)
             chosen.append((cset.owner, owner, owner_layout(owner, cset)))
+    refuse_per_head_tables(model, [s for s in sets if s.owner in {c[0] for c in chosen}])
     if not chosen:
         raise ValueError(
             f"pattern='coupled' found {len(sets)} coupled sets but target_modules / target_regex / exclude_modules "
@@ -361,3 +399,33 @@ def coupled_records(layers: list[nn.Module]) -> list[dict]:
         if binding is not None:
             out.append({"set": binding.cset.to_dict(), "unit_cost": binding.unit_cost})
     return out
+
+
+def refuse_per_head_tables(model: nn.Module, chosen_sets: list[CoupledSet]) -> None:
+    """Refuse head sets whose attention module holds per-head parameters that are not members of the set (Swin's
+    ``relative_position_bias_table`` has one column per head): removing a head would leave its table column in
+    place and the slim forward would fail to broadcast.
+
+    Args:
+        model: the model being prepared.
+        chosen_sets: the coupled sets selected for pruning.
+
+    Raises:
+        ValueError: naming the parameter and the fix (prune FFNs only, or another pattern).
+    """
+    for cset in chosen_sets:
+        if cset.kind != "heads" or cset.attention is None:
+            continue
+        attention = model.get_submodule(cset.attention)
+        members = {id(p) for m in cset.members for p in model.get_submodule(m.name).parameters()}
+        extra = [n for n, p in attention.named_parameters() if id(p) not in members]
+        if extra:
+            parts, common = cset.owner.split("."), cset.attention.split(".")
+            shared = next((i for i, (a, b) in enumerate(zip(parts, common)) if a != b), len(common))
+            suffix = ".".join(parts[max(shared - 1, 0) :])  # e.g. "attention.o_proj": this set's owner in every block
+            raise ValueError(
+                f"pattern='coupled' cannot remove attention heads of {type(model).__name__}: {cset.attention} "
+                f"holds per-head parameters besides q/k/v/o ({', '.join(extra[:3])}) that slim would leave at the "
+                f"full head count. Prune only its FFN neurons with exclude_modules=[{suffix!r}], or use "
+                "pattern='channel' / 'block'."
+            )

@@ -22,6 +22,7 @@ from .config import SmartConfig, UnitSettings
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME, first_items
 from .core.granularity import UnitLayout, layer_kind
 from .coupling import bind_owners, coupled_targets
+from .latency import apply_speed_budget, measure_for_prepare
 from .layers import attach_smart_layer, detach_smart_layer, is_smart_layer
 from .scores import collect_activation_stats, init_scores_
 from .state import SmartState, build_groups
@@ -170,6 +171,24 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
     sub-module holding temperature and stage, and forward hooks that compute the masks once per forward. Scores
     are initialised from ``config.score_init``; ``"activation"`` needs ``calibration_data``, an iterable of model
     input batches (dicts), read before the model is changed.
+
+    With ``config.target_speedup`` a latency model is measured first (on the model's device and dtype, or read from
+    the cache; `smart_hf.latency`), every coupled unit's budget cost becomes its measured marginal time and the
+    global budget keeps ``dense time / target``; the solved budget is ``get_smart_state(model).speed_target``.
+
+    Args:
+        model: the model to prune (a ``torch.nn.Module``, typically a transformers model).
+        config: what to prune and how.
+        calibration_data: input batches for ``score_init="activation"``.
+
+    Returns:
+        ``model``, prepared.
+
+    Raises:
+        TypeError: for a model that is not a ``torch.nn.Module``.
+        ValueError: naming the fix -- no target, an already prepared model, PEFT adapters, NaN weights, missing
+            calibration data, a budget the guard cannot honour, or a speed target out of reach (the largest
+            reachable speed-up named). The model is left unchanged.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -204,20 +223,27 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
         act_stats = collect_activation_stats(
             model, [m for _, m, _, _ in targets], calibration_data, config.calibration_batches
         )
+    # a speed target times the dense model before SMART is attached (or reads its cached latency model)
+    latency = measure_for_prepare(model, config, [t[0] for t in targets]) if config.target_speedup else None
     layers = [attach_smart_layer(module, layout) for _, module, layout, _ in targets]
     try:  # a budget the guard cannot honour raises here: leave the model exactly as it came
-        _install_state(model, config, targets, layers, act_stats)
+        _install_state(model, config, targets, layers, act_stats, latency)
     except Exception:
         _undo_prepare(model, layers)
         raise
     return model
 
 
-def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers: list, act_stats) -> None:
+def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers: list, act_stats, latency) -> None:
     """Build the budget groups and the `SmartState`, register the hooks and initialise the scores."""
+    sparsities, speed = [t[3] for t in targets], None
     if config.pattern == "coupled":  # before the groups: a coupled unit's budget cost spans its partners
         bind_owners(model, [t[0] for t in targets], layers, config.coupled_tokens)
-    state = SmartState(config, build_groups(layers, [t[3] for t in targets], config.budget, config.min_layer_density))
+    if latency is not None:  # unit costs become measured time; the budget spends dense time / target
+        speed = apply_speed_budget(layers, [t[0] for t in targets], latency, config)
+        sparsities = [speed["sparsity"]] * len(targets)
+    state = SmartState(config, build_groups(layers, sparsities, config.budget, config.min_layer_density))
+    state.speed_target = speed  # the solved time budget (None for a sparsity budget); `speed_target_record`
     # state.layers is in budget-group order, which differs from model order once N:M/per-layer groups mix with a
     # global one: keep the names (and the activation statistics) aligned with state.layers, not with `targets`
     position = {id(layer): i for i, layer in enumerate(layers)}

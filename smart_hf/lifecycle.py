@@ -276,4 +276,7 @@ def pruning_metadata(state: SmartState) -> tuple[PruningMetadata, SparsityReport
     records = coupled_records(state.layers)
     if records:  # the sets a check or `slim` must see whole (the partners are not SMART layers)
         metadata["coupled"] = records
+    speed = getattr(state, "speed_target", None)
+    if speed:  # the solved time budget, so that `check_sparsity` can verify a squashed model against it
+        metadata["speed_target"] = {k: v for k, v in speed.items() if k != "unit_cost_ns"}
     return metadata, report

@@ -79,6 +79,7 @@ class PruningMetadata(TypedDict, total=False):
     layers: dict[str, LayerEntry]
     slim: dict[str, Any]
     coupled: list[dict[str, Any]]  # pattern="coupled": {"set": CoupledSet.to_dict(), "unit_cost"} per owner
+    speed_target: dict[str, Any]  # target_speedup: the solved time budget (``sparsity`` over measured unit costs)
 
 
 def build(smart_config: dict[str, Any], report: SparsityReport) -> PruningMetadata:

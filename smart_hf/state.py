@@ -39,6 +39,7 @@ from .budget_groups import (
 from .core.budget import annealed_budget
 from .core.schedule import MIN_TEMPERATURE, auto_temperature
 from .distributed import full_tensor
+from .latency.widths import round_group_widths
 
 # `BudgetGroup`, `build_groups` and `unit_budget_cost` live in `smart_hf.budget_groups`; re-exported here for callers
 # that import them from the state module.
@@ -388,7 +389,11 @@ class SmartState(SmartStateBuffers):
         """
         if use_frozen and self._mode == _HARD:
             return [layer.smart_mask for layer in self.groups[group_index].layers]
-        return hard_group_masks(self.groups[group_index])
+        group = self.groups[group_index]
+        masks = hard_group_masks(group)
+        if group.kind == "global":  # coupled FFN / conv widths rounded to the width multiple (1: unchanged)
+            masks = round_group_widths(group, masks, self.smart_config)
+        return masks
 
     binary_group_masks = hard_group_masks  # the name older callers use (the frozen masks once hardened)
 

@@ -58,6 +58,14 @@ INVALID = [
     ({"overrides": [{"regex": ".*fc1", "pattern": "nm", "n": 3, "m": 2}]}, "1 <= n < m"),
     ({"overrides": [{"regex": ".*fc1", "pattern": "nm", "sparsity": 0.3}]}, "drop `sparsity`"),
     ({"overrides": [{"regex": ".*fc1", "block_shape": [0, 2]}]}, "two positive ints"),
+    ({"pattern": "coupled", "target_speedup": 1.0}, "target_speedup must be > 1"),
+    ({"pattern": "coupled", "target_speedup": 0.5}, "e.g. 2.0 for twice as fast"),
+    ({"pattern": "block", "target_speedup": 2.0}, "set pattern='coupled' or give a sparsity instead"),
+    ({"pattern": "coupled", "target_speedup": 2.0, "sparsity": 0.5}, "not both; drop one of them"),
+    ({"pattern": "coupled", "target_speedup": 2.0, "budget": "layer"}, "use budget='global'"),
+    ({"pattern": "coupled", "target_speedup": 2.0, "latency_batch_size": 0}, "must be >= 1"),
+    ({"pattern": "coupled", "width_multiple": 12}, "width_multiple must be one of [1, 8, 16, 32, 64]"),
+    ({"pattern": "block", "width_multiple": 8}, "use pattern='coupled' or drop width_multiple"),
     ({"pattern": "nm", "overrides": [{"regex": ".*fc1", "sparsity": 0.9}]}, "pattern='nm' fixes sparsity"),
 ]
 
@@ -168,3 +176,17 @@ def test_hf_argument_parser():
         parser.parse_args_into_dataclasses(["--pattern", "row"])
     with pytest.raises(ValueError, match="1 <= n < m"):
         parser.parse_args_into_dataclasses(["--pattern", "nm", "--n", "4", "--m", "4"])
+
+
+def test_a_speed_target_replaces_the_sparsity_and_parses_and_round_trips(tmp_path):
+    cfg = SmartConfig(pattern="coupled", target_speedup=2.0, latency_batch_size=8, latency_seq_len=64)
+    assert cfg.sparsity is None and cfg.width_multiple is None  # the budget is solved at prepare
+    cfg.save_pretrained(tmp_path)
+    assert SmartConfig.from_pretrained(tmp_path) == cfg
+    (parsed,) = HfArgumentParser(SmartConfig).parse_args_into_dataclasses(
+        ["--pattern", "coupled", "--target_speedup", "1.5", "--width_multiple", "16"]
+    )
+    assert (parsed.target_speedup, parsed.width_multiple, parsed.sparsity) == (1.5, 16, None)
+    assert SmartConfig(pattern="coupled").sparsity == 0.5  # without a target the FLOP budget's default stays
+    with pytest.raises(TypeError, match="target_speedup must be a number"):
+        SmartConfig(pattern="coupled", target_speedup="2x")

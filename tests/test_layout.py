@@ -22,7 +22,7 @@ LAYERS = [
     ("smart_hf._version", "smart_hf.constants", "smart_hf._field_checks", "smart_hf.core"),
     ("smart_hf.config", "smart_hf.metadata"),
     ("smart_hf.distributed",),
-    ("smart_hf.state", "smart_hf.budget_groups", "smart_hf.layers", "smart_hf.scores", "smart_hf.coupling"),
+    ("smart_hf.state", "smart_hf.budget_groups", "smart_hf.layers", "smart_hf.scores", "smart_hf.coupling", "smart_hf.latency"),
     ("smart_hf.report",),
     ("smart_hf.inject", "smart_hf.lifecycle"),
     ("smart_hf.slim",),

@@ -23,6 +23,7 @@ import torch
 from ..config import SmartConfig
 from ..core.budget import global_weight_budget, layer_keep_units, reserved_units
 from ..coupling import CoupledSet, coupled_records, entries_mask, member_size
+from ..latency import resolved_width_multiple
 from ..metadata import read as read_metadata
 from ..metadata import slim_summary
 from ..slim.coupled import unit_alive
@@ -31,9 +32,10 @@ from ..state import SmartState
 __all__ = ["coupled_budget_problems"]
 
 
-def _sources(obj) -> tuple[list[dict], dict[str, int], dict[str, torch.Tensor], bool, object]:
+def _sources(obj) -> tuple[list[dict], dict[str, int], dict[str, torch.Tensor], bool, object, dict | None]:
     """(records, {owner: units after slim}, {owner: unit mask of a prepared model}, partners must be zero,
-    name -> module) for a prepared model / its `SmartState`, or a squashed / slimmed model."""
+    name -> module, the solved speed-target budget or None) for a prepared model / its `SmartState`, or a squashed /
+    slimmed model."""
     state = obj if isinstance(obj, SmartState) else getattr(obj, "smart_state", None)
     if isinstance(state, SmartState):
         masks, modules = {}, {}
@@ -46,10 +48,11 @@ def _sources(obj) -> tuple[list[dict], dict[str, int], dict[str, torch.Tensor], 
                 masks[cset.owner], modules[cset.owner] = mask.reshape(-1).cpu() != 0, layer
                 partners = [m.name for m in cset.members if m.name != cset.owner]
                 modules.update(zip(partners, binding.partners))
-        return coupled_records(state.layers), {}, masks, state.mode_name == "hard", modules.__getitem__
+        speed = getattr(state, "speed_target", None)
+        return coupled_records(state.layers), {}, masks, state.mode_name == "hard", modules.__getitem__, speed
     meta = read_metadata(obj) or {}
     slimmed = {r["set"]["owner"]: r["after"] for r in (slim_summary(meta) or {}).get("coupled", [])}
-    return meta.get("coupled") or [], slimmed, {}, True, obj.get_submodule
+    return meta.get("coupled") or [], slimmed, {}, True, obj.get_submodule, meta.get("speed_target")
 
 
 def _set_problems(module_of, cset: CoupledSet, alive: torch.Tensor | None) -> list[str]:
@@ -84,7 +87,7 @@ def _set_problems(module_of, cset: CoupledSet, alive: torch.Tensor | None) -> li
 
 def coupled_budget_problems(model_or_state, config: SmartConfig) -> tuple[list[dict], list[str]]:
     """``(budget entries, problems)`` of a coupled model or `SmartState` (see the module docstring)."""
-    records, slimmed, masks, check_partners, module_of = _sources(model_or_state)
+    records, slimmed, masks, check_partners, module_of, speed = _sources(model_or_state)
     if not records:
         return [], [
             "config asks for pattern='coupled' but the model records no coupled sets (config.smart_hf"
@@ -102,11 +105,18 @@ def coupled_budget_problems(model_or_state, config: SmartConfig) -> tuple[list[d
         alive = unit_alive(module_of(full.owner), current) if alive is None else alive
         problems += _set_problems(module_of, current, alive) if check_partners else []
         rows.append({"name": full.owner, "units": full.units, "kept": int(alive.sum()), "cost": record["unit_cost"]})
-    return _budget(rows, config, problems)
+    if config.sparsity is None and not speed:
+        return [], problems + [
+            "config asks for target_speedup but the model records no solved time budget (config.smart_hf"
+            "['speed_target']); it was not pruned by this smart_hf version's speed target"
+        ]
+    return _budget(rows, config, problems, speed)
 
 
-def _budget(rows: list[dict], config: SmartConfig, problems: list[str]) -> tuple[list[dict], list[str]]:
-    s, entries = config.sparsity, []
+def _budget(rows: list[dict], config: SmartConfig, problems: list[str], speed: dict | None = None):
+    # a speed target is a global budget over measured unit times: the equivalent sparsity it was solved to
+    s = config.sparsity if config.sparsity is not None else speed["sparsity"]
+    entries = []
     if config.budget == "layer":
         for row in rows:
             expected = layer_keep_units(row["units"], s)
@@ -124,15 +134,22 @@ def _budget(rows: list[dict], config: SmartConfig, problems: list[str]) -> tuple
     else:
         total = sum(r["units"] * r["cost"] for r in rows)
         budget, kept = global_weight_budget(total, s), sum(r["kept"] * r["cost"] for r in rows)
-        last = max((r["cost"] for r in rows if r["kept"] > 0), default=0)
-        nxt = max((r["cost"] for r in rows if r["kept"] < r["units"]), default=0)
-        ok = (kept == 0 or kept - last / 2 < budget) and (nxt == 0 or budget <= kept + nxt / 2)
+        # width rounding moves a layer's kept count by whole multiples: one chunk of the costliest unit either way
+        chunk = resolved_width_multiple(config, "cpu") if speed is None else int(speed["width_multiple"])
+        last = max((r["cost"] for r in rows if r["kept"] > 0), default=0) * chunk
+        nxt = max((r["cost"] for r in rows if r["kept"] < r["units"]), default=0) * chunk
+        if chunk == 1:
+            ok = (kept == 0 or kept - last / 2 < budget) and (nxt == 0 or budget <= kept + nxt / 2)
+            within = f"half a unit: {budget - nxt / 2:g} <= kept < {budget + last / 2:g}"
+        else:
+            ok = abs(kept - budget) <= max(last, nxt)
+            within = f"one {chunk}-unit chunk: |kept - budget| <= {max(last, nxt):g}"
         entries.append(
             {
                 "kind": "global",
                 "sparsity": s,
                 "layers": [r["name"] for r in rows],
-                "expected": f"{budget:.0f} (within half a unit: {budget - nxt / 2:g} <= kept < {budget + last / 2:g})",
+                "expected": f"{budget:.0f} (within {within})",
                 "found": kept,
                 "unit": "coupled cost",
                 "ok": ok,

@@ -1,0 +1,84 @@
+"""A speed target as a global budget of measured time.
+
+With block ``s`` fitted as ``t_s(w) = a_s + b_s w`` and the fixed time ``F`` (`smart_hf.latency.model`), a model
+keeping ``w_s`` units everywhere is predicted to run ``T(w) = F + sum_s (a_s + b_s w_s)``, which equals the dense
+time at full width. Asking ``T_dense / T(w) = target`` is a knapsack over units of cost ``b_s``:
+
+    sum_s b_s w_s = k,   k = T_dense / target - F - sum_s a_s,
+
+so every coupled unit's budget cost becomes its marginal time ``b_s`` (in nanoseconds, so that the budget's integer
+rounding is far below a unit) and the existing global budget keeps cost ``k``, i.e. the equivalent sparsity
+``1 - k / sum_s b_s units_s``. The fastest model the guards allow keeps each layer's minimum (its reserved units,
+rounded up to the width multiple); a target beyond it is refused with the largest reachable speed-up.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..core.widths import allowed_counts
+
+__all__ = ["NS", "predicted_seconds", "speed_budget"]
+
+NS = 1e9  # budget cost unit: nanoseconds per unit
+
+
+def predicted_seconds(latency: dict, kept: dict[str, int]) -> float:
+    """``T(w) = F + sum_s (a_s + b_s w_s)`` for ``kept = {owner: w_s}`` (owners not listed keep every unit).
+
+    Args:
+        latency: a latency model (`measure_latency_model`).
+        kept: kept units per owner.
+
+    Returns:
+        The predicted forward time in seconds.
+    """
+    total = latency["fixed_seconds"]
+    for owner, sig in latency["owners"].items():
+        block = latency["blocks"][sig]
+        total += block["a"] + block["b"] * kept.get(owner, block["units"])
+    return total
+
+
+def speed_budget(latency: dict, owners: list[str], minimums: list[int], multiple: int, target: float) -> dict:
+    """The unit costs and the equivalent sparsity that make ``T_dense / T(w) = target`` (module docstring).
+
+    Args:
+        latency: a latency model measured for every owner in ``owners``.
+        owners: the prepared owners (one per coupled layer), in budget-group order.
+        minimums: per owner, the fewest units it must keep (the budget's reserved units).
+        multiple: the FFN / conv width multiple (the minimum is rounded up to it).
+        target: the speed-up asked for (> 1).
+
+    Returns:
+        ``{"unit_cost_ns": [per owner], "sparsity", "target", "max_speedup", "dense_seconds",
+        "predicted_seconds"}``.
+
+    Raises:
+        ValueError: when ``target`` exceeds the largest speed-up the smallest allowed widths give (named).
+    """
+    blocks = [latency["blocks"][latency["owners"][o]] for o in owners]
+    floor = {}
+    for owner, block, lo in zip(owners, blocks, minimums):
+        step = 1 if block["kind"] == "heads" else multiple
+        floor[owner] = allowed_counts(block["units"], step, lo)[0]
+    dense = latency["dense_seconds"]
+    fastest = predicted_seconds(latency, floor)
+    max_speedup = dense / fastest if fastest > 0 else math.inf
+    if target > max_speedup:
+        raise ValueError(
+            f"target_speedup={target:g} is out of reach: keeping the fewest units the budget allows (min_layer_density"
+            f", width multiple {multiple}) is predicted to run {max_speedup:.2f}x faster at this shape. Ask for at "
+            f"most {math.floor(max_speedup * 100) / 100:.2f}, or lower min_layer_density."
+        )
+    costs = [b["b"] for b in blocks]
+    capacity = sum(c * b["units"] for c, b in zip(costs, blocks))
+    k = dense / target - predicted_seconds(latency, {o: 0 for o in owners})
+    return {
+        "unit_cost_ns": [c * NS for c in costs],
+        "sparsity": min(max(1.0 - k / capacity, 0.0), 1.0 - 1e-9) if capacity > 0 else 0.0,
+        "target": target,
+        "max_speedup": max_speedup,
+        "dense_seconds": dense,
+        "predicted_seconds": dense / target,
+    }

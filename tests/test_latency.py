@@ -1,0 +1,225 @@
+"""`smart_hf.latency`: the latency model (blocks, fits, cache keys), the time budget of a speed target, width
+rounding at hardening, noisy-measurement warnings and the slim-vs-dense speed-up record. No timing is asserted:
+speed goals live in benchmarks/speed_target.py."""
+
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, tiny_resnet, tiny_vit
+from transformers import BertConfig, BertForSequenceClassification
+
+import smart_hf as sh
+from smart_hf.coupling import coupled_unit_cost, find_coupled_sets
+from smart_hf.latency import (
+    NS,
+    latency_inputs,
+    measure_latency_model,
+    measure_speedup,
+    predicted_seconds,
+    speed_budget,
+    width_grid,
+)
+from smart_hf.latency.blocks import capture_input_shapes, rebuild_block
+from smart_hf.latency.timing import spread, warn_if_noisy
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMART_HF_CACHE", str(tmp_path / "cache"))
+
+
+def _measure(model, batch=2, seq=8, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a shared test machine may be busy: the spread warning is tested below
+        return measure_latency_model(model, find_coupled_sets(model), batch, seq, max_seconds=0.05, **kw)
+
+
+def _fake_latency():
+    """Two FFN blocks (10 units, 2 ms + 0.1 ms/unit) and one head block (4 units, 1 ms/unit), 3 ms fixed."""
+    blocks = {
+        "f": {"kind": "ffn", "units": 10, "a": 2e-3, "b": 1e-4},
+        "h": {"kind": "heads", "units": 4, "a": 0.0, "b": 1e-3},
+    }
+    owners = {"f0": "f", "f1": "f", "h0": "h"}
+    dense = 3e-3 + 2 * (2e-3 + 10 * 1e-4) + 4 * 1e-3
+    return {"dense_seconds": dense, "fixed_seconds": 3e-3, "blocks": blocks, "owners": owners}
+
+
+def test_predicted_time_is_dense_at_full_width_and_the_budget_meets_the_target():
+    lat = _fake_latency()
+    assert predicted_seconds(lat, {}) == pytest.approx(lat["dense_seconds"])
+    budget = speed_budget(lat, ["f0", "f1", "h0"], [1, 1, 1], 1, target=1.5)
+    assert budget["unit_cost_ns"] == pytest.approx([1e-4 * NS, 1e-4 * NS, 1e-3 * NS])
+    capacity = 2 * 10 * 1e-4 + 4 * 1e-3
+    k = (1 - budget["sparsity"]) * capacity  # the time the kept units may spend
+    kept_time = predicted_seconds(lat, {"f0": 0, "f1": 0, "h0": 0}) + k
+    assert lat["dense_seconds"] / kept_time == pytest.approx(1.5)
+
+
+def test_an_unreachable_target_names_the_largest_reachable_speed_up():
+    lat = _fake_latency()
+    fastest = 3e-3 + 2 * (2e-3 + 8 * 1e-4) + 1e-3  # FFN floors at 8 (width multiple), one head
+    best = lat["dense_seconds"] / fastest
+    with pytest.raises(ValueError, match=f"run {best:.2f}x faster") as err:
+        speed_budget(lat, ["f0", "f1", "h0"], [1, 1, 1], 8, target=best + 0.05)
+    assert "Ask for at most" in str(err.value) and "min_layer_density" in str(err.value)
+    speed_budget(lat, ["f0", "f1", "h0"], [1, 1, 1], 8, target=best - 0.05)  # just inside: accepted
+
+
+def test_width_grid_and_spread():
+    assert width_grid(3072, 8) == [384, 768, 1536, 2304, 3072]
+    assert width_grid(12) == [2, 3, 6, 9, 12]
+    assert width_grid(5, 8) == [1, 2, 4, 5]
+    assert spread([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert spread([1.0] * 8 + [3.0, 3.0]) == pytest.approx(2.0)  # (p90 - p10) / median
+
+
+def test_a_noisy_measurement_warns_with_its_spread():
+    with pytest.warns(UserWarning, match="spread by 40% between repeats"):
+        assert warn_if_noisy("the dense forward", 0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_noisy("the dense forward", 0.05)
+
+
+def test_a_rebuilt_block_has_the_slim_shapes():
+    model = tiny_vit().eval()
+    sets = find_coupled_sets(model)
+    x = latency_inputs(model, 2, 8)
+    assert x["pixel_values"].shape == (2, 3, 16, 16)  # vision: the token count follows the image size
+    shapes = capture_input_shapes(model, sets, lambda: model(**x))
+    assert shapes[sets[0].owner] == (2, 17, 32)
+    with torch.inference_mode():
+        for cset in sets:
+            out = rebuild_block(model, cset, shapes[cset.owner], 1)()
+            assert out.shape == (2, 17, 32)
+
+
+def test_the_latency_model_is_cached_and_never_reused_for_another_shape_or_dtype(tmp_path):
+    model = tiny_bert().eval()
+    first = _measure(model)
+    assert not first["cached"] and len(first["blocks"]) == 2  # one FFN and one attention block for both layers
+    assert first["dense_seconds"] > 0 and set(first["owners"]) == {s.owner for s in find_coupled_sets(model)}
+    assert _measure(model)["cached"]  # the second run reads the file
+    assert not _measure(model, batch=3)["cached"]  # another shape: measured again
+    assert not _measure(copy.deepcopy(model).double())["cached"]  # another dtype
+    files = list((tmp_path / "cache" / "latency").glob("*.json"))
+    assert len(files) == 3
+    path = next(f for f in files if json.loads(f.read_text())["key"]["shape"]["input_ids"] == [2, 8]
+                and json.loads(f.read_text())["key"]["dtype"] == "torch.float32")
+    payload = json.loads(path.read_text())
+    payload["key"]["device"] = "cpu:another machine"  # same file name, another device inside: never trusted
+    path.write_text(json.dumps(payload))
+    assert not _measure(model)["cached"]
+
+
+def _linear_latency(model, _config, owners):
+    """A deterministic latency model for the wiring tests: time proportional to MACs (1 ns each), no intercepts,
+    25% of the dense time fixed -- what a large shape on a quiet machine looks like."""
+    sets = {s.owner: s for s in find_coupled_sets(model)}
+    blocks = {o: {"kind": sets[o].kind, "units": sets[o].units, "a": 0.0, "b": 1e-9 * coupled_unit_cost(model, sets[o])}
+              for o in owners}
+    full = sum(b["b"] * b["units"] for b in blocks.values())
+    return {"dense_seconds": full / 0.75, "fixed_seconds": full / 3, "blocks": blocks, "owners": {o: o for o in owners}}
+
+
+def _bert_with_wide_ffn():
+    return BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=96, num_labels=3))
+
+
+def test_prepare_with_a_target_spends_measured_time_and_rounds_ffn_widths(monkeypatch):
+    monkeypatch.setattr("smart_hf.inject.measure_for_prepare", _linear_latency)
+    model = _bert_with_wide_ffn().eval()
+    lat = _linear_latency(model, None, [s.owner for s in find_coupled_sets(model)])
+    cfg = sh.SmartConfig(pattern="coupled", target_speedup=1.6, score_noise=1.0)
+    sh.prepare_model(model, cfg)
+    state = sh.get_smart_state(model)
+    speed = state.speed_target
+    assert speed["target"] == 1.6 and speed["width_multiple"] == 8 and 0 < speed["sparsity"] < 1
+    costs = [layer._smart_coupled.unit_cost for layer in state.layers]
+    names = state.targeted_module_names
+    assert costs == pytest.approx([lat["blocks"][n]["b"] * NS for n in names])  # nanoseconds, not MACs
+    sh.harden(model)
+    kept = {}
+    for name, layer in zip(names, state.layers):
+        kept[name] = int(layer.smart_mask.sum())
+        if layer._smart_coupled.cset.kind == "ffn":
+            assert kept[name] % 8 == 0 or kept[name] == layer.smart_mask.numel()
+    achieved = lat["dense_seconds"] / predicted_seconds(lat, kept)
+    largest_step = max(b["b"] * (8 if b["kind"] == "ffn" else 1) for b in lat["blocks"].values())
+    assert abs(lat["dense_seconds"] / 1.6 - predicted_seconds(lat, kept)) <= largest_step  # one chunk off at most
+    assert achieved == pytest.approx(1.6, rel=0.1)
+
+
+def test_prepare_refuses_an_unreachable_target_and_leaves_the_model_unchanged(monkeypatch):
+    monkeypatch.setattr("smart_hf.inject.measure_for_prepare", _linear_latency)
+    model = _bert_with_wide_ffn().eval()
+    before = [n for n, _ in model.named_parameters()]
+    lat = _linear_latency(model, None, [s.owner for s in find_coupled_sets(model)])
+    floor = {o: 8 if b["kind"] == "ffn" else 1 for o, b in lat["blocks"].items()}  # 8 of 96 neurons, 1 of 4 heads
+    best = lat["dense_seconds"] / predicted_seconds(lat, floor)
+    cfg = sh.SmartConfig(pattern="coupled", target_speedup=3.5, latency_batch_size=2, latency_seq_len=8)
+    with pytest.raises(ValueError, match=f"out of reach.*run {best:.2f}x faster"):
+        sh.prepare_model(model, cfg)
+    assert not sh.is_prepared(model) and [n for n, _ in model.named_parameters()] == before
+
+
+def test_a_real_measurement_prepares_a_target_end_to_end():
+    model = tiny_bert().eval()
+    cfg = sh.SmartConfig(pattern="coupled", target_speedup=1.01, latency_batch_size=2, latency_seq_len=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sh.prepare_model(model, cfg)
+        except ValueError as err:  # a tiny model at a tiny shape is mostly fixed overhead: refused, never wrong
+            assert "out of reach" in str(err)
+            return
+    assert sh.get_smart_state(model).speed_target["target"] == 1.01
+
+
+def test_measure_speedup_records_target_and_achieved():
+    dense = tiny_bert().eval()
+    model = sh.prepare_model(copy.deepcopy(dense), sh.SmartConfig(pattern="coupled", sparsity=0.5, score_noise=1.0))
+    sh.harden(model)
+    sh.slim(model, mode="per_layer")
+    record = measure_speedup(dense, model, (2, 8), repeats=3, target=2.0)
+    assert record["target"] == 2.0 and record["dense_ms"] > 0 and record["slim_ms"] > 0
+    assert record["speedup"] == pytest.approx(record["dense_ms"] / record["slim_ms"])
+    assert {"spread", "load", "threads", "device"} <= set(record)
+    assert dense.training is False and model.training is False
+    with pytest.raises(ValueError, match="positive ints"):
+        measure_speedup(dense, model, (0, 8))
+
+
+def test_fit_is_least_squares_with_a_non_negative_intercept():
+    from smart_hf.latency.model import _fit
+
+    assert _fit([1, 2, 4], [3.0, 5.0, 9.0], 4) == pytest.approx((1.0, 2.0))  # exact line t = 1 + 2 w
+    a, b = _fit([1, 2, 4], [0.0, 2.0, 6.0], 4)  # the line t = -2 + 2 w would have a negative intercept
+    assert a == 0.0 and b == pytest.approx((0 * 1 + 2 * 2 + 6 * 4) / (1 + 4 + 16))  # refit through the origin
+    assert _fit([1, 2, 4], [5.0, 4.0, 3.0], 4) == (0.0, 3.0 / 4)  # falling with width (noise): proportional
+
+
+def test_round_robin_timing_calls_every_function_each_round():
+    from smart_hf.latency.timing import time_round_robin
+
+    calls = []
+    times = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
+                             repeats=4, warmup=1)
+    assert calls == ["a", "b"] * 5 and [len(t) for t in times.values()] == [4, 4]
+
+
+@pytest.mark.parametrize(
+    "build, kinds",
+    [(tiny_resnet, {"conv"}), (tiny_gpt2, {"heads", "ffn"}), (tiny_llama, {"heads", "ffn"})],
+)
+def test_every_family_the_finder_accepts_gets_a_latency_model(build, kinds):
+    model = build().eval()
+    lat = _measure(model)
+    assert {b["kind"] for b in lat["blocks"].values()} == kinds  # fused GPT-2 c_attn, GQA, conv -> BN -> conv
+    assert all(b["b"] > 0 and b["a"] >= 0 for b in lat["blocks"].values())
+    assert predicted_seconds(lat, {}) == pytest.approx(lat["dense_seconds"])
