@@ -21,6 +21,7 @@ from .config import SmartConfig
 from .core.schedule import temperature_at
 from .core.topk import hard_topk, mask_fractionality, soft_topk
 from .inject import find_targets, prepare_model
+from .latency import measure_speedup
 from .lifecycle import (
     apply_hard_masks_,
     get_smart_state,
@@ -74,6 +75,7 @@ __all__ = [
     "is_prepared",
     "load_slim",
     "mask_fractionality",
+    "measure_speedup",
     "prepare_model",
     "push_pruned_to_hub",
     "reinit_scores",
