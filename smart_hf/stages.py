@@ -116,11 +116,12 @@ def stage_at(step: int, stages: tuple[int, int, int]) -> str:
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Knowledge-distillation loss (Hinton et al. 2015): ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
 
-    Computed in float32 over the last dimension; every leading dimension (batch, sequence) is one distribution, and
-    the sum over them is divided by the batch size (``reduction="batchmean"`` over the flattened rows).
+    Computed in float32 over the last dimension; every leading position (batch, sequence) is one distribution, and
+    the loss is the mean over those rows (``reduction="batchmean"`` of the flattened ``[rows, classes]``).
 
     Args:
-        student_logits: ``[..., classes]`` logits of the model being trained.
+        student_logits: ``[..., classes]`` logits of the model being trained (e.g. ``[batch, classes]`` or
+            ``[batch, sequence, vocab]``).
         teacher_logits: the teacher's logits, same shape.
         temperature: softmax temperature ``T`` (> 0).
 
