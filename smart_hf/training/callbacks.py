@@ -42,7 +42,7 @@ from ..lifecycle import get_smart_state, is_prepared, squash, unwrap_model
 from ..metadata import read as read_metadata
 from ..report import sparsity_report
 from ..stages import EVENTS, STAGES, SmartStages, stage_at
-from .collapse import CollapseMonitor, SearchCollapsedError
+from .collapse import CollapseMonitor, react_to_collapse
 from .training_args import SmartTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -260,37 +260,12 @@ class SmartCallback(TrainerCallback):
             self.collapse_monitor.attach(model)
 
     def _check_collapse(self, step: int) -> None:
-        """After every optimizer step: update the window's verdict; in the search and fine-tune stages a collapse is
-        logged and, with ``collapse_action="raise"``, stops the run with an error naming the fixes."""
-        monitor = self.collapse_monitor
-        status = monitor.status()
-        if status["top_share"] == status["top_share"]:  # not NaN: the window is full
-            self.extra_logs["smart/top_class_share"] = status["top_share"]
-        jumped = monitor.loss_jumped(status["loss"])  # in the dense stage this only records the reference
-        if self.stage_at(max(step - 1, 0)) == "pretrain":
-            return
-        if jumped and step - self.collapse_warned_step >= monitor.window:
-            self.collapse_warned_step = step
-            logger.warning(
-                "smart_hf: training loss %.4f is over %.0fx the lowest seen (%.4f) at step %d; watch for a collapse.",
-                status["loss"],
-                monitor.loss_ratio,
-                monitor.best_loss,
-                step,
-            )
-        if not status["collapsed"]:
-            return
-        message = (
-            f"smart_hf: the pruned model predicts one class for {status['top_share']:.0%} of the last "
-            f"{monitor.window} training examples (that class is {status['label_share']:.0%} of their labels) at step "
-            f"{step}: the structure search collapsed. Fixes: keep tau_start='auto' and lower tau_start_fractionality "
-            "(e.g. 0.02), keep budget_anneal > 0 (e.g. 2/3, the default), lower score_learning_rate, or fine-tune "
-            "dense first (pretrain_steps); collapse_action='warn' only logs this."
+        """After every optimizer step (`react_to_collapse`): a collapse in the search or fine-tune stage is logged
+        and, with ``collapse_action="raise"``, stops the run with an error naming the fixes."""
+        dense_stage = self.stage_at(max(step - 1, 0)) == "pretrain"
+        self.collapse_warned_step = react_to_collapse(
+            self.collapse_monitor, step, dense_stage, self.collapse_action, self.collapse_warned_step, self.extra_logs
         )
-        if self.collapse_action == "raise":
-            raise SearchCollapsedError(message)
-        logger.warning(message)
-        monitor.reset_window()
 
 
 def _smart_state_of(model):
