@@ -170,12 +170,12 @@ def main(argv=None):
                 f"stage {stages.stage_at(step)}  tau {sh.get_smart_state(inner).tau:.3g}"
             )
     stages.finish()  # hardens unless the run had a fine-tune stage
-    finish(args, accelerator, model, inner, data, record)
+    finish(args, accelerator, model, inner, data, record, stages.stages)
 
 
-def finish(args, accelerator, model, inner, data, record):
+def finish(args, accelerator, model, inner, data, record, stages):
     """Test accuracy (each rank evaluates its shard; gather_for_metrics drops the last batch's padding), then the
-    pruned model: squashed in place on every rank (no collectives), written by the main process."""
+    pruned model (`save_pruned`), written by the main process."""
     model.eval()
     test = accelerator.prepare(DataLoader(data["test"], batch_size=64))
     correct = total = 0
@@ -187,10 +187,10 @@ def finish(args, accelerator, model, inner, data, record):
     accelerator.print(f"test accuracy {correct / total:.3f}  sparsity {report['total']['sparsity']:.4f}")
 
     final = cat_masks(inner)
-    sh.squash(inner)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        inner.save_pretrained(args.output_dir)
+    if accelerator.is_main_process:  # squashed, stock-loadable weights with the sparsity report and model card
+        sh.save_pruned(inner, args.output_dir, stages=stages, save_plots=False)
+    sh.squash(inner)  # in place on every rank, for the dump below
     if args.dump_dir:
         os.makedirs(args.dump_dir, exist_ok=True)
         torch.save(

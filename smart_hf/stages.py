@@ -57,7 +57,15 @@ from .lifecycle import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EVENTS", "STAGES", "SmartStages", "distillation_loss", "stage_at", "stage_lengths"]
+__all__ = [
+    "EVENTS",
+    "STAGES",
+    "SmartStages",
+    "check_optimizer_has_scores",
+    "distillation_loss",
+    "stage_at",
+    "stage_lengths",
+]
 
 STAGES = ("pretrain", "search", "finetune")  # what `SmartStages.stage_at` returns
 # "search_begins": the model is still dense (scores not yet re-initialised); "hardening": just before the masks are
