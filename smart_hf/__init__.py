@@ -6,6 +6,7 @@ package, bottom to top (imports only point down; docs/architecture.md):
 * ``core``: pure math (differentiable top-k, schedules, budgets, unit geometry);
 * ``config``, ``metadata``: what to prune, and what a pruned model records about itself;
 * ``state``, ``layers``, ``scores``, ``distributed``, ``report``, ``inject``, ``lifecycle``: the prepared model;
+* ``stages``: `SmartStages`, the stage driver of any training loop (dense pre-train, search, hardening, fine-tune);
 * ``slim``: physically smaller models; ``artifact``: export, model card, Hub, invariants, sparse kernels;
 * ``training``: `SmartTrainingArguments`, `SmartCallback`, `SmartTrainer`; ``cli``: ``smart-hf``.
 
@@ -33,9 +34,11 @@ from .lifecycle import (
     set_temperature,
     squash,
     update_temperature,
+    zero_pruned_optimizer_state,
 )
 from .report import format_report, sparsity_report
 from .slim import head_pruning_overrides, load_slim, slim
+from .stages import SmartStages, distillation_loss
 
 _LAZY = {
     "SmartCallback": "smart_hf.training.callbacks",
@@ -61,11 +64,13 @@ def __dir__():
 __all__ = [
     "SmartCallback",
     "SmartConfig",
+    "SmartStages",
     "SmartTrainer",
     "SmartTrainingArguments",
     "__version__",
     "apply_hard_masks_",
     "check_sparsity",
+    "distillation_loss",
     "find_targets",
     "format_report",
     "get_smart_state",
@@ -90,4 +95,5 @@ __all__ = [
     "temperature_at",
     "to_sparse_kernels",
     "update_temperature",
+    "zero_pruned_optimizer_state",
 ]

@@ -2,8 +2,9 @@
 
 ``prepare_model`` -> (``set_mode(model, "dense")`` for a dense pre-train) -> ``update_temperature`` every optimizer
 step of the structure search -> ``harden`` (binary masks, frozen scores) -> fine-tune with ``apply_hard_masks_``
-after every optimizer step -> ``squash`` (a plain transformers model with zeros baked in).
-All of these are what `SmartTrainer` and `SmartCallback` call; a plain training loop calls them the same way.
+after every optimizer step -> ``squash`` (a plain transformers model with zeros baked in); a loop with its own
+optimizer calls `zero_pruned_optimizer_state` right after hardening. `smart_hf.SmartStages` (``smart_hf/stages.py``) runs these in order
+around the optimizer steps of any loop; `SmartTrainer`, `SmartCallback` and the benchmarks go through it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "set_temperature",
     "squash",
     "update_temperature",
+    "zero_pruned_optimizer_state",
 ]
 
 
@@ -203,6 +205,32 @@ def harden(model: nn.Module) -> None:
         layer.smart_scores.requires_grad_(False)
     state.set_mode("hard")
     apply_hard_masks_(model)
+
+
+@torch.no_grad()
+def zero_pruned_optimizer_state(model: nn.Module, optimizer) -> None:
+    """Zero the optimizer's per-weight state (Adam's moments) at the pruned entries of every SMART weight.
+
+    Call it right after `harden` (`SmartStages` does): a moment left over from the search would keep pushing a
+    pruned weight after the mask froze, only to be zeroed again by `apply_hard_masks_` every step.
+
+    Args:
+        model: a prepared, hardened model (DDP / accelerate wrappers are unwrapped).
+        optimizer: a ``torch.optim.Optimizer`` (an accelerate-wrapped one is unwrapped via ``.optimizer``), or
+            ``None`` (nothing to zero). State tensors shaped like the weight are masked; others (step counts) are
+            left alone.
+
+    Raises:
+        ValueError: the model is not prepared.
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+    if optimizer is None:
+        return
+    for layer in get_smart_state(model).layers:
+        moments = optimizer.state.get(layer.weight, {})
+        for value in moments.values():
+            if torch.is_tensor(value) and value.shape == layer.weight.shape:
+                value.copy_(layer.smart_layout.apply(value, layer.smart_mask))
 
 
 @torch.no_grad()

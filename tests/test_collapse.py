@@ -1,4 +1,4 @@
-"""Collapse detection (issue 12): one-class predictions after the model once worked stop the run, naming fixes."""
+"""Collapse detection: one-class predictions after the model once worked stop the run, naming fixes."""
 
 import pytest
 import torch

@@ -20,6 +20,7 @@ from smart_hf import (
     sparsity_report,
     squash,
     update_temperature,
+    zero_pruned_optimizer_state,
 )
 from smart_hf.core.budget import global_weight_budget, layer_keep_units, reserved_units
 from smart_hf.core.granularity import canonical_weight
@@ -325,3 +326,32 @@ def test_score_parameter_groups_skip_frozen_scores():
     model = _mixed_model()
     harden(model)  # freezes the scores
     assert score_parameter_groups(model) == []
+
+
+def test_zero_pruned_optimizer_state_masks_the_moments_of_pruned_weights_only():
+    """Adam's moments shaped like a weight are zeroed at its pruned entries (through accelerate's ``.optimizer``
+    wrapper too); the kept entries and the step counts are left alone."""
+    torch.manual_seed(0)
+    model = prepare_model(tiny_vit(), SmartConfig(pattern="nm"))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(**vit_inputs()).logits.sum().backward()
+    optimizer.step()
+    harden(model)
+    layers = get_smart_state(model).layers
+    before = {id(layer): {k: v.clone() for k, v in optimizer.state[layer.weight].items()} for layer in layers}
+
+    class Wrapped:  # what accelerate's AcceleratedOptimizer looks like from here
+        def __init__(self, inner):
+            self.optimizer = inner
+
+    zero_pruned_optimizer_state(model, Wrapped(optimizer))
+    zero_pruned_optimizer_state(model, None)  # no optimizer: nothing to do
+    for layer in layers:
+        kept = layer.smart_layout.apply(torch.ones_like(layer.weight), layer.smart_mask).bool()
+        for name, value in optimizer.state[layer.weight].items():
+            old = before[id(layer)][name]
+            if value.shape != layer.weight.shape:
+                assert torch.equal(value, old)  # the step count
+                continue
+            assert torch.all(value[~kept] == 0) and torch.equal(value[kept], old[kept])
+            assert bool((old[~kept] != 0).any())  # there was something to zero

@@ -1,4 +1,4 @@
-"""Issue 12: the search starts where one-shot pruning ends (auto start temperature, budget anneal)."""
+"""The search starts where one-shot pruning ends (auto start temperature, budget anneal)."""
 
 import math
 

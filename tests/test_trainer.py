@@ -1,5 +1,7 @@
 """SmartTrainer / SmartCallback: the three stages inside the HF Trainer on a tiny ViT (CPU, seconds)."""
 
+import inspect
+
 import pytest
 import tiny_models
 import torch
@@ -402,3 +404,15 @@ def test_callback_without_calibration_for_activation_scores_fails_before_the_den
     trainer = _callback_trainer(tmp_path, callback, model=_activation_model(dataset))
     trainer.train()
     assert sh.get_smart_state(trainer.model).is_hard
+
+
+def test_the_private_trainer_hook_smart_trainer_overrides_is_unchanged():
+    """`SmartTrainer.save_model` tells the Trainer's checkpoint saves from artifact saves by the stock Trainer's
+    private ``_internal_call`` parameter (no documented hook does). If transformers renames it or stops passing it from
+    its checkpointing, this fails here instead of checkpoints silently becoming pruned artifacts."""
+    parameter = inspect.signature(Trainer.save_model).parameters.get("_internal_call")
+    assert parameter is not None and parameter.default is False
+    assert list(inspect.signature(SmartTrainer.save_model).parameters) == list(
+        inspect.signature(Trainer.save_model).parameters
+    )
+    assert "self.save_model(output_dir, _internal_call=True)" in inspect.getsource(Trainer._save_checkpoint)

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 import smart_hf as sh
 from smart_hf.core.granularity import UnitLayout, canonical_weight
@@ -65,12 +64,6 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
-    """``T^2 KL(softmax(teacher/T) || softmax(student/T))``, batch mean (Hinton et al. 2015)."""
-    s, t = F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
-
-
 def train_steps(model, task: Task, seed: int, steps: int, groups: list, method=None, teacher=None, alpha=0.0):
     """AdamW over ``groups`` for ``steps`` seeded batches (seed offset keeps dense pretrain and window apart)."""
     optimizer = torch.optim.AdamW(groups, lr=task.lr, weight_decay=task.weight_decay)
@@ -86,7 +79,7 @@ def train_steps(model, task: Task, seed: int, steps: int, groups: list, method=N
         if teacher is not None and alpha > 0:
             with torch.no_grad():
                 teacher_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            loss = (1 - alpha) * loss + alpha * distill_loss(out.logits, teacher_logits)
+            loss = (1 - alpha) * loss + alpha * sh.distillation_loss(out.logits, teacher_logits, 2.0)
         loss.backward()
         optimizer.step()
         schedule.step()
@@ -216,12 +209,14 @@ class DenseMethod(WindowMethod):
 
 
 class SmartMethod(WindowMethod):
-    """SMART through the library's core API: ``prepare_model`` (scores from the dense weights), soft search with
-    ``update_temperature`` for ``search`` steps, ``harden`` (and zeroed optimizer moments of pruned weights), then
-    fine-tune with ``apply_hard_masks_`` after every step; ``squash`` at the end.
+    """SMART through the library's public API: ``prepare_model`` (scores from the dense weights), then the stage
+    driver `smart_hf.SmartStages` over the window (soft search with the temperature and budget anneal for ``search``
+    steps, hardening with zeroed optimizer moments of pruned weights, fine-tuning with the hard masks re-applied after
+    every step); ``squash`` at the end.
 
     ``frozen=True`` is SMART's own prior (``smart_frozen``): the hard mask of the initial scores, frozen at the start
-    of the window and fine-tuned for all of it. SMART must beat it, or the search is dead weight.
+    of the window and fine-tuned for all of it (no search, so no driver: the pruned weights are re-zeroed after every
+    step). SMART must beat it, or the search is dead weight.
     ``mask_only=True`` freezes every weight during the search (only the scores learn, as MaskLLM does) and thaws
     them at hardening."""
 
@@ -230,9 +225,10 @@ class SmartMethod(WindowMethod):
     def __init__(self, spec: PatternSpec, search_fraction=0.5, score_lr=None, frozen=False, mask_only=False, **config):
         self.spec, self.search_fraction, self.score_lr, self.config = spec, search_fraction, score_lr, config
         self.frozen, self.mask_only = frozen, mask_only
+        self.stages = None  # the driver, built at the first step (the optimizer exists from then on)
 
     def prepare(self, model, task, ctx):
-        self.model = model
+        self.model, self.window = model, task.window
         self.search = 0 if self.frozen else max(1, round(self.search_fraction * task.window))
         calibration = ctx["calibration"] if self.config.get("score_init") == "activation" else None
         sh.prepare_model(model, self.spec.smart_config(**self.config), calibration_data=calibration)
@@ -250,23 +246,31 @@ class SmartMethod(WindowMethod):
     def before_step(self, step, optimizer):
         if self.frozen:
             return
-        if step < self.search:
-            sh.update_temperature(self.model, step, self.search)
-        elif step == self.search:
-            self.record = {
-                "smart_fractionality_at_hardening": sh.get_smart_state(self.model).fractionality(),
-                "smart_mask_changed_at_hardening": changed_fraction(self.initial_masks, target_hard_masks(self.model)),
-            }
-            sh.harden(self.model)
-            for p in getattr(self, "weights", []):
-                p.requires_grad_(True)
-            zero_pruned_moments(self.model, optimizer)
+        if self.stages is None:
+            self.stages = sh.SmartStages(self.model, optimizer, total_steps=self.window, search_steps=self.search)
+            self.stages.add_listener("hardening", self._record_hardening)
+            self.stages.add_listener("hardened", self._thaw_weights)
+        self.stages.before_step(step)
+
+    def _record_hardening(self, stages) -> None:
+        self.record = {
+            "smart_fractionality_at_hardening": sh.get_smart_state(self.model).fractionality(),
+            "smart_mask_changed_at_hardening": changed_fraction(self.initial_masks, target_hard_masks(self.model)),
+        }
+
+    def _thaw_weights(self, stages) -> None:
+        for p in getattr(self, "weights", []):
+            p.requires_grad_(True)
 
     def after_step(self, step, optimizer):
-        if step >= self.search:
+        if self.frozen:
             sh.apply_hard_masks_(self.model)
+        else:
+            self.stages.after_step(step)
 
     def finish(self, model):
+        if self.stages is not None:
+            self.stages.finish()
         return sh.squash(model)
 
 
@@ -281,15 +285,6 @@ def changed_fraction(before: list[torch.Tensor], after: list[torch.Tensor]) -> f
     """Share of mask units whose keep/prune decision differs between two lists of hard masks (same shapes)."""
     changed = sum(int((a != b).sum()) for a, b in zip(before, after, strict=True))
     return changed / sum(a.numel() for a in before)
-
-
-@torch.no_grad()
-def zero_pruned_moments(model, optimizer) -> None:
-    """Zero AdamW moments of pruned weights after hardening, so nothing pushes them back (as SmartCallback does)."""
-    for layer in sh.get_smart_state(model).layers:
-        for value in optimizer.state.get(layer.weight, {}).values():
-            if torch.is_tensor(value) and value.shape == layer.weight.shape:
-                value.copy_(layer.smart_layout.apply(value, layer.smart_mask))
 
 
 def run_window(task: Task, dense_state: dict, seed: int, spec: PatternSpec | None, method, distill=0.0) -> dict:

@@ -1,12 +1,10 @@
 """`SmartCallback`: the three SMART stages for any `transformers.Trainer` (also `Seq2SeqTrainer`, TRL's trainers).
 
-Per optimizer step (``on_step_begin``), for the step about to run:
-
-1. ``step < pretrain``: dense mode (masks off);
-2. ``pretrain <= step < pretrain + search``: on entry, re-initialise the scores from the (pre-trained) weights and
-   switch to soft masks; every step, advance the temperature schedule;
-3. afterwards: harden once (binary masks, frozen scores, pruned weights and their optimizer state zeroed), and after
-   every optimizer step (``on_step_end``) re-apply the hard mask so pruned weights stay exactly zero.
+The stages run on `smart_hf.SmartStages` (``smart_hf/stages.py``), built at ``on_train_begin`` from the run's
+``max_steps`` and the Trainer's optimizer: ``on_step_begin`` calls its `before_step` (dense pre-train, the search with
+its temperature and budget anneal, hardening with the optimizer moments of pruned weights zeroed) and ``on_step_end``
+its `after_step` (hard masks re-applied in the fine-tune stage). A stock Trainer's optimizer puts the scores in the
+weights' parameter group, which `SmartStages` warns about (`SmartTrainer` gives them their own groups).
 
 At the end of training (``on_train_end``) the model is hardened if it is not yet, and `check_sparsity` verifies it
 (exact kept counts per budget, valid pattern, pruned weights exactly zero; a few milliseconds on the report the
@@ -24,9 +22,9 @@ it is (merge it with `smart_hf.integrations.peft.merge_and_unload`); `SmartTrain
 The model must be prepared (`prepare_model`) before the Trainer creates its optimizer. `SmartTrainer` adds this
 callback itself, first in the list, so the smart metrics it adds to ``logs`` reach every ``report_to`` backend.
 
-The callback owns the stage bookkeeping (`stage_at`, ``stages``) and knows nothing of the Trainer: a trainer that
-wants to act at the stage transitions (`SmartTrainer` evaluates the dense model, snapshots a distillation teacher,
-measures the hardening jump) subclasses it and extends `begin_search` / `harden_masks`.
+The callback owns the stage bookkeeping (`stage_at`, ``stages``, ``driver``) and knows nothing of the Trainer: code
+that wants to act at the stage transitions (`SmartTrainer` evaluates the dense model, snapshots a distillation
+teacher, measures the hardening jump) registers listeners with `add_listener`, which the driver calls.
 """
 
 from __future__ import annotations
@@ -34,33 +32,23 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
 from transformers import TrainerCallback
 
 from ..artifact.export import save_pruned
 from ..artifact.invariants import check_sparsity
 from ..distributed import has_sharded_parameters
 from ..inject import adapter_module_names
-from ..lifecycle import (
-    apply_hard_masks_,
-    get_smart_state,
-    harden,
-    is_prepared,
-    reinit_scores,
-    squash,
-    unwrap_model,
-    update_temperature,
-)
+from ..lifecycle import get_smart_state, is_prepared, squash, unwrap_model
 from ..metadata import read as read_metadata
 from ..report import sparsity_report
-from .collapse import CollapseMonitor, SearchCollapsedError
-from .training_args import SmartTrainingArguments, stage_lengths
+from ..stages import EVENTS, STAGES, SmartStages, stage_at
+from .collapse import CollapseMonitor, react_to_collapse
+from .training_args import SmartTrainingArguments
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SmartCallback"]
 
-STAGES = ("pretrain", "search", "finetune")  # what `SmartCallback.stage_at` returns
 # ``smart/stage`` in the logs is numeric (every report_to backend plots numbers): 1, 2, 3
 _STAGE_LOG_VALUE = {name: i + 1 for i, name in enumerate(STAGES)}
 VERIFY_CHOICES = ("raise", "warn", "off")
@@ -109,6 +97,8 @@ class SmartCallback(TrainerCallback):
         self.pretrain_steps, self.search_steps, self.search_fraction = pretrain_steps, search_steps, search_fraction
         self.calibration_data = calibration_data
         self.stages: tuple[int, int, int] | None = None
+        self.driver: SmartStages | None = None  # built at on_train_begin
+        self._listeners: list[tuple[str, object]] = []
         self.extra_logs: dict[str, float] = {}
 
     def _stage_args(self, args):
@@ -117,49 +107,64 @@ class SmartCallback(TrainerCallback):
         return self.pretrain_steps, self.search_steps, self.search_fraction
 
     def stage_at(self, step: int) -> str:
-        """``"pretrain"``, ``"search"`` or ``"finetune"``: the stage of optimizer step ``step`` (0-based)."""
-        pretrain, search, _ = self.stages
-        if step < pretrain:
-            return "pretrain"
-        return "search" if step < pretrain + search else "finetune"
+        """``"pretrain"``, ``"search"`` or ``"finetune"``: the stage of optimizer step ``step`` (0-based).
+
+        Args:
+            step: the optimizer step.
+
+        Returns:
+            The stage name (`smart_hf.stages.stage_at` of ``stages``).
+        """
+        return stage_at(step, self.stages)
+
+    def add_listener(self, event: str, listener) -> None:
+        """Have the stage driver call ``listener(driver)`` at ``event`` (see `SmartStages.add_listener`), in every
+        ``train()`` of this callback, after the callback's own listeners.
+
+        Args:
+            event: ``"search_begins"``, ``"hardening"`` or ``"hardened"``.
+            listener: a callable taking the `SmartStages` driver.
+
+        Raises:
+            ValueError: an unknown event.
+        """
+        if event not in EVENTS:
+            raise ValueError(f"event must be one of {EVENTS}, got {event!r}.")
+        self._listeners.append((event, listener))
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.stages = stage_lengths(state.max_steps, *self._stage_args(args))
-        smart = _smart_state_of(model)
-        if smart.is_hard:  # resumed in the fine-tune stage
-            for layer in smart.layers:
-                layer.smart_scores.requires_grad_(False)
-        elif not all(layer.smart_scores.requires_grad for layer in smart.layers):
-            raise ValueError(
-                "the SMART mask scores are frozen (requires_grad=False), so the structure search cannot learn; "
-                "PEFT's get_peft_model (also what SFTTrainer(peft_config=...) calls) freezes every parameter but the "
-                "adapters. Add LoRA with smart_hf.integrations.peft.get_peft_model(model, lora_config), which keeps "
-                "the scores trainable, and pass that model to the Trainer (or smart_hf.harden(model) first to train "
-                "adapters on fixed masks)."
-            )
-        elif state.global_step < self.stages[0]:
-            smart.set_mode("dense")
-        self._check_calibration(smart)
+        pretrain_steps, search_steps, search_fraction = self._stage_args(args)
+        _smart_state_of(model)  # a model squashed by an earlier train() gets the fix named
+        self.driver = SmartStages(
+            model,
+            optimizer,
+            total_steps=state.max_steps,
+            pretrain_steps=pretrain_steps,
+            search_steps=search_steps,
+            search_fraction=search_fraction,
+            calibration_data=self.calibration_data,
+            start_step=state.global_step,
+        )
+        self.stages = self.driver.stages
+        self.driver.add_listener("search_begins", self._on_search_begins)
+        self.driver.add_listener("hardened", self._on_hardened)
+        for event, listener in self._listeners:
+            self.driver.add_listener(event, listener)
         self._start_collapse_monitor(args, model)
-        self._enter_step(model, state.global_step, optimizer)
+        self.driver.before_step(state.global_step)
 
-    def _check_calibration(self, smart) -> None:
-        """Activation-aware scores are re-initialised on calibration batches when the search begins (after the dense
-        stage): without batches that would fail only then, after the dense steps were paid for. Fail now instead."""
-        begins_search = not smart.is_hard and smart.mode_name == "dense"
-        if begins_search and smart.smart_config.score_init == "activation" and self.calibration_data is None:
-            raise ValueError(
-                "score_init='activation' re-initialises the mask scores on calibration batches when the structure "
-                "search begins, and this SmartCallback has none: pass SmartCallback(calibration_data=[batch, ...]) "
-                "(a few training batches of model inputs), or use score_init='magnitude'."
-            )
+    def _on_search_begins(self, driver: SmartStages) -> None:
+        if self.collapse_monitor is not None:
+            self.collapse_monitor.start_search()
+
+    def _on_hardened(self, driver: SmartStages) -> None:
+        self.extra_logs["smart/fractionality_at_hardening"] = driver.fractionality_at_hardening
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self._enter_step(model, state.global_step, optimizer)
+        self.driver.before_step(state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if get_smart_state(model).is_hard:
-            apply_hard_masks_(model)
+        self.driver.after_step(state.global_step)
         if self.collapse_monitor is not None:
             self._check_collapse(state.global_step)
 
@@ -178,8 +183,8 @@ class SmartCallback(TrainerCallback):
         if self.collapse_monitor is not None:
             self.collapse_monitor.detach()
             self.collapse_monitor = None
-        if not get_smart_state(model).is_hard:
-            self.harden_masks(model, optimizer)
+        if self.driver is not None:
+            self.driver.finish()
         if self.verify_sparsity != "off":
             self._verify(model)
         self._hand_over_artifact(args, state, model, processing_class)
@@ -255,66 +260,12 @@ class SmartCallback(TrainerCallback):
             self.collapse_monitor.attach(model)
 
     def _check_collapse(self, step: int) -> None:
-        """After every optimizer step: update the window's verdict; in the search and fine-tune stages a collapse is
-        logged and, with ``collapse_action="raise"``, stops the run with an error naming the fixes."""
-        monitor = self.collapse_monitor
-        status = monitor.status()
-        if status["top_share"] == status["top_share"]:  # not NaN: the window is full
-            self.extra_logs["smart/top_class_share"] = status["top_share"]
-        jumped = monitor.loss_jumped(status["loss"])  # in the dense stage this only records the reference
-        if self.stage_at(max(step - 1, 0)) == "pretrain":
-            return
-        if jumped and step - self.collapse_warned_step >= monitor.window:
-            self.collapse_warned_step = step
-            logger.warning(
-                "smart_hf: training loss %.4f is over %.0fx the lowest seen (%.4f) at step %d; watch for a collapse.",
-                status["loss"],
-                monitor.loss_ratio,
-                monitor.best_loss,
-                step,
-            )
-        if not status["collapsed"]:
-            return
-        message = (
-            f"smart_hf: the pruned model predicts one class for {status['top_share']:.0%} of the last "
-            f"{monitor.window} training examples (that class is {status['label_share']:.0%} of their labels) at step "
-            f"{step}: the structure search collapsed. Fixes: keep tau_start='auto' and lower tau_start_fractionality "
-            "(e.g. 0.02), keep budget_anneal > 0 (e.g. 2/3, the default), lower score_learning_rate, or fine-tune "
-            "dense first (pretrain_steps); collapse_action='warn' only logs this."
+        """After every optimizer step (`react_to_collapse`): a collapse in the search or fine-tune stage is logged
+        and, with ``collapse_action="raise"``, stops the run with an error naming the fixes."""
+        dense_stage = self.stage_at(max(step - 1, 0)) == "pretrain"
+        self.collapse_warned_step = react_to_collapse(
+            self.collapse_monitor, step, dense_stage, self.collapse_action, self.collapse_warned_step, self.extra_logs
         )
-        if self.collapse_action == "raise":
-            raise SearchCollapsedError(message)
-        logger.warning(message)
-        monitor.reset_window()
-
-    # --- stage transitions ---
-    def _enter_step(self, model, step: int, optimizer) -> None:
-        pretrain, search, _ = self.stages
-        smart = get_smart_state(model)
-        stage = self.stage_at(step)
-        if stage == "pretrain":
-            return
-        if stage == "search":
-            if smart.mode_name == "dense":
-                self.begin_search(model)
-            update_temperature(model, step - pretrain, search)
-        elif not smart.is_hard:
-            self.harden_masks(model, optimizer)
-
-    def begin_search(self, model) -> None:
-        """Enter the structure search: scores re-initialised from the (pre-trained) weights, soft masks on.
-        Subclasses extend it to act on the still-dense model first."""
-        reinit_scores(model, self.calibration_data)
-        get_smart_state(model).set_mode("soft")
-        if self.collapse_monitor is not None:
-            self.collapse_monitor.start_search()
-        logger.info("smart_hf: structure search begins")
-
-    def harden_masks(self, model, optimizer) -> None:
-        """End the search: binary masks, frozen scores, pruned weights and their optimizer moments zeroed."""
-        self.extra_logs["smart/fractionality_at_hardening"] = get_smart_state(model).fractionality()
-        harden(model)
-        _zero_pruned_optimizer_state(model, optimizer)
 
 
 def _smart_state_of(model):
@@ -327,15 +278,3 @@ def _smart_state_of(model):
         )
     return get_smart_state(model)
 
-
-@torch.no_grad()
-def _zero_pruned_optimizer_state(model, optimizer) -> None:
-    """Zero the optimizer moments of pruned weights, so nothing pushes them back once the mask is frozen."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-    if optimizer is None:
-        return
-    for layer in get_smart_state(model).layers:
-        moments = optimizer.state.get(layer.weight, {})
-        for value in moments.values():
-            if torch.is_tensor(value) and value.shape == layer.weight.shape:
-                value.copy_(layer.smart_layout.apply(value, layer.smart_mask))

@@ -17,13 +17,16 @@ Models without 2-D ``logits`` and 1-D integer ``labels`` (language models, token
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 
 import torch
 from torch import nn
 
-__all__ = ["CollapseMonitor", "SearchCollapsedError"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["CollapseMonitor", "SearchCollapsedError", "react_to_collapse"]
 
 
 class SearchCollapsedError(RuntimeError):
@@ -115,3 +118,57 @@ class CollapseMonitor:
         """Forget the window (after a reaction, so the next verdict is about the new state)."""
         self.preds.clear()
         self.labels.clear()
+
+
+def react_to_collapse(
+    monitor: CollapseMonitor, step: int, dense_stage: bool, action: str, warned_step: int, extra_logs: dict
+) -> int:
+    """After optimizer step ``step``: update the window's verdict and react to it (what `SmartCallback` does).
+
+    A full window's top-class share goes to ``extra_logs["smart/top_class_share"]``. In the dense stage a loss jump
+    only records the reference; later a jump is logged (at most once per window) and a collapse is logged and, with
+    ``action="raise"``, raised.
+
+    Args:
+        monitor: the attached `CollapseMonitor`.
+        step: the optimizer step just done.
+        dense_stage: whether that step was in the dense pre-train (not the search's fault).
+        action: ``"raise"`` or ``"warn"``.
+        warned_step: the step of the last loss-jump warning (``-1``: none).
+        extra_logs: the metrics to add to the next log, updated in place.
+
+    Returns:
+        The step of the last loss-jump warning.
+
+    Raises:
+        SearchCollapsedError: a collapse with ``action="raise"``.
+    """
+    status = monitor.status()
+    if status["top_share"] == status["top_share"]:  # not NaN: the window is full
+        extra_logs["smart/top_class_share"] = status["top_share"]
+    jumped = monitor.loss_jumped(status["loss"])  # in the dense stage this only records the reference
+    if dense_stage:
+        return warned_step
+    if jumped and step - warned_step >= monitor.window:
+        warned_step = step
+        logger.warning(
+            "smart_hf: training loss %.4f is over %.0fx the lowest seen (%.4f) at step %d; watch for a collapse.",
+            status["loss"],
+            monitor.loss_ratio,
+            monitor.best_loss,
+            step,
+        )
+    if not status["collapsed"]:
+        return warned_step
+    message = (
+        f"smart_hf: the pruned model predicts one class for {status['top_share']:.0%} of the last "
+        f"{monitor.window} training examples (that class is {status['label_share']:.0%} of their labels) at step "
+        f"{step}: the structure search collapsed. Fixes: keep tau_start='auto' and lower tau_start_fractionality "
+        "(e.g. 0.02), keep budget_anneal > 0 (e.g. 2/3, the default), lower score_learning_rate, or fine-tune "
+        "dense first (pretrain_steps); collapse_action='warn' only logs this."
+    )
+    if action == "raise":
+        raise SearchCollapsedError(message)
+    logger.warning(message)
+    monitor.reset_window()
+    return warned_step

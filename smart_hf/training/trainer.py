@@ -1,14 +1,18 @@
 """`SmartTrainer`: a `transformers.Trainer` that runs the three SMART stages in one ``train()``.
 
 Swap ``Trainer`` for ``SmartTrainer``, pass ``smart_config=SmartConfig(...)`` and `SmartTrainingArguments`; the
-stages, temperature schedule, hardening and mask enforcement run from `SmartCallback` (here a subclass that adds
-what needs the Trainer: dense metrics and the distillation teacher at the start of the search, the eval-loss jump
-at hardening). Only documented Trainer methods are overridden: ``create_optimizer`` (an own parameter group for the
-mask scores), ``compute_loss`` (optional distillation), ``save_model`` and ``push_to_hub``.
+stages, temperature schedule, hardening and mask enforcement run from `SmartCallback` (its stage driver
+`smart_hf.SmartStages`), and what needs the Trainer is added as listeners of that driver: dense metrics and the
+distillation teacher at the start of the search, the eval-loss jump at hardening. Documented Trainer methods are overridden:
+``create_optimizer`` (own parameter groups for the mask scores), ``compute_loss`` (optional distillation),
+``train``, ``save_model`` and ``push_to_hub``.
 
-Two kinds of saves: the Trainer's own checkpoints (``save_model(dir, _internal_call=True)``, from its checkpointing)
-go to `save_checkpoint` -- the full SMART state, for ``resume_from_checkpoint``; every other ``save_model`` goes to
-`save_pruned_model` -- the squashed, stock-loadable artifact -- and ``push_to_hub`` pushes that artifact.
+Two kinds of saves: the Trainer's own checkpoints go to `save_checkpoint` -- the full SMART state, for
+``resume_from_checkpoint``; every other ``save_model`` goes to `save_pruned_model` -- the squashed, stock-loadable
+artifact -- and ``push_to_hub`` pushes that artifact. No documented hook tells the two apart: the Trainer's
+checkpointing calls ``save_model(output_dir, _internal_call=True)``, and `SmartTrainer.save_model` reads that private
+parameter openly. ``tests/test_trainer.py`` pins it (the parameter in ``Trainer.save_model``'s signature and the
+Trainer's checkpointing passing it), so a transformers release that changes it fails the suite, not a user's run.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import os
 import re
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -33,6 +36,7 @@ from ..constants import SCORES_NAME
 from ..distributed import has_sharded_parameters
 from ..inject import prepare_model
 from ..lifecycle import get_smart_state, is_prepared, score_parameter_groups, set_mode
+from ..stages import SmartStages, distillation_loss
 from .callbacks import SmartCallback
 from .training_args import SmartTrainingArguments
 
@@ -44,160 +48,21 @@ _CHECKPOINT_DIR = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # the stock T
 HUB_ARTIFACT_DIR = "hub_artifact"  # under output_dir: the exact folder `push_to_hub` uploads
 
 
-class SmartTrainer(Trainer):
-    """Trainer for SMART pruning.
-
-    Args:
-        model: a transformers model (prepared here unless it already is).
-        args (`SmartTrainingArguments`): training and stage settings.
-        smart_config (`SmartConfig`): what to prune; required unless ``model`` is already prepared.
-        teacher_model: optional distillation teacher (default: the dense model at the start of the search, used
-            when ``args.distill_alpha > 0``).
-        calibration_data: input batches for ``score_init="activation"``; default: the first training batches.
-        reproduce_command: the command line that reproduces this run, shown in the model card (``smart-hf train``
-            passes its own; values of ``--*token*`` options are redacted).
-        **kwargs: everything `Trainer` accepts (datasets, collator, ``compute_metrics``, callbacks, ...).
-    """
-
-    def __init__(
-        self,
-        model=None,
-        args: SmartTrainingArguments | None = None,
-        smart_config: SmartConfig | None = None,
-        teacher_model=None,
-        calibration_data=None,
-        reproduce_command: list[str] | None = None,
-        **kwargs,
-    ):
-        if model is None:
-            raise ValueError("SmartTrainer needs a model (model_init is not supported: the masks live on the model).")
-        if args is None:
-            args = SmartTrainingArguments(output_dir="smart_output")
-        if not isinstance(args, SmartTrainingArguments):
-            raise ValueError(
-                f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
-                "SmartTrainingArguments(output_dir=..., ...)."
-            )
-        train_dataset = kwargs.get("train_dataset")
-        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
-            raise ValueError(
-                "train_dataset is empty; pass a dataset with at least one example (check the split and any filtering)."
-            )
-        prepared = is_prepared(model)
-        if not prepared and not isinstance(smart_config, SmartConfig):
-            raise ValueError("pass smart_config=SmartConfig(...) (or a model already prepared with prepare_model).")
-        super().__init__(model=model, args=args, **kwargs)
-        # activation-aware scores calibrate on the first training batches unless given; also for a model prepared
-        # beforehand, whose scores are re-initialised on them when the search begins (after the dense stage)
-        config = get_smart_state(self.model).smart_config if prepared else smart_config
-        if calibration_data is None and config.score_init == "activation":
-            calibration_data = self._calibration_batches(config)
-        if not prepared:
-            prepare_model(self.model, smart_config, calibration_data=calibration_data)
-            if args.pretrain_steps > 0:
-                set_mode(self.model, "dense")
-        self.teacher_model = teacher_model
-        self.reproduce_command = reproduce_command
-        self.dense_metrics: dict | None = None  # eval metrics of the dense model at the start of the search
-        self.smart_callback = _TrainerStages(self, calibration_data=calibration_data)
-        # first in the list, so the smart metrics it adds to `logs` reach every report_to backend
-        self.callback_handler.callbacks.insert(0, self.smart_callback)
-        if args.push_to_hub and str(getattr(args.hub_strategy, "value", args.hub_strategy)) != "end":
-            logger.warning(
-                "smart_hf: hub_strategy=%r pushes raw training checkpoints (soft masks, mask scores) while training; "
-                "the pruned artifact is pushed by push_to_hub()/save_model(). Set hub_strategy='end' to push only it.",
-                getattr(args.hub_strategy, "value", args.hub_strategy),
-            )
-
-    def _calibration_batches(self, smart_config: SmartConfig) -> list:
-        if self.train_dataset is None:
-            raise ValueError("score_init='activation' needs calibration_data or a train_dataset to calibrate on.")
-        loader = self.get_train_dataloader()
-        return list(itertools.islice(iter(loader), smart_config.calibration_batches))
-
-    def _on_search_begin(self, model) -> None:
-        """Still dense here: record the dense metrics and, for distillation, snapshot the teacher."""
-        if self.eval_dataset is not None:
-            self.dense_metrics = self.evaluate(metric_key_prefix="dense")
-        if self.args.distill_alpha > 0 and self.teacher_model is None:
-            teacher = copy.deepcopy(model)
-            set_mode(teacher, "dense")  # the teacher is the unpruned network
-            self.teacher_model = teacher.eval().requires_grad_(False)
-
-    def _first_eval_loss(self) -> float | None:
-        """The eval loss, when ``log_hardening_jump`` asks for it, there is an eval set and the run evaluates at all
-        (``eval_strategy != "no"``: a run without evaluations gets none from here); else ``None``."""
-        if self.eval_dataset is None or not self.args.log_hardening_jump:
-            return None
-        if str(getattr(self.args.eval_strategy, "value", self.args.eval_strategy)) == "no":
-            return None
-        metrics = self.evaluate()
-        # one eval set logs "eval_loss"; a dict of them logs "eval_<first name>_loss" first
-        return next((v for k, v in metrics.items() if k.startswith("eval_") and k.endswith("_loss")), None)
-
-    # --- documented Trainer hooks ---
-    def create_optimizer(self, model=None):
-        """The Trainer's optimizer, plus parameter groups for the mask scores (`score_parameter_groups`: their own
-        learning rate per kind of budget group, no weight decay)."""
-        if self.optimizer is not None:
-            return self.optimizer
-        model = self.model if model is None else model
-        scores = [p for n, p in model.named_parameters() if n.endswith(SCORES_NAME) and p.requires_grad]
-        for p in scores:  # hidden while the Trainer builds its groups, so they are not decayed with the weights
-            p.requires_grad_(False)
-        try:  # transformers < 5.x-late takes no `model` argument
-            optimizer = super().create_optimizer(model) if model is not self.model else super().create_optimizer()
-        finally:
-            for p in scores:
-                p.requires_grad_(True)
-        for group in score_parameter_groups(model, self.args.score_learning_rate) if scores else []:
-            optimizer.add_param_group(group)  # per kind of budget group (N:M / structured), no weight decay
-        return optimizer
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        use_teacher = (
-            self.args.distill_alpha > 0
-            and self.teacher_model is not None
-            and model.training
-            and self.smart_callback.stage_at(self.state.global_step) != "pretrain"
-        )
-        if not use_teacher:
-            return super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        teacher = self.teacher_model.to(next(model.parameters()).device)
-        with torch.no_grad():
-            teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        loss = (1 - self.args.distill_alpha) * loss + self.args.distill_alpha * _distill_loss(
-            outputs.logits, teacher_logits, self.args.distill_temperature
-        )
-        return (loss, outputs) if return_outputs else loss
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """`Trainer.train`, except that ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint.
-
-        A process killed while saving leaves ``checkpoint-N`` without ``trainer_state.json`` (the stock Trainer
-        writes it last); the stock ``get_last_checkpoint`` would pick that folder and fail or resume from partial
-        state. Here it is skipped with a warning, and naming it explicitly is a clear error.
-        """
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-        elif isinstance(resume_from_checkpoint, (str, os.PathLike)) and not _is_complete(resume_from_checkpoint):
-            raise ValueError(
-                f"{resume_from_checkpoint} is not a complete checkpoint (no {TRAINER_STATE_NAME}; the process was "
-                "probably killed while saving it); pass resume_from_checkpoint=True to use the last complete one."
-            )
-        return super().train(
-            resume_from_checkpoint=resume_from_checkpoint,
-            trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval,
-            **kwargs,
-        )
+class _SmartSaves:
+    """The saves of `SmartTrainer` (mixed in before ``Trainer``): checkpoints keep the SMART state, every other save
+    and push writes the pruned artifact (see the module docstring)."""
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The Trainer's own checkpoint saves (``_internal_call=True``) go to `save_checkpoint`; every other call
-        writes the pruned artifact (`save_pruned_model`) and, with ``push_to_hub``, pushes it."""
+        """The pruned artifact (`save_pruned_model`; with ``push_to_hub`` also pushed), or a training checkpoint.
+
+        ``_internal_call`` is the stock Trainer's private parameter, overridden here in the open: its checkpointing
+        passes ``True`` and those saves go to `save_checkpoint` (the full SMART state, for
+        ``resume_from_checkpoint``). Pinned by ``tests/test_trainer.py`` against the installed transformers.
+
+        Args:
+            output_dir: the folder; default ``args.output_dir``.
+            _internal_call: ``True`` only from the Trainer's own checkpointing.
+        """
         output_dir = output_dir or self.args.output_dir
         if _internal_call:
             return self.save_checkpoint(output_dir)
@@ -297,6 +162,176 @@ class SmartTrainer(Trainer):
         self._save_training_args(output_dir)
 
 
+
+class SmartTrainer(_SmartSaves, Trainer):
+    """Trainer for SMART pruning.
+
+    Args:
+        model: a transformers model (prepared here unless it already is).
+        args (`SmartTrainingArguments`): training and stage settings.
+        smart_config (`SmartConfig`): what to prune; required unless ``model`` is already prepared.
+        teacher_model: optional distillation teacher (default: the dense model at the start of the search, used
+            when ``args.distill_alpha > 0``).
+        calibration_data: input batches for ``score_init="activation"``; default: the first training batches.
+        reproduce_command: the command line that reproduces this run, shown in the model card (``smart-hf train``
+            passes its own; values of ``--*token*`` options are redacted).
+        **kwargs: everything `Trainer` accepts (datasets, collator, ``compute_metrics``, callbacks, ...).
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: SmartTrainingArguments | None = None,
+        smart_config: SmartConfig | None = None,
+        teacher_model=None,
+        calibration_data=None,
+        reproduce_command: list[str] | None = None,
+        **kwargs,
+    ):
+        if model is None:
+            raise ValueError("SmartTrainer needs a model (model_init is not supported: the masks live on the model).")
+        if args is None:
+            args = SmartTrainingArguments(output_dir="smart_output")
+        if not isinstance(args, SmartTrainingArguments):
+            raise ValueError(
+                f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
+                "SmartTrainingArguments(output_dir=..., ...)."
+            )
+        train_dataset = kwargs.get("train_dataset")
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+            raise ValueError(
+                "train_dataset is empty; pass a dataset with at least one example (check the split and any filtering)."
+            )
+        prepared = is_prepared(model)
+        if not prepared and not isinstance(smart_config, SmartConfig):
+            raise ValueError("pass smart_config=SmartConfig(...) (or a model already prepared with prepare_model).")
+        super().__init__(model=model, args=args, **kwargs)
+        # activation-aware scores calibrate on the first training batches unless given; also for a model prepared
+        # beforehand, whose scores are re-initialised on them when the search begins (after the dense stage)
+        config = get_smart_state(self.model).smart_config if prepared else smart_config
+        if calibration_data is None and config.score_init == "activation":
+            calibration_data = self._calibration_batches(config)
+        if not prepared:
+            prepare_model(self.model, smart_config, calibration_data=calibration_data)
+            if args.pretrain_steps > 0:
+                set_mode(self.model, "dense")
+        self.teacher_model = teacher_model
+        self.reproduce_command = reproduce_command
+        self.dense_metrics: dict | None = None  # eval metrics of the dense model at the start of the search
+        # SmartTrainer.save_model writes the artifact, and the model keeps its SMART state after train()
+        self.smart_callback = SmartCallback(calibration_data=calibration_data, save_pruned_to=None, squash_at_end=False)
+        self.smart_callback.add_listener("search_begins", self._on_search_begins)
+        self.smart_callback.add_listener("hardening", self._on_hardening)
+        self.smart_callback.add_listener("hardened", self._on_hardened)
+        self._eval_loss_before_hardening: float | None = None
+        # first in the list, so the smart metrics it adds to `logs` reach every report_to backend
+        self.callback_handler.callbacks.insert(0, self.smart_callback)
+        if args.push_to_hub and str(getattr(args.hub_strategy, "value", args.hub_strategy)) != "end":
+            logger.warning(
+                "smart_hf: hub_strategy=%r pushes raw training checkpoints (soft masks, mask scores) while training; "
+                "the pruned artifact is pushed by push_to_hub()/save_model(). Set hub_strategy='end' to push only it.",
+                getattr(args.hub_strategy, "value", args.hub_strategy),
+            )
+
+    def _calibration_batches(self, smart_config: SmartConfig) -> list:
+        if self.train_dataset is None:
+            raise ValueError("score_init='activation' needs calibration_data or a train_dataset to calibrate on.")
+        loader = self.get_train_dataloader()
+        return list(itertools.islice(iter(loader), smart_config.calibration_batches))
+
+    # --- listeners of the stage driver (`SmartStages`) ---
+    def _on_search_begins(self, driver: SmartStages) -> None:
+        """Still dense here: record the dense metrics and, for distillation, snapshot the teacher."""
+        if self.eval_dataset is not None:
+            self.dense_metrics = self.evaluate(metric_key_prefix="dense")
+        if self.args.distill_alpha > 0 and self.teacher_model is None:
+            teacher = copy.deepcopy(driver.model)
+            set_mode(teacher, "dense")  # the teacher is the unpruned network
+            self.teacher_model = teacher.eval().requires_grad_(False)
+
+    def _on_hardening(self, driver: SmartStages) -> None:
+        self._eval_loss_before_hardening = self._first_eval_loss()
+
+    def _on_hardened(self, driver: SmartStages) -> None:
+        before, after = self._eval_loss_before_hardening, self._first_eval_loss()
+        if before is not None and after is not None:
+            self.smart_callback.extra_logs.update(
+                {"smart/eval_loss_before_hardening": before, "smart/eval_loss_after_hardening": after}
+            )
+            logger.info("smart_hf: hardened masks; eval loss %.4f -> %.4f", before, after)
+
+    def _first_eval_loss(self) -> float | None:
+        """The eval loss, when ``log_hardening_jump`` asks for it, there is an eval set and the run evaluates at all
+        (``eval_strategy != "no"``: a run without evaluations gets none from here); else ``None``."""
+        if self.eval_dataset is None or not self.args.log_hardening_jump:
+            return None
+        if str(getattr(self.args.eval_strategy, "value", self.args.eval_strategy)) == "no":
+            return None
+        metrics = self.evaluate()
+        # one eval set logs "eval_loss"; a dict of them logs "eval_<first name>_loss" first
+        return next((v for k, v in metrics.items() if k.startswith("eval_") and k.endswith("_loss")), None)
+
+    # --- documented Trainer hooks ---
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, plus parameter groups for the mask scores (`score_parameter_groups`: their own
+        learning rate per kind of budget group, no weight decay)."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        scores = [p for n, p in model.named_parameters() if n.endswith(SCORES_NAME) and p.requires_grad]
+        for p in scores:  # hidden while the Trainer builds its groups, so they are not decayed with the weights
+            p.requires_grad_(False)
+        try:  # transformers < 5.x-late takes no `model` argument
+            optimizer = super().create_optimizer(model) if model is not self.model else super().create_optimizer()
+        finally:
+            for p in scores:
+                p.requires_grad_(True)
+        for group in score_parameter_groups(model, self.args.score_learning_rate) if scores else []:
+            optimizer.add_param_group(group)  # per kind of budget group (N:M / structured), no weight decay
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        use_teacher = (
+            self.args.distill_alpha > 0
+            and self.teacher_model is not None
+            and model.training
+            and self.smart_callback.stage_at(self.state.global_step) != "pretrain"
+        )
+        if not use_teacher:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        teacher = self.teacher_model.to(next(model.parameters()).device)
+        with torch.no_grad():
+            teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        loss = (1 - self.args.distill_alpha) * loss + self.args.distill_alpha * distillation_loss(
+            outputs.logits, teacher_logits, self.args.distill_temperature
+        )
+        return (loss, outputs) if return_outputs else loss
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, except that ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint.
+
+        A process killed while saving leaves ``checkpoint-N`` without ``trainer_state.json`` (the stock Trainer
+        writes it last); the stock ``get_last_checkpoint`` would pick that folder and fail or resume from partial
+        state. Here it is skipped with a warning, and naming it explicitly is a clear error.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)) and not _is_complete(resume_from_checkpoint):
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete checkpoint (no {TRAINER_STATE_NAME}; the process was "
+                "probably killed while saving it); pass resume_from_checkpoint=True to use the last complete one."
+            )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
+
+
 def _is_complete(checkpoint: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME))
 
@@ -319,35 +354,3 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str:
         f"resume_from_checkpoint=True found no complete checkpoint-N folder in {output_dir}; train without "
         "resume_from_checkpoint, or pass the path of a checkpoint folder."
     )
-
-
-def _distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` averaged over the batch (Hinton et al. 2015)."""
-    t = temperature
-    student = F.log_softmax(student_logits.float() / t, dim=-1)
-    teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    return F.kl_div(student.flatten(0, -2), teacher.flatten(0, -2), log_target=True, reduction="batchmean") * t * t
-
-
-class _TrainerStages(SmartCallback):
-    """`SmartCallback` plus what needs the `SmartTrainer` at the stage transitions: the dense metrics and the
-    distillation teacher before the search starts, and (``log_hardening_jump``) the eval loss around hardening."""
-
-    def __init__(self, trainer: SmartTrainer, calibration_data=None):
-        # SmartTrainer.save_model writes the artifact, and the model keeps its SMART state after train()
-        super().__init__(calibration_data=calibration_data, save_pruned_to=None, squash_at_end=False)
-        self._trainer = trainer
-
-    def begin_search(self, model) -> None:
-        self._trainer._on_search_begin(model)
-        super().begin_search(model)
-
-    def harden_masks(self, model, optimizer) -> None:
-        before = self._trainer._first_eval_loss()
-        super().harden_masks(model, optimizer)
-        after = self._trainer._first_eval_loss()
-        if before is not None and after is not None:
-            self.extra_logs.update(
-                {"smart/eval_loss_before_hardening": before, "smart/eval_loss_after_hardening": after}
-            )
-            logger.info("smart_hf: hardened masks; eval loss %.4f -> %.4f", before, after)
