@@ -395,7 +395,6 @@ class SmartState(SmartStateBuffers):
             masks = round_group_widths(group, masks, self.smart_config)
         return masks
 
-    binary_group_masks = hard_group_masks  # the name older callers use (the frozen masks once hardened)
 
     def fractionality(self) -> float:
         """How far the soft masks are from binary.

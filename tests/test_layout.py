@@ -24,7 +24,7 @@ LAYERS = [
     ("smart_hf.distributed",),
     ("smart_hf.state", "smart_hf.budget_groups", "smart_hf.layers", "smart_hf.scores", "smart_hf.coupling", "smart_hf.latency"),
     ("smart_hf.report",),
-    ("smart_hf.inject", "smart_hf.lifecycle"),
+    ("smart_hf.inject", "smart_hf.lifecycle", "smart_hf.stages"),
     ("smart_hf.slim",),
     ("smart_hf.artifact",),
     ("smart_hf.integrations",),

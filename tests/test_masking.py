@@ -105,7 +105,7 @@ def test_hard_masks_are_the_frozen_ones_once_hardened_unless_asked_to_solve():
     state = get_smart_state(model)
     before = [state.hard_group_masks(i) for i in range(len(state.groups))]
     for i, masks in enumerate(before):
-        assert all(torch.equal(a, b) for a, b in zip(masks, state.binary_group_masks(i)))
+        assert all(torch.equal(a, b) for a, b in zip(masks, state.hard_group_masks(i, use_frozen=False)))
     harden(model)
     with torch.no_grad():
         for layer in state.layers:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 import smart_hf as sh
-from smart_hf.core.granularity import UnitLayout, canonical_weight
+from smart_hf.core.granularity import canonical_weight
 
 
 @dataclass
@@ -147,13 +147,13 @@ def parse_pattern(key: str) -> PatternSpec:
         raise ValueError(f"pattern {key!r}: use block4x4@0.5, channel@0.3 or nm2:4") from error
 
 
-def targets_of(model, spec: PatternSpec) -> list[tuple[str, UnitLayout]]:
+def targets_of(model, spec: PatternSpec) -> list[tuple[str, object]]:
     """The (name, layout) of every layer SMART targets by default for ``spec`` -- the same set for every method."""
     return [(name, layout) for name, _, layout, _ in sh.find_targets(model, spec.smart_config())]
 
 
 @torch.no_grad()
-def measure_sparsity(model, targets: list[tuple[str, UnitLayout]], original_numel: dict) -> dict:
+def measure_sparsity(model, targets: list[tuple[str, object]], original_numel: dict) -> dict:
     """Sparsity of the final weights of the targeted layers.
 
     ``sparsity`` = (zero weights + physically removed weights) / original targeted weights. ``structured`` counts only
@@ -278,7 +278,7 @@ class SmartMethod(WindowMethod):
 def target_hard_masks(model) -> list[torch.Tensor]:
     """The hard masks of the current scores at the target budget (what ``harden`` would freeze now), one per layer."""
     state = sh.get_smart_state(model)
-    return [mask.clone() for gi in range(len(state.groups)) for mask in state.binary_group_masks(gi)]
+    return [mask.clone() for gi in range(len(state.groups)) for mask in state.hard_group_masks(gi)]
 
 
 def changed_fraction(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:

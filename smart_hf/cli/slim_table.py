@@ -44,7 +44,7 @@ def cost_removed(model: nn.Module) -> float:
     state = get_smart_state(model)
     total = kept = 0.0
     for gi, group in enumerate(state.groups):
-        for layer, mask in zip(group.layers, state.binary_group_masks(gi)):
+        for layer, mask in zip(group.layers, state.hard_group_masks(gi)):
             cost = layer.__dict__["_smart_coupled"].unit_cost
             total += cost * mask.numel()
             kept += cost * float(mask.sum())

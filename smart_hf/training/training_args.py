@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .._field_checks import check_number
+from ..stages import stage_lengths
 
 __all__ = ["SmartTrainingArguments", "stage_lengths"]
 
@@ -110,33 +111,3 @@ class SmartTrainingArguments(TrainingArguments):
         if not 0.0 < self.distill_temperature < math.inf:
             raise ValueError(f"distill_temperature must be > 0 and finite, got {self.distill_temperature}; e.g. 2.0.")
 
-
-def stage_lengths(total_steps: int, pretrain_steps: int, search_steps: int | None, search_fraction: float):
-    """``(pretrain, search, finetune)`` optimizer steps for a run of ``total_steps``.
-
-    Args:
-        total_steps: optimizer steps of the whole run.
-        pretrain_steps: dense steps first.
-        search_steps: structure-search steps, or None for ``search_fraction`` of the steps after pretraining.
-        search_fraction: share of the post-pretrain steps searched when ``search_steps`` is None.
-
-    Returns:
-        `tuple[int, int, int]`: the pretrain, search and fine-tune step counts.
-
-    Raises:
-        ValueError: when the run has no steps, no search step, or the stages exceed the run.
-    """
-    if total_steps <= 0:
-        raise ValueError("the run has no optimizer steps; the training dataset is empty or max_steps is 0.")
-    search = search_steps if search_steps is not None else int(round(search_fraction * (total_steps - pretrain_steps)))
-    if search < 1:
-        raise ValueError(
-            f"no structure-search steps: {total_steps} steps in total with pretrain_steps="
-            f"{pretrain_steps}; raise max_steps/num_train_epochs or set search_steps."
-        )
-    if pretrain_steps + search > total_steps:
-        raise ValueError(
-            f"pretrain_steps ({pretrain_steps}) + search_steps ({search}) exceed the {total_steps} "
-            "optimizer steps of the run; raise max_steps or shorten the stages."
-        )
-    return pretrain_steps, search, total_steps - pretrain_steps - search
