@@ -2,7 +2,7 @@
 
 Every tracked text file (``git ls-files``; binary files and ``*.jsonl`` data rows skipped) is scanned for words of
 the development process: a working period ("s-e-s-s-i-o-n N"), a tracker number ("i-s-s-u-e N"), a review pass
-("r-o-u-n-d N") and result names that carry them (``bench_quality_s10_...``). Versions, dates, machines and
+("r-o-u-n-d N") and result names that carry them (a period number after ``bench_quality``). Versions, dates, machines and
 commands say the same thing in the product's terms. The patterns are assembled from pieces so that this file does
 not match itself.
 """
@@ -63,7 +63,7 @@ def find_hits(text: str) -> list[tuple[int, str, str]]:
         ("measured in " + "sess" + "ion 11", True),
         ("see " + "iss" + "ue 12", True),
         ("after " + "rou" + "nd 2", True),
-        ("docs/results/bench_quality" + "_s10_minilm.json", True),
+        ("docs/results/bench_quality" + "_s" + "10_minilm.json", True),
         ("the figures of that " + "sess" + "ion.", True),
         ("sess = ort.InferenceSession(path); session = requests.Session()", False),
         ("rounded to a multiple of 8; --rounds 2; issued by the Hub", False),
