@@ -59,8 +59,11 @@ class SmartCallback(TrainerCallback):
     """Drives the SMART stages inside a Trainer.
 
     Args:
-        pretrain_steps, search_steps, search_fraction: stage lengths in optimizer steps, used when the Trainer's args
-            are not `SmartTrainingArguments` (whose fields then win).
+        pretrain_steps: dense optimizer steps before the search; used when the Trainer's args are not
+            `SmartTrainingArguments` (whose fields then win), as are the next two.
+        search_steps: structure-search optimizer steps, or ``None`` for ``search_fraction`` of the steps after the
+            dense stage.
+        search_fraction: share of the post-dense steps searched when ``search_steps`` is ``None``.
         calibration_data: input batches for ``score_init="activation"`` at the start of the search; required for
             such a model when the search begins from the dense mode (``pretrain_steps > 0``), checked before step 0.
         verify_sparsity: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a failed end-of-training
