@@ -112,7 +112,11 @@ class DataArguments:
         default=None, metadata={"help": "Text column of a text dataset (default: 'text' or 'sentence')."}
     )
     label_column: str | None = field(
-        default=None, metadata={"help": "Label column of integers or strings; the classes are the training split's distinct labels, sorted (default: 'label' or 'labels')."}
+        default=None,
+        metadata={
+            "help": "Label column of integers or strings; the classes are the training split's distinct labels, "
+            "sorted (default: 'label' or 'labels')."
+        },
     )
     val_fraction: float = field(
         default=0.1,

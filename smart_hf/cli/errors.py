@@ -7,7 +7,7 @@ traceback.
 - `check_optional_packages`: the packages a run needs that a plain ``pip install smart-hf`` does not bring, checked
   before any work, named in one line with the ``pip install`` that fixes it.
 - `quiet_skipped_modules`: the per-module "skipping ..." warnings of the injection collected into one line.
-- `no_partial_output`: a failed run leaves its output folder as it found it.
+- `no_partial_output`: a failed run leaves its output folder as it found it (checkpoints aside).
 """
 
 from __future__ import annotations
@@ -179,11 +179,12 @@ def quiet_skipped_modules(logger_name: str = "smart_hf.inject") -> Iterator[None
 
 @contextlib.contextmanager
 def no_partial_output(output_dir: str | None) -> Iterator[None]:
-    """On an exception, remove what the run added to ``output_dir``: the folder itself when it did not exist, else
-    the entries that were not there before (files the run overwrote cannot be restored).
+    """On an exception (or Ctrl-C), remove what the run added to ``output_dir`` -- the folder itself when it did not
+    exist -- except the Trainer checkpoints it saved (``checkpoint-*``: ``resume_from_checkpoint`` continues from
+    them). Files the run overwrote cannot be restored.
 
     Args:
-        output_dir: the run's output folder.
+        output_dir: the run's output folder; None: nothing to guard.
     """
     if not output_dir:
         yield
@@ -193,10 +194,12 @@ def no_partial_output(output_dir: str | None) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if not existed:
-            shutil.rmtree(output_dir, ignore_errors=True)
-        elif os.path.isdir(output_dir):
+        if os.path.isdir(output_dir):
             for name in set(os.listdir(output_dir)) - before:
                 path = os.path.join(output_dir, name)
+                if name.startswith("checkpoint-"):
+                    continue
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            if not existed and not os.listdir(output_dir):
+                os.rmdir(output_dir)
         raise
