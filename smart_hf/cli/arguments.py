@@ -304,10 +304,12 @@ def rescale_steps(mapping: dict, overrides: list[str]) -> dict:
     parser.error = raise_usage_error
     parser.add_argument("--max_steps", type=int)
     new = parser.parse_known_args(overrides)[0].max_steps
+    if new is None or new <= 0:  # -1: the run's length comes from num_train_epochs; nothing to scale by
+        return mapping
     scaled, changes = dict(mapping), []
     for key in SCALED_STEP_KEYS:
         value = mapping.get(key)
-        if key in given or not isinstance(value, int) or isinstance(value, bool) or value <= 0 or new is None:
+        if key in given or not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             continue
         scaled[key] = max(1, round(value * new / old)) if key != "pretrain_steps" else round(value * new / old)
         changes.append(f"{key} {value} -> {scaled[key]}")

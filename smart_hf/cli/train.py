@@ -199,7 +199,12 @@ def _check_columns_kept(data_args, training_args) -> None:
 
 class DenseTestOnce(TrainerCallback):
     """Evaluate the dense model on the test split once, after its last dense step (the test split is not part of the
-    evaluations during training, which read validation only); its metrics are ``dense_test_*``."""
+    evaluations during training, which read validation only); its metrics are ``dense_test_*``.
+
+    Args:
+        trainer: the `SmartTrainer` (its stage lengths are known once training begins).
+        test_dataset: the test split.
+    """
 
     def __init__(self, trainer, test_dataset):
         self.trainer, self.test_dataset = trainer, test_dataset
