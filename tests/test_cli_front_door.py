@@ -15,9 +15,9 @@ from transformers import AutoTokenizer
 
 import smart_hf.cli.errors as errors
 import smart_hf.cli.train as run
-from smart_hf.cli.arguments import parse_recipe, recipe_names, resolve_recipe
+from smart_hf.cli.arguments import ModelArguments, parse_recipe, recipe_names, resolve_recipe
 from smart_hf.cli.commands import main
-from smart_hf.cli.data import load_image_folder, load_text_files, minilm_path
+from smart_hf.cli.data import load_image_folder, load_text_files
 from smart_hf.cli.train import format_summary
 from smart_hf.training.training_args import stage_lengths
 
@@ -196,7 +196,8 @@ def test_integer_labels_one_to_three_become_three_classes(tmp_path):
     rows = [("good film", 3), ("bad film", 1), ("so so", 2)] * 10
     path = tmp_path / "reviews.csv"
     path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
-    splits, names = load_text_files(AutoTokenizer.from_pretrained(minilm_path()), str(path), max_length=8)
+    tokenizer = AutoTokenizer.from_pretrained(run._model_path(ModelArguments(model_name_or_path="builtin:minilm-l6")))
+    splits, names = load_text_files(tokenizer, str(path), max_length=8)
     assert names == ["1", "2", "3"]
     assert {int(label) for label in splits["train"]["labels"]} == {0, 1, 2}
 
