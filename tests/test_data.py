@@ -120,8 +120,8 @@ def _text_split(labels, name="label", texts=None):
 
 
 def test_encode_labels_integer_and_string_labels():
-    ints = encode_labels(datasets.DatasetDict(train=_text_split([0, 2, 2]), test=_text_split([3])), "label")
-    assert ints["train"].features["label"].names == ["0", "1", "2", "3"] and ints["test"]["label"] == [3]
+    ints = encode_labels(datasets.DatasetDict(train=_text_split([0, 1, 1]), test=_text_split([1])), "label")
+    assert ints["train"].features["label"].names == ["0", "1"] and ints["test"]["label"] == [1]
     strings = encode_labels(
         datasets.DatasetDict(train=_text_split(["pos", "neg"]), test=_text_split(["pos"])), "label"
     )
@@ -132,14 +132,26 @@ def test_encode_labels_integer_and_string_labels():
     ("train", "test", "message"),
     [
         (["pos", "neg"], ["neutral"], "label\\(s\\) \\['neutral'\\] that train lacks"),
-        ([0, 1], [-1], "must be 0..num_labels-1"),
+        ([0, 1], [-1], "label\\(s\\) \\[-1\\] that train lacks"),
+        ([0, 2, 2], [3], "label\\(s\\) \\[3\\] that train lacks"),
         (["pos", "pos"], ["pos"], "single class"),
-        ([0.5, 1.0], [1.0], "integers 0..K-1 or strings"),
+        ([0.5, 1.0], [1.0], "integers or strings"),
     ],
 )
 def test_encode_labels_rejects_labels_it_cannot_map(train, test, message):
     with pytest.raises(ValueError, match=message):
         encode_labels(datasets.DatasetDict(train=_text_split(train), test=_text_split(test)), "label")
+
+
+@pytest.mark.parametrize(("train", "names"), [([1, 2, 3, 3], ["1", "2", "3"]), ([-1, 1, 1], ["-1", "1"])])
+def test_encode_labels_maps_integer_labels_to_their_distinct_values(train, names):
+    """Integer labels that are not 0..K-1 give K classes named by the labels, never a head with a class that does
+    not occur; every split maps alike."""
+    splits = encode_labels(datasets.DatasetDict(train=_text_split(train), test=_text_split(train[::-1])), "label")
+    feature = splits["train"].features["label"]
+    assert feature.names == names
+    assert [feature.int2str(i) for i in splits["train"]["label"]] == [str(v) for v in train]
+    assert [feature.int2str(i) for i in splits["test"]["label"]] == [str(v) for v in train[::-1]]
 
 
 def test_complete_splits_keeps_given_splits_and_refuses_empty_ones():

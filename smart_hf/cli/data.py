@@ -81,10 +81,24 @@ def load_image_folder(
     if "train" not in dataset:
         raise ValueError(f"{data_dir!r} has no train split (found {list(dataset)}); name that sub-folder 'train'.")
     if not set(LABEL_COLUMNS) & set(dataset["train"].column_names) and label_column is None:
-        raise ValueError(f"No classes found in {data_dir!r}; put each class's images in its own sub-folder.")
+        raise ValueError(_no_classes_message(data_dir))
     column = find_label_column(dataset["train"], label_column)
     dataset = complete_splits(encode_labels(dataset, column), column, val_fraction, test_fraction, seed)
     return dataset.with_transform(_image_transform(image_processor, column, image_mode))
+
+
+def _no_classes_message(data_dir: str) -> str:
+    """Why the "imagefolder" builder found no labels: images directly in the folder, or a single class sub-folder
+    (it labels only two or more)."""
+    root = os.path.join(data_dir, "train") if os.path.isdir(os.path.join(data_dir, "train")) else data_dir
+    classes = sorted(name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
+    layout = "put each class's images in its own sub-folder: data_dir/<class_name>/<image>"
+    if len(classes) == 1:
+        return (
+            f"No classes found in {data_dir!r}: it has a single class sub-folder ({classes[0]!r}), and a classifier "
+            f"needs two or more; {layout}."
+        )
+    return f"No classes found in {data_dir!r}: its images are not in class sub-folders; {layout}."
 
 
 def _image_transform(image_processor, column: str, image_mode: str):

@@ -1,7 +1,7 @@
 """Splits of a user's own data for ``smart-hf train``: label columns, and splits it lacks.
 
 - `find_label_column` / `encode_labels`: the label column is ``label`` or ``labels`` (or named explicitly); string or
-  integer labels become a `ClassLabel` whose names come from the training split.
+  integer labels become a `ClassLabel` of the training split's distinct labels (``1..3`` become classes 0..2).
 - `complete_splits`: a missing ``test`` / ``validation`` split is held out of ``train``, stratified and deterministic
   for a seed, and the log says so.
 - `stratified_split`: disjoint index sets that keep the class proportions.
@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import datasets
 import numpy as np
+
+from ..demo_data import stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -29,22 +30,6 @@ __all__ = [
 
 LABEL_COLUMNS = ("label", "labels")
 TEXT_COLUMNS = ("text", "sentence")
-
-
-def stratified_split(labels: np.ndarray, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
-    """Draw disjoint index sets of the given sizes, in order, each keeping the class proportions of what is left."""
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    splits = []
-    for size in sizes:
-        remaining = np.array([len(pool) for pool in pools])
-        quota = size * remaining / remaining.sum()
-        counts = np.floor(quota).astype(int)
-        # Largest-remainder rounding: the split gets exactly `size` samples and no class drifts by more than one.
-        counts[np.argsort(counts - quota, kind="stable")[: size - counts.sum()]] += 1
-        splits.append(rng.permutation(np.concatenate([pool[:n] for pool, n in zip(pools, counts)])))
-        pools = [pool[n:] for pool, n in zip(pools, counts)]
-    return splits
 
 
 def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], kind: str, arg: str) -> str:
@@ -67,36 +52,53 @@ def find_label_column(dataset: datasets.Dataset, label_column: str | None = None
 def encode_labels(splits: datasets.DatasetDict, column: str) -> datasets.DatasetDict:
     """Make ``column`` a `ClassLabel` in every split.
 
-    Already a `ClassLabel`: unchanged. Integer labels ``0..K-1``: ``K`` = largest label of any split + 1, names
-    ``"0".."K-1"`` (ids kept as they are). String labels: names = the training split's sorted distinct labels; a
-    label of another split that ``train`` lacks is an error (the classifier would have no output for it).
+    Already a `ClassLabel`: unchanged. Otherwise the classes are the training split's distinct labels, sorted (numbers
+    by value, strings alphabetically), and class ``i`` is the ``i``-th of them: integer labels ``1..3`` become
+    classes 0..2 named ``"1".."3"`` (so ``id2label`` in the model's config records the mapping; the log says when ids
+    change), never a head with a class that does not occur. A label of another split that ``train`` lacks is an error
+    (the classifier would have no output for it).
+
+    Args:
+        splits: the splits; ``train`` defines the classes.
+        column: the label column.
+
+    Returns:
+        The splits with ``column`` holding class ids ``0..K-1`` as a `ClassLabel` named by the original labels.
+
+    Raises:
+        ValueError: rows without a label, labels that are neither integers nor strings, a label ``train`` lacks, or a
+            single class.
     """
     feature = splits["train"].features[column]
     if isinstance(feature, datasets.ClassLabel):
         return splits
     dtype = getattr(feature, "dtype", None)
+    if dtype is None or not (dtype.startswith("int") or dtype in ("string", "large_string")):
+        raise ValueError(f"label column {column!r} holds {feature}; labels must be integers or strings.")
     values = {name: split.unique(column) for name, split in splits.items()}
     for name, found in values.items():
         if None in found:
             raise ValueError(f"the {name} split has rows without a {column!r}; drop or label them.")
-    if dtype is not None and dtype.startswith("int"):
-        low = min(min(found) for found in values.values() if found)
-        if low < 0:
-            raise ValueError(f"label {low} in column {column!r}: integer labels must be 0..num_labels-1.")
-        names = [str(i) for i in range(max(max(found) for found in values.values() if found) + 1)]
-    elif dtype in ("string", "large_string"):
-        names = sorted(values["train"])
-        for name, found in values.items():
-            unseen = sorted(set(found) - set(names))
-            if unseen:
-                raise ValueError(f"the {name} split has label(s) {unseen[:5]} that train lacks; fix the labels.")
-    else:
-        raise ValueError(f"label column {column!r} holds {feature}; labels must be integers 0..K-1 or strings.")
-    if len(names) < 2:
+    classes = sorted(values["train"])
+    for name, found in values.items():
+        unseen = sorted(set(found) - set(classes))
+        if unseen:
+            raise ValueError(f"the {name} split has label(s) {unseen[:5]} that train lacks; fix the labels.")
+    if len(classes) < 2:
         raise ValueError(
-            f"the labels in column {column!r} have a single class {names}; a classifier needs two or more."
+            f"the labels in column {column!r} have a single class {classes}; a classifier needs two or more."
         )
-    return splits.cast_column(column, datasets.ClassLabel(names=names))
+    if classes != list(range(len(classes))):  # strings, or integers other than 0..K-1
+        index = {label: i for i, label in enumerate(classes)}
+        if dtype.startswith("int"):
+            logger.info(
+                "smart_hf: the integer labels %s of column %r are classes 0..%d (id2label in the model config keeps "
+                "the mapping).", classes[:10], column, len(classes) - 1,
+            )  # fmt: skip
+        splits = splits.map(
+            lambda labels: {column: [index[label] for label in labels]}, input_columns=[column], batched=True
+        )
+    return splits.cast_column(column, datasets.ClassLabel(names=[str(label) for label in classes]))
 
 
 def _hold_out(train: datasets.Dataset, column: str, n: int, seed: int, split: str):

@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    TrainerCallback,
     ViTImageProcessorPil,
     set_seed,
 )
@@ -23,6 +24,7 @@ from ..report import sparsity_report
 from ..training.trainer import SmartTrainer
 from . import data as smart_data
 from .data import tokenize_splits
+from .errors import quiet_skipped_modules
 from .metrics import make_compute_metrics
 from .slim_table import coupled_artifact_rows, format_artifact_rows
 from .splits import TEXT_COLUMNS, complete_splits, encode_labels, find_label_column, pick_column
@@ -195,9 +197,43 @@ def _check_columns_kept(data_args, training_args) -> None:
         training_args.remove_unused_columns = False
 
 
+class DenseTestOnce(TrainerCallback):
+    """Evaluate the dense model on the test split once, after its last dense step (the test split is not part of the
+    evaluations during training, which read validation only); its metrics are ``dense_test_*``.
+
+    Args:
+        trainer: the `SmartTrainer` (its stage lengths are known once training begins).
+        test_dataset: the test split.
+    """
+
+    def __init__(self, trainer, test_dataset):
+        self.trainer, self.test_dataset = trainer, test_dataset
+        self.metrics: dict = {}
+        self.step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step is None and state.global_step == self.trainer.smart_callback.stages[0]:
+            self.step = state.global_step
+            self.metrics = self.trainer.evaluate(self.test_dataset, metric_key_prefix="dense_test")
+
+
 def run_training(model_args, data_args, smart_config, training_args, command: list[str] | None = None) -> dict:
-    """Train, evaluate dense (at the start of the search) and pruned, save the pruned model; returns the summary.
-    ``command``: the command line that reproduces the run, shown in the model card (token values redacted)."""
+    """Train, evaluate dense (after its last dense step) and pruned, save the pruned model; return the summary.
+
+    During training only the validation split is evaluated; the test split is read once per model: the dense model
+    after the dense stage, the pruned model at the end.
+
+    Args:
+        model_args, data_args, smart_config, training_args: the four parsed dataclasses (`parse_recipe`).
+        command: the command line that reproduces the run, shown in the model card (token values redacted).
+
+    Returns:
+        The summary (also written to ``<output_dir>/smart_summary.json``): accuracies, parameters and the steps each
+        model trained, per row ``dense`` / ``pruned``; ``artifact`` rows for coupled units.
+
+    Raises:
+        ValueError: bad data or a model the pattern does not fit (the message names the fix).
+    """
     model_path = _model_path(model_args)
     config = model_config(model_args, model_path)
     ds, label_names, processing_class = load_splits(data_args, model_args, config)
@@ -207,21 +243,23 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
     model = build_model(model_args, data_args.dataset, config, label_names, model_path)
     dense_config = copy.deepcopy(model.config)  # training, squash and slim edit the model's own config
     dense_params = sum(p.numel() for p in model.parameters())
-    trainer = SmartTrainer(
-        model=model,
-        args=training_args,
-        smart_config=smart_config,
-        train_dataset=ds["train"],
-        eval_dataset={"validation": ds["validation"], "test": ds["test"]},
-        processing_class=processing_class,
-        compute_metrics=make_compute_metrics(("accuracy",)),
-        reproduce_command=command,
-    )
+    with quiet_skipped_modules():
+        trainer = SmartTrainer(
+            model=model,
+            args=training_args,
+            smart_config=smart_config,
+            train_dataset=ds["train"],
+            eval_dataset={"validation": ds["validation"]},
+            processing_class=processing_class,
+            compute_metrics=make_compute_metrics(("accuracy",)),
+            reproduce_command=command,
+        )
+    dense_test = DenseTestOnce(trainer, ds["test"])
+    trainer.add_callback(dense_test)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    pruned = trainer.evaluate()
-    trainer.save_model()
-    report = sparsity_report(trainer.model)
-    summary = _summary(trainer.dense_metrics or {}, pruned, report, dense_params)
+    pruned = {**trainer.evaluate(), **trainer.evaluate(ds["test"], metric_key_prefix="test")}
+    trainer.save_model()  # after the test evaluation: the model card shows it
+    summary = _summary(trainer, dense_test, pruned, dense_params)
     summary["test_majority_share"] = majority_class_share(ds["test"])  # what a collapsed model would score
     if smart_config.pattern == "coupled" and training_args.should_save:  # what a user came for: smaller, faster
         summary["artifact"] = coupled_artifact_rows(
@@ -242,20 +280,24 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
     return summary
 
 
-def _summary(dense: dict, pruned: dict, report: dict, dense_params: int) -> dict:
-    zeros = report["total"]["zeros"]
+def _summary(trainer, dense_test: DenseTestOnce, pruned: dict, dense_params: int) -> dict:
+    report = sparsity_report(trainer.model)
+    dense = trainer.dense_metrics or {}
     return {
         "dense": {
             "validation_accuracy": dense.get("dense_validation_accuracy"),
-            "test_accuracy": dense.get("dense_test_accuracy"),
+            "test_accuracy": dense_test.metrics.get("dense_test_accuracy"),
+            # pretrain_steps=0: the dense row is the model before any step (its test split is not read)
+            "steps": dense_test.step if dense_test.step is not None else (0 if dense else None),
             "parameters": dense_params,
             "nonzero_parameters": dense_params,
         },
         "pruned": {
             "validation_accuracy": pruned.get("eval_validation_accuracy"),
-            "test_accuracy": pruned.get("eval_test_accuracy"),
+            "test_accuracy": pruned.get("test_accuracy"),
+            "steps": trainer.state.global_step,
             "parameters": dense_params,
-            "nonzero_parameters": dense_params - zeros,
+            "nonzero_parameters": dense_params - report["total"]["zeros"],
         },
         "targeted_sparsity": report["total"]["sparsity"],
         "pattern_valid": report["valid"],
@@ -263,15 +305,36 @@ def _summary(dense: dict, pruned: dict, report: dict, dense_params: int) -> dict
 
 
 def format_summary(summary: dict) -> str:
+    """The final table of ``smart-hf train``: accuracy, steps trained and parameters of the dense and pruned models
+    (and, for coupled units, parameters, file size and latency of the artifacts).
+
+    Each model row names the optimizer steps it trained: the dense row is the model after the dense stage, so a run
+    with fine-tuning compares models of different training lengths, and the table says so.
+
+    Args:
+        summary: what `run_training` returns.
+
+    Returns:
+        The table as text.
+    """
+
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
-    lines = ["", "SMART summary", f"{'':<10}{'val acc':>10}{'test acc':>10}{'params':>12}{'non-zero':>12}"]
+    lines = ["", "SMART summary", f"{'':<10}{'val acc':>10}{'test acc':>10}{'steps':>8}{'params':>12}{'non-zero':>12}"]
     for name in ("dense", "pruned"):
         row = summary[name]
+        steps = "n/a" if row.get("steps") is None else str(row["steps"])
         lines.append(
-            f"{name:<10}{pct(row['validation_accuracy']):>10}{pct(row['test_accuracy']):>10}"
+            f"{name:<10}{pct(row['validation_accuracy']):>10}{pct(row['test_accuracy']):>10}{steps:>8}"
             f"{row['parameters']:>12,}{row['nonzero_parameters']:>12,}"
+        )
+    dense_steps, pruned_steps = summary["dense"].get("steps"), summary["pruned"].get("steps")
+    if dense_steps is not None and pruned_steps is not None and pruned_steps != dense_steps:
+        lines.append(
+            f"the dense row is the model after its {dense_steps} dense steps, the pruned one trained "
+            f"{pruned_steps - dense_steps} steps more: not a comparison at equal training (benchmarks/quality makes "
+            "that one)"
         )
     lines.append(
         f"sparsity of the targeted weights: {summary['targeted_sparsity']:.4f} "
