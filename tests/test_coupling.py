@@ -323,6 +323,7 @@ def test_coupled_recipe_reports_the_slim_artifact_against_dense(tmp_path, monkey
     assert artifact["max_abs_logit_diff"] < 1e-4
     assert all(artifact[k]["latency_ms"] > 0 for k in ("dense", "pruned", "slim"))
     assert "latency ms" in format_summary(summary)
+    assert artifact["target_speedup"] == 2.0 and "speed target: 2.00x asked" in format_summary(summary)
     assert sh.check_sparsity(artifact["slim_dir"])["verified"]
 
 

@@ -103,6 +103,7 @@ def coupled_artifact_rows(
     """
     mode = "uniform" if budget == "layer" else "per_layer"
     removed = cost_removed(model)
+    target = get_smart_state(model).smart_config.target_speedup
     pruned = squash(copy.deepcopy(model)).eval()
     slim_model = copy.deepcopy(pruned)
     summary = slim(slim_model, mode=mode)
@@ -141,6 +142,7 @@ def coupled_artifact_rows(
         "widths_per_layer": {str(k): {u: list(w) for u, w in v.items()} for k, v in slim_layer_widths(summary).items()},
         "summary_line": slim_summary_line(summary),
         "measured_speedup": measured,
+        "target_speedup": target,
         "left_masked": len(summary["left_masked"]),
         "max_abs_logit_diff": diff,
         "loadavg_1m": os.getloadavg()[0],
@@ -168,6 +170,12 @@ def format_artifact_rows(extra: dict) -> list[str]:
         lines.append(
             f"{name:<10}{row['parameters']:>12,}{row['nonzero_parameters']:>12,}{size:>10}{row['latency_ms']:>12.2f}"
             f"{extra['dense']['latency_ms'] / row['latency_ms']:>9.2f}x"
+        )
+    if extra.get("target_speedup"):
+        achieved = extra["dense"]["latency_ms"] / extra["slim"]["latency_ms"]
+        lines.append(
+            f"speed target: {extra['target_speedup']:.2f}x asked, {achieved:.2f}x measured (slim vs dense, eager, "
+            f"batch {extra['batch']}; {100 * (achieved / extra['target_speedup'] - 1):+.0f}%)"
         )
     if "summary_line" in extra:
         loading = {
