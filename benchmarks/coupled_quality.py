@@ -320,7 +320,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--digits-layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="docs/results/bench_coupled_quality.json")
+    parser.add_argument("--out", default="docs/results/coupled_quality/digits_coupled.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

@@ -276,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["eager"], help="eager, compile, onnx")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--head-sparsity", type=float, default=0.5, help="fraction of heads pruned (slim-heads)")
-    parser.add_argument("--out", default="docs/results/bench_inference.json")
+    parser.add_argument("--out", default="docs/results/inference/coupled.json")
     return parser
 
 

@@ -252,7 +252,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time every run with torch_compile=True")
     parser.add_argument("--quick", "--smoke", action="store_true", help="a 1-block tiny ViT, 2 steps: seconds")
-    parser.add_argument("--out", default="docs/results/bench_overhead.json")
+    parser.add_argument("--out", default="docs/results/overhead/deit_all_patterns.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.skip, args.rounds = 2, 1, 1

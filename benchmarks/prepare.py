@@ -7,7 +7,7 @@ the group); each evaluation is a soft top-k over every unit of the group, second
 so that search is most of the set-up cost. This benchmark times ``prepare_model`` through the public API on randomly
 initialised models built from configs (offline) for 2:4 and 4x4 blocks at 50% (global and per-layer budget). To time
 another version of the code, check it out and run the same command; the numbers of the bisection the root finder
-replaced stay recorded in docs/results/bench_prepare.json (``--previous``, commit 672d375).
+replaced stay recorded in git history (commit 672d375).
 
     HF_HUB_OFFLINE=1 python -m benchmarks.prepare           # a few minutes on 2 shared cores
     HF_HUB_OFFLINE=1 python -m benchmarks.prepare --smoke   # seconds; what CI runs
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="one tiny model; seconds")
-    parser.add_argument("--out", default="docs/results/bench_prepare.json")
+    parser.add_argument("--out", default="docs/results/prepare/start_temperature.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     env = environment(threads=args.threads)

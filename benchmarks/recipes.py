@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="OMP threads of each run")
     parser.add_argument("--collapse-margin", type=float, default=0.05)
     parser.add_argument("--smoke", action="store_true", help="deit_digits_block, 12 steps, one seed")
-    parser.add_argument("--out", default="docs/results/bench_recipes.json")
+    parser.add_argument("--out", default="docs/results/recipes/recipes.json")
     parser.add_argument(
         "--append",
         action="store_true",

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default="docs/results/bench_speed_target.json")
+    parser.add_argument("--out", default="docs/results/speed_target/minilm_deit_small_coupled.json")
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats, args.batches = 2, [1, 4]

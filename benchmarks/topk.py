@@ -43,7 +43,7 @@ from smart_hf import SmartConfig, apply_hard_masks_, harden, prepare_model, soft
 
 from ._common import RESULTS_DIR, environment, result_header, source_state, write_json
 
-DEFAULT_OUT = RESULTS_DIR / "bench_topk.json"
+DEFAULT_OUT = RESULTS_DIR / "topk" / "soft_topk.json"
 GOAL_TOPK_MS = 20.0  # forward, 1e6 scores in one row (checked at every tau in TAUS), on 2 cores
 GOAL_TOPK_N = 10**6
 GOAL_OVERHEAD = 1.15  # search-mode (soft, block, global budget) step time / plain step time

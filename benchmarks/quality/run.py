@@ -452,7 +452,7 @@ def main(argv=None) -> int:
         "settings or split sizes differ from the run's stops it with an error; delete the folder after changing "
         "the dense stage's code",
     )
-    parser.add_argument("--out", default="docs/results/bench_quality.json")
+    parser.add_argument("--out", default="docs/results/quality/quality.json")
     parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     parser.add_argument("--from-journal", nargs="+", default=None, help="summarise these journals; no training")
     args = parser.parse_args(argv)
