@@ -51,7 +51,6 @@ import argparse
 import statistics
 import sys
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -382,8 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(result, args.out)
+    write_json(result, args.out)  # creates the folder
     return 0
 
 

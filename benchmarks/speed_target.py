@@ -22,7 +22,6 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -145,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"targets": args.targets, "batches": args.batches, "repeats": args.repeats},
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(result, args.out)
+    write_json(result, args.out)  # creates the folder
     return 0
 
 

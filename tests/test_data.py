@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoTokenizer, ViTImageProcessorPil
 
 from smart_hf.cli.data import load_image_folder, load_text_files
-from smart_hf.cli.splits import complete_splits, encode_labels, stratified_split
+from smart_hf.cli.splits import complete_splits, encode_labels
 from smart_hf.demo_data import minilm_path, tweet_sentiment_corpus
 
 SPLITS = ("train", "validation", "test")
@@ -24,18 +24,6 @@ SPLITS = ("train", "validation", "test")
 @pytest.fixture(scope="module")
 def tokenizer():
     return AutoTokenizer.from_pretrained(minilm_path())
-
-
-def test_stratified_split_is_disjoint_exact_and_proportional():
-    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
-    sizes = [20, 13, 40]
-    splits = stratified_split(labels, sizes, seed=0)
-    assert [len(s) for s in splits] == sizes
-    joined = np.concatenate(splits)
-    assert len(np.unique(joined)) == len(joined)
-    # The first split is drawn from everything: each class within one sample of its proportional share.
-    shares = 20 * np.bincount(labels) / len(labels)
-    assert np.all(np.abs(np.bincount(labels[splits[0]], minlength=4) - shares) < 1)
 
 
 @pytest.fixture
