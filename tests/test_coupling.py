@@ -5,15 +5,23 @@ import copy
 
 import pytest
 import torch
-from tiny_models import resnet_inputs, text_inputs, tiny_bert, tiny_deit, tiny_gpt2, tiny_resnet, tiny_vit, vit_inputs
+from tiny_models import (
+    resnet_inputs,
+    text_inputs,
+    tiny_bert,
+    tiny_deit,
+    tiny_gpt2,
+    tiny_resnet,
+    tiny_roberta,
+    tiny_vit,
+    vit_inputs,
+)
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageClassification,
     LlamaConfig,
     LlamaForCausalLM,
-    RobertaConfig,
-    RobertaForSequenceClassification,
 )
 from transformers.pytorch_utils import Conv1D
 
@@ -35,19 +43,6 @@ def tiny_llama():
         max_position_embeddings=32,
     )
     return LlamaForCausalLM(cfg)
-
-
-def tiny_roberta():
-    cfg = RobertaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=40,
-        num_labels=3,
-    )
-    return RobertaForSequenceClassification(cfg)
 
 
 FAMILIES = {

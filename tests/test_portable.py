@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 import torch
-from tiny_models import text_inputs, tiny_bert, tiny_deit, tiny_gpt2, tiny_llama, tiny_vit, vit_inputs
+from tiny_models import text_inputs, tiny_bert, tiny_deit, tiny_gpt2, tiny_llama, tiny_roberta, tiny_vit, vit_inputs
 from torch import nn
-from transformers import PretrainedConfig, RobertaConfig, RobertaForSequenceClassification
+from transformers import PretrainedConfig
 
 import smart_hf as sh
 from smart_hf.artifact.card import card_tags, model_card, natural_key
@@ -22,21 +22,6 @@ from smart_hf.slim import head_pruning_overrides, load_slim
 from smart_hf.slim.describe import removed_units, slim_summary_line, speedup_rows, widths_table
 from smart_hf.slim.portable import MODELING_FILE, slim_layer_widths
 from smart_hf.slim.remote import modeling_smart_slim
-
-
-def tiny_roberta():
-    return RobertaForSequenceClassification(
-        RobertaConfig(
-            vocab_size=100,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=40,
-            num_labels=3,
-        )
-    )
-
 
 # name -> (factory, inputs, the stock Auto class a user would call)
 # newer transformers configs carry per-layer overrides (`per_layer_config`); the supported floor (5.9) does not

@@ -26,6 +26,8 @@ from transformers import (
     LlamaForCausalLM,
     ResNetConfig,
     ResNetForImageClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
     ViTConfig,
     ViTForImageClassification,
 )
@@ -53,6 +55,21 @@ def tiny_bert():
             num_attention_heads=2,
             intermediate_size=64,
             max_position_embeddings=32,
+            num_labels=3,
+        )
+    )
+
+
+def tiny_roberta():
+    """RoBERTa, 3 classes (40 positions: its position ids start after the padding index)."""
+    return RobertaForSequenceClassification(
+        RobertaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=40,
             num_labels=3,
         )
     )
