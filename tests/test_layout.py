@@ -144,7 +144,7 @@ def test_public_api_at_the_top_level():
 # The benchmarks and examples use what a user can use: names in `smart_hf.__all__` and the public modules below.
 
 REPO = PACKAGE.parent
-PUBLIC_MODULES = ("smart_hf.demo_data", "smart_hf.integrations.peft", "smart_hf.slim")  # their `__all__`
+PUBLIC_MODULES = ("smart_hf.demo_data", "smart_hf.integrations.peft", "smart_hf.latency", "smart_hf.slim")  # their `__all__`
 CORE_PACKAGE = "smart_hf.core"  # its modules' public pure functions
 
 
