@@ -28,7 +28,12 @@ MAX_SCORE_NOISE = 1e3
 @dataclass
 class SmartConfig:
     """Configuration of a SMART pruning run. Every field is documented in its `help` metadata (`smart-hf train
-    --help` prints them); `__post_init__` validates them once and names the fix for every invalid value."""
+    --help` prints them); `__post_init__` validates them once and names the fix for every invalid value.
+
+    Raises:
+        TypeError: a field of the wrong type (a string sparsity, a block_shape that is not two ints, ...).
+        ValueError: a value out of range or fields that contradict each other; the message names the fix.
+    """
 
     # --- what a unit is ---
     pattern: Literal["block", "channel", "nm", "coupled"] = field(
@@ -286,7 +291,15 @@ class SmartConfig:
             )
 
     def unit_settings(self, override: dict | None = None) -> UnitSettings:
-        """The unit settings of the top level, or of one override layered over it."""
+        """The unit settings of the top level, or of one override layered over it.
+
+        Args:
+            override: one entry of ``overrides`` (its ``pattern`` / ``block_shape`` / ``n`` / ``m`` / ``sparsity``
+                replace the top level's); ``None`` for the top level itself.
+
+        Returns:
+            The resolved `UnitSettings` (for N:M, the sparsity derived from ``n`` and ``m`` unless given).
+        """
         o = override or {}
         pattern = o.get("pattern", self.pattern)
         n, m = o.get("n", self.n), o.get("m", self.m)
@@ -299,10 +312,22 @@ class SmartConfig:
         return UnitSettings(pattern=pattern, block_shape=block, n=n, m=m, sparsity=sparsity)
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON-serialisable; the inverse of `from_dict`).
+
+        Returns:
+            ``{field name: value}`` for every field.
+        """
         return asdict(self)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write ``smart_config.json`` (with ``smart_hf_version``) into ``save_directory``; returns its path."""
+        """Write ``smart_config.json`` (with ``smart_hf_version``) into ``save_directory``, atomically.
+
+        Args:
+            save_directory: the folder; created if missing.
+
+        Returns:
+            The path of the written ``smart_config.json``.
+        """
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CONFIG_NAME)
         payload = {**self.to_dict(), "smart_hf_version": __version__}
@@ -315,7 +340,18 @@ class SmartConfig:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> SmartConfig:
         """Load from a directory holding ``smart_config.json`` or from the file itself. Unknown keys (a newer
-        smart_hf) are dropped with a warning."""
+        smart_hf) are dropped with a warning.
+
+        Args:
+            path: a folder written by `save_pretrained` (e.g. a pruned model's), or the JSON file itself.
+
+        Returns:
+            The validated `SmartConfig`.
+
+        Raises:
+            ValueError: no ``smart_config.json`` at ``path``, a file that is not JSON or not a JSON object, or
+                saved values that fail validation.
+        """
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else str(path)
         if not os.path.isfile(file):
             raise ValueError(f"no {CONFIG_NAME} at {path!r}; pass the directory written by save_pretrained.")
@@ -335,7 +371,18 @@ class SmartConfig:
 
     @classmethod
     def from_dict(cls, payload: dict) -> SmartConfig:
-        """Build from ``to_dict()`` output (plus an optional ``smart_hf_version``); unknown keys warn and are dropped."""
+        """Build from ``to_dict()`` output (plus an optional ``smart_hf_version``); unknown keys warn and are dropped.
+
+        Args:
+            payload: ``{field name: value}``, as `to_dict` writes it.
+
+        Returns:
+            The validated `SmartConfig`.
+
+        Raises:
+            TypeError: ``payload`` is not a dict, or a field has the wrong type.
+            ValueError: a value fails validation.
+        """
         if not isinstance(payload, dict):
             raise TypeError(
                 f"SmartConfig.from_dict needs a dict of SmartConfig fields (as written by to_dict), got "

@@ -200,6 +200,26 @@ def test_train_on_an_image_folder_with_splits_and_a_labels_column(tmp_path, caps
     _check_artifact(out, ["one", "two", "zero"], AutoModelForImageClassification)
 
 
+def test_without_matplotlib_a_run_completes_without_plots_and_one_warning(
+    tmp_path, capsys, caplog, monkeypatch, tiny_image_config, digit_images
+):
+    """matplotlib only draws the plots: its absence is found before training, said once with the install command,
+    and the run still writes its model, card and summary."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # unimportable, and find_spec finds nothing
+    images = _write_images(digit_images, tmp_path / "images")
+    with caplog.at_level(logging.WARNING, logger="smart_hf"):
+        out, summary, _ = _train(
+            ["--config_name", str(tiny_image_config), "--dataset", "imagefolder", "--data_dir", str(images)],
+            tmp_path,
+            capsys,
+        )
+    warnings = [r.getMessage() for r in caplog.records if "matplotlib is not installed" in r.getMessage()]
+    assert len(warnings) == 1 and "pip install matplotlib" in warnings[0], warnings
+    assert not list(out.glob("*.png"))
+    assert (out / "README.md").is_file() and summary["pruned"]["test_accuracy"] is not None
+    _check_artifact(out, ["one", "two", "zero"], AutoModelForImageClassification)
+
+
 @pytest.fixture
 def tiny_text_config(tmp_path):
     """A tiny BERT config folder with the real MiniLM tokenizer files in it."""

@@ -1,4 +1,8 @@
-"""The run's PNG plots: every layer name readable in full, loss axes that say what they plot."""
+"""The run's PNG plots: every layer name readable in full, loss axes that say what they plot; none, with a warning,
+without matplotlib."""
+
+import logging
+import sys
 
 import matplotlib
 import pytest
@@ -72,3 +76,11 @@ def test_save_plots_writes_both_files(tmp_path):
 def _close_figures():
     yield
     plt.close("all")
+
+
+def test_without_matplotlib_the_plots_are_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    with caplog.at_level(logging.WARNING, logger="smart_hf"):
+        assert save_plots(_report(1), [{"step": 1, "loss": 1.0}], str(tmp_path), stages=(0, 1, 0)) == []
+    assert "pip install matplotlib" in caplog.text
+    assert list(tmp_path.iterdir()) == []

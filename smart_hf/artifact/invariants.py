@@ -69,8 +69,15 @@ def check_sparsity(model_or_state_dict, smart_config_or_metadata=None) -> dict:
             model against what you asked for); a ``config.smart_hf`` dict (``{"config", "layers", ...}``) is
             required for a state dict. Default: the config the model carries.
 
-    Returns the `sparsity_report` dict plus ``"budget"`` (one entry per budget group: ``kind``, ``sparsity``,
-    ``layers``, ``expected``, ``found``, ``ok``) and ``"verified": True``.
+    Returns:
+        The `sparsity_report` dict plus ``"budget"`` (one entry per budget group: ``kind``, ``sparsity``,
+        ``layers``, ``expected``, ``found``, ``ok``) and ``"verified": True``.
+
+    Raises:
+        ValueError: a layer misses its target sparsity or its pattern, a budget group its count, the artifact is
+            inconsistent (the message lists every problem and the fix), or the input is not a SMART model, folder
+            or state dict with its metadata.
+        TypeError: ``smart_config_or_metadata`` is neither a `SmartConfig` nor a ``config.smart_hf`` dict.
     """
     report, config, artifact_errors, model = _report_and_config(model_or_state_dict, smart_config_or_metadata)
     if config.pattern == "coupled":  # units span layers no report row describes: check the sets on the model

@@ -83,12 +83,20 @@ def to_sparse_kernels(
     """Swap the pruned linears of a hardened/squashed SMART model for sparse kernels, in place.
 
     Args:
+        model: the SMART model (a prepared one is squashed first).
         format: ``"bsr"`` (CPU/CUDA) or ``"2:4"`` (CUDA only).
         blocksize: BSR block ``(rows, cols)``; default: the layer's pruning block (``block`` pattern; a non-square
             ``r x c`` uses ``gcd(r, c)`` squares, as CPU BSR needs square blocks). Required for channel / N:M
             layers.
         min_sparsity: BSR only: convert a layer only if at least this share of its blocks is zero.
-    Returns ``{"converted": [names], "skipped": [{"name", "reason"}]}``.
+
+    Returns:
+        ``{"converted": [names], "skipped": [{"name", "reason"}]}``.
+
+    Raises:
+        ValueError: an unknown ``format``, ``"2:4"`` without a CUDA GPU (or a model not on it in fp16 / bf16),
+            ``min_sparsity`` outside [0, 1), a non-square BSR ``blocksize`` on CPU, or a model that is not a
+            hardened / squashed SMART model.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")

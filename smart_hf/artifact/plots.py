@@ -1,6 +1,7 @@
 """PNG plots of a SMART run: per-layer sparsity, and temperature / fractionality / loss through the stages.
 
-matplotlib is optional (``pip install smart-hf[plots]``); without it the plots are skipped with a warning.
+matplotlib is optional (``pip install matplotlib``, the ``[plots]`` extra); without it the plots are skipped with a
+warning (``smart-hf train`` checks for it before training and warns once).
 """
 
 from __future__ import annotations
@@ -14,14 +15,26 @@ __all__ = ["save_plots"]
 
 
 def save_plots(report: dict, log_history: list[dict], output_dir: str, stages=None) -> list[str]:
-    """Write ``smart_layer_sparsity.png`` and, when there is a log history, ``smart_training.png``."""
+    """Write ``smart_layer_sparsity.png`` and, when there is a log history, ``smart_training.png``.
+
+    Args:
+        report: the `sparsity_report` of the model (its ``layers`` and ``total``).
+        log_history: the Trainer's log history (loss, temperature, fractionality, sparsity per step).
+        output_dir: the folder the PNGs go to (it exists).
+        stages: the stage lengths ``(pretrain, search, finetune)`` the training plot marks, or ``None``.
+
+    Returns:
+        The paths written; empty when matplotlib is not installed (a warning says so).
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("smart_hf: matplotlib is not installed; skipping plots (pip install matplotlib).")
+        logger.warning(
+            "smart_hf: matplotlib is not installed; skipping plots (pip install matplotlib: the [plots] extra)."
+        )
         return []
     paths = [_layer_sparsity(plt, report, os.path.join(output_dir, "smart_layer_sparsity.png"))]
     if log_history:

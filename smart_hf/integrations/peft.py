@@ -47,7 +47,22 @@ def _require_peft() -> None:
 def get_peft_model(model: nn.Module, peft_config, adapter_name: str = "default", **kwargs):
     """``peft.get_peft_model`` for a model prepared with `prepare_model`: SMART keeps searching the base's masks
     (the mask scores stay trainable) while the LoRA adapters train. Only LoRA without DoRA is accepted, and
-    ``modules_to_save`` may not name a pruned layer (PEFT would train a copy that the masks do not govern)."""
+    ``modules_to_save`` may not name a pruned layer (PEFT would train a copy that the masks do not govern).
+
+    Args:
+        model: a model prepared with `prepare_model` (searching or hardened).
+        peft_config: a ``peft.LoraConfig`` without ``use_dora``.
+        adapter_name: the adapter's name, as in PEFT.
+        **kwargs: passed on to ``peft.get_peft_model``.
+
+    Returns:
+        The PEFT model; while the search runs, its mask scores stay trainable.
+
+    Raises:
+        ImportError: peft is not installed.
+        ValueError: ``model`` is not prepared, ``peft_config`` is not LoRA (or uses DoRA), or its
+            ``modules_to_save`` names a pruned layer.
+    """
     _require_peft()
     state = get_smart_state(model)
     if not isinstance(peft_config, peft.LoraConfig) or getattr(peft_config, "use_dora", False):
@@ -77,8 +92,21 @@ def merge_and_unload(peft_model, return_report: bool = False, **merge_kwargs):
     or a pruned artifact loaded with ``from_pretrained`` (pruned weights are the zeros of the layers its
     ``config.smart_hf`` lists). Every pruned weight is zero again after the merge; the part of the update that fell
     on them is dropped and measured: ``removed_fraction = ||dW * (1 - M)||_F^2 / ||dW||_F^2`` per layer and in total
-    (logged at INFO). Returns the merged base model, or ``(model, report)`` with ``return_report=True``; other keyword
-    arguments go to PEFT's ``merge_and_unload`` (``safe_merge``, ``adapter_names``).
+    (logged at INFO).
+
+    Args:
+        peft_model: the PEFT model (from `get_peft_model` or PEFT's own).
+        return_report: also return the report of the update the masks removed.
+        **merge_kwargs: passed on to PEFT's ``merge_and_unload`` (``safe_merge``, ``adapter_names``).
+
+    Returns:
+        The merged base model, or ``(model, report)`` with ``return_report=True``; the report holds
+        ``removed_fraction`` (in total), ``layers`` (the fraction per layer), ``update_norm`` and ``removed_norm``.
+
+    Raises:
+        ImportError: peft is not installed.
+        ValueError: ``peft_model`` is no PEFT model, its prepared base is still searching (not hardened), or its
+            base was not pruned by smart_hf.
     """
     _require_peft()
     if not callable(getattr(peft_model, "get_base_model", None)):

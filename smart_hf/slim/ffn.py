@@ -26,6 +26,12 @@ def find_ffn_pairs(model: nn.Module) -> list[dict]:
 
     Recognised: a module with ``fc1``/``fc2`` linears and an activation attribute (ViT, DeiT, CLIP, ...), and a module
     with ``intermediate.dense`` (+ ``intermediate_act_fn``) and ``output.dense`` linears (BERT, RoBERTa, ...).
+
+    Args:
+        model: any model; its modules are inspected, not changed.
+
+    Returns:
+        One dict per FFN found, in module order (empty when none is recognised).
     """
     pairs = []
     for name, module in model.named_modules():

@@ -72,7 +72,18 @@ def head_pruning_overrides(model: nn.Module, sparsity: float | None = None) -> l
 
         cfg = SmartConfig(pattern="channel", budget="layer", overrides=head_pruning_overrides(model, 0.5))
 
-    With ``budget="layer"`` every layer loses the same number of heads (what uniform slimming needs)."""
+    With ``budget="layer"`` every layer loses the same number of heads (what uniform slimming needs).
+
+    Args:
+        model: the unprepared model (ViT / DeiT- or BERT-style attention).
+        sparsity: the share of heads to remove, or ``None`` to use the top-level ``sparsity``.
+
+    Returns:
+        The overrides, one per distinct value-projection shape.
+
+    Raises:
+        ValueError: ``model`` has no attention block that head pruning recognises.
+    """
     by_shape: dict[tuple[int, int], list[str]] = {}
     for block in find_attention_blocks(model):
         block_shape = (block["head_dim"], model.get_submodule(block["v"]).in_features)

@@ -72,7 +72,11 @@ class _SmartSaves:
 
     def save_pruned_model(self, output_dir: str) -> None:
         """The pruned, stock-loadable model with ``smart_config.json``, the sparsity report, model card and plots
-        (`save_pruned`); ``training_args.bin`` without the hub token."""
+        (`save_pruned`); ``training_args.bin`` without the hub token.
+
+        Args:
+            output_dir: the folder of the artifact.
+        """
         if self.args.should_save or has_sharded_parameters(self.model):  # FSDP2: every rank joins the gather
             save_pruned(
                 self.model,
@@ -102,7 +106,18 @@ class _SmartSaves:
         ``token`` / ``private`` / ``revision`` default to ``args.hub_token`` / ``hub_private_repo`` /
         ``hub_revision``. Extra keyword arguments of `Trainer.push_to_hub` (model-card fields) are accepted:
         ``base_model`` / ``finetuned_from`` set the card's base model, ``metrics`` its metric table; the rest are
-        ignored. Returns the `CommitInfo` (a `Future` of it with ``blocking=False``), ``None`` off process zero.
+        ignored.
+
+        Args:
+            commit_message: the commit message on the Hub.
+            blocking: wait for the upload; ``False`` returns a `Future` at once.
+            token: the Hub token; default ``args.hub_token``.
+            revision: the branch to push to; default ``args.hub_revision``.
+            private: create the repository private; default ``args.hub_private_repo``.
+            **kwargs: `Trainer.push_to_hub`'s model-card fields (``base_model`` / ``finetuned_from``, ``metrics``).
+
+        Returns:
+            The `CommitInfo` (a `Future` of it with ``blocking=False``), ``None`` off process zero.
         """
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         model = unsharded_copy(self.model) if has_sharded_parameters(self.model) else self.model  # FSDP2: all ranks
@@ -148,6 +163,9 @@ class _SmartSaves:
         ``vit.encoder.layer.0.attention.attention.query``) while ``Trainer._load_from_checkpoint`` loads with a plain
         ``load_state_dict``: the resumed model would silently keep its initial weights. Writing the state dict
         as-is (safetensors) makes ``resume_from_checkpoint`` restore weights, scores and schedule exactly.
+
+        Args:
+            output_dir: the checkpoint folder (``checkpoint-N``).
         """
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super().save_model(output_dir, _internal_call=True)
@@ -176,6 +194,10 @@ class SmartTrainer(_SmartSaves, Trainer):
         reproduce_command: the command line that reproduces this run, shown in the model card (``smart-hf train``
             passes its own; values of ``--*token*`` options are redacted).
         **kwargs: everything `Trainer` accepts (datasets, collator, ``compute_metrics``, callbacks, ...).
+
+    Raises:
+        ValueError: no ``model``, ``args`` that are not `SmartTrainingArguments`, an empty ``train_dataset``, or an
+            unprepared model without ``smart_config``.
     """
 
     def __init__(
@@ -274,7 +296,14 @@ class SmartTrainer(_SmartSaves, Trainer):
     # --- documented Trainer hooks ---
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, plus parameter groups for the mask scores (`score_parameter_groups`: their own
-        learning rate per kind of budget group, no weight decay)."""
+        learning rate per kind of budget group, no weight decay).
+
+        Args:
+            model: the model whose parameters to optimise; default the trainer's.
+
+        Returns:
+            The optimizer (the existing one if it was already created).
+        """
         if self.optimizer is not None:
             return self.optimizer
         model = self.model if model is None else model
@@ -291,6 +320,18 @@ class SmartTrainer(_SmartSaves, Trainer):
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Trainer's loss, mixed with the distillation loss against the teacher while searching and fine-tuning
+        (``(1 - distill_alpha) * loss + distill_alpha * distillation_loss``) when ``args.distill_alpha > 0``.
+
+        Args:
+            model: the model being trained.
+            inputs: the batch (with ``labels``).
+            return_outputs: also return the model's outputs.
+            num_items_in_batch: the Trainer's token count for loss normalisation.
+
+        Returns:
+            The loss, or ``(loss, outputs)`` with ``return_outputs=True``.
+        """
         use_teacher = (
             self.args.distill_alpha > 0
             and self.teacher_model is not None
@@ -316,6 +357,18 @@ class SmartTrainer(_SmartSaves, Trainer):
         A process killed while saving leaves ``checkpoint-N`` without ``trainer_state.json`` (the stock Trainer
         writes it last); the stock ``get_last_checkpoint`` would pick that folder and fail or resume from partial
         state. Here it is skipped with a warning, and naming it explicitly is a clear error.
+
+        Args:
+            resume_from_checkpoint: a checkpoint folder, or ``True`` for the last complete one in ``output_dir``.
+            trial: the hyper-parameter search trial, as in `Trainer.train`.
+            ignore_keys_for_eval: output keys the evaluations ignore, as in `Trainer.train`.
+            **kwargs: passed on to `Trainer.train`.
+
+        Returns:
+            The Trainer's `TrainOutput` (global step, training loss, metrics).
+
+        Raises:
+            ValueError: ``resume_from_checkpoint`` names an incomplete checkpoint, or ``True`` finds none.
         """
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)

@@ -20,6 +20,11 @@ class SmartTrainingArguments(TrainingArguments):
     Stages are counted in optimizer steps (so gradient accumulation is accounted for): ``pretrain_steps`` dense
     steps, then ``search_steps`` of structure search (soft masks, falling temperature), then fine-tuning with the
     hard mask for the rest of ``max_steps`` / ``num_train_epochs``.
+
+    Raises:
+        TypeError: a stage length that is not an integer, or a rate that is not a number.
+        ValueError: a value out of range (negative ``pretrain_steps``, ``search_fraction`` outside (0, 1], an
+            unknown ``collapse_action``, ...) or a `TrainingArguments` field that fails its own checks.
     """
 
     # --- logging: a short run's plot gets points too (TrainingArguments logs every 500 steps) ---
