@@ -350,6 +350,49 @@ def test_hardening_jump_runs_no_evaluation_the_user_did_not_ask_for(tmp_path):
     assert not any("smart/eval_loss_before_hardening" in e for e in trainer.state.log_history)
 
 
+class EvaluatedStates(TrainerCallback):
+    """(step, mask mode, eval set) of every evaluation: which model state each one saw."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        (loss_key,) = [k for k in metrics if k.endswith("_loss")]
+        self.rows.append((state.global_step, sh.get_smart_state(model).mode_name, loss_key))
+
+
+@pytest.mark.parametrize(
+    ("eval_steps", "as_dict"),
+    [(7, False), (100, False), (7, True)],
+    ids=["scheduled-at-hardening", "none-scheduled-there", "dict-of-eval-sets"],
+)
+def test_hardening_evaluates_each_model_state_once(tmp_path, eval_steps, as_dict):
+    """Hardening at step 14 (pretrain 4 + search 10): the soft masks are evaluated once -- by the scheduled evaluation
+    of step 14 when there is one, else for the jump -- and the hard masks once; the jump reports exactly those two
+    losses, and an extra evaluation for it reads only the first eval set."""
+    data = tiny_dataset(16)
+    states = EvaluatedStates()
+    trainer = SmartTrainer(
+        model=tiny_vit(),
+        args=smart_args(tmp_path, max_steps=16, log_hardening_jump=True, eval_strategy="steps", eval_steps=eval_steps),
+        smart_config=sh.SmartConfig(),
+        train_dataset=tiny_dataset(),
+        eval_dataset={"validation": data, "test": data} if as_dict else data,
+        callbacks=[states],
+    )
+    trainer.train()
+    key = "eval_validation_loss" if as_dict else "eval_loss"
+    at_hardening = [(mode, k) for step, mode, k in states.rows if step == 14]
+    scheduled_test = [("soft", "eval_test_loss")] if as_dict and eval_steps == 7 else []
+    assert sorted(at_hardening) == sorted([("hard", key), ("soft", key), *scheduled_test])
+    logged = [e for e in trainer.state.log_history if e.get("step") == 14 and key in e]
+    assert len(logged) == 2  # the soft and the hard evaluation, each logged once
+    (jump,) = [e for e in trainer.state.log_history if "smart/eval_loss_before_hardening" in e]
+    assert jump["smart/eval_loss_before_hardening"] == logged[0][key]
+    assert jump["smart/eval_loss_after_hardening"] == logged[1][key]
+    assert len(states.rows) == len(set(states.rows))  # no model state is evaluated twice on one set
+
+
 def test_smart_trainer_score_groups_default_per_kind_and_explicit(tmp_path):
     """Unset score_learning_rate: the scores get score_parameter_groups' rates (0.2 for N:M, 1.0 for blocks), no
     weight decay; a number is used for every score; the weights keep the Trainer's own groups and rate."""

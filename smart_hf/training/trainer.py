@@ -272,26 +272,39 @@ class SmartTrainer(_SmartSaves, Trainer):
             self.teacher_model = teacher.eval().requires_grad_(False)
 
     def _on_hardening(self, driver: SmartStages) -> None:
-        self._eval_loss_before_hardening = self._first_eval_loss()
+        self._eval_loss_before_hardening = self._hardening_eval_loss(reuse_logged=True)
 
     def _on_hardened(self, driver: SmartStages) -> None:
-        before, after = self._eval_loss_before_hardening, self._first_eval_loss()
+        before = self._eval_loss_before_hardening
+        after = self._hardening_eval_loss(reuse_logged=False) if before is not None else None
         if before is not None and after is not None:
             self.smart_callback.extra_logs.update(
                 {"smart/eval_loss_before_hardening": before, "smart/eval_loss_after_hardening": after}
             )
             logger.info("smart_hf: hardened masks; eval loss %.4f -> %.4f", before, after)
 
-    def _first_eval_loss(self) -> float | None:
-        """The eval loss, when ``log_hardening_jump`` asks for it, there is an eval set and the run evaluates at all
-        (``eval_strategy != "no"``: a run without evaluations gets none from here); else ``None``."""
+    def _hardening_eval_loss(self, reuse_logged: bool) -> float | None:
+        """The eval loss of the model as it is now, on the first eval set, for the hardening jump; ``None`` unless
+        ``log_hardening_jump`` asks for it, there is an eval set and the run evaluates at all (``eval_strategy !=
+        "no"``: a run without evaluations gets none from here).
+
+        Each model state is evaluated once: hardening runs before an optimizer step, so the soft masks are those the
+        scheduled evaluation of the step just ended saw, when there was one (``reuse_logged``: its logged loss is
+        taken); the hard masks are new, and the next scheduled evaluation comes after a fine-tune step. Only the
+        first eval set is evaluated, the one whose loss is reported (others, e.g. a test split, are left alone).
+        """
         if self.eval_dataset is None or not self.args.log_hardening_jump:
             return None
         if str(getattr(self.args.eval_strategy, "value", self.args.eval_strategy)) == "no":
             return None
-        metrics = self.evaluate()
-        # one eval set logs "eval_loss"; a dict of them logs "eval_<first name>_loss" first
-        return next((v for k, v in metrics.items() if k.startswith("eval_") and k.endswith("_loss")), None)
+        name = next(iter(self.eval_dataset), None) if isinstance(self.eval_dataset, dict) else None
+        prefix = f"eval_{name}" if name is not None else "eval"
+        if reuse_logged:
+            logged = _logged_at_step(self.state.log_history, self.state.global_step, f"{prefix}_loss")
+            if logged is not None:
+                return logged
+        metrics = self.evaluate(name, metric_key_prefix=prefix)  # name None: the one eval set
+        return metrics.get(f"{prefix}_loss")
 
     # --- documented Trainer hooks ---
     def create_optimizer(self, model=None):
@@ -383,6 +396,16 @@ class SmartTrainer(_SmartSaves, Trainer):
             ignore_keys_for_eval=ignore_keys_for_eval,
             **kwargs,
         )
+
+
+def _logged_at_step(log_history: list[dict], step: int, key: str) -> float | None:
+    """``key`` of the latest log entry of optimizer step ``step`` that has it, or ``None``."""
+    for entry in reversed(log_history):
+        if entry.get("step") != step:
+            return None
+        if key in entry:
+            return entry[key]
+    return None
 
 
 def _is_complete(checkpoint: str | os.PathLike) -> bool:

@@ -81,7 +81,8 @@ class SmartTrainingArguments(TrainingArguments):
     log_hardening_jump: bool = field(
         default=True,
         metadata={
-            "help": "Evaluate just before and after hardening and log the eval-loss jump; only in runs that "
+            "help": "Log the eval-loss jump at hardening: the soft masks' loss (from the scheduled evaluation of that "
+            "step, or one evaluation) and the hard masks' (one evaluation), on the first eval set; only in runs that "
             "evaluate (eval_strategy is not 'no'): a run without evaluations gets none from it."
         },
     )
