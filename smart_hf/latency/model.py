@@ -6,8 +6,11 @@
 * every distinct block (`block_signature`: all layers of a BERT share one FFN and one attention signature, so one
   block per kind is timed, per-layer only where layers differ) at a grid of kept widths, and fits ``t(w) = a + b w``
   by least squares (``b >= 0``; a fit with ``b <= 0``, i.e. noise, falls back to ``t(w) = t(units) * w / units``);
+* the whole model with every block narrowed to a quarter of its units (`smart_hf.latency.calibrate`): blocks run
+  slower inside the model than alone, so their fits are scaled by the ``c`` of ``T(w) = F + c sum_s t_s(w_s)``
+  fitted through the dense and the narrowed whole-model times (``c = 1`` when that fit is nonsense);
 * the fixed time, what pruning cannot remove (embeddings, norms, the head, residuals, framework overhead):
-  ``dense - sum over sets of t_s(units_s)``.
+  ``F = dense - c * sum over sets of t_s(units_s)`` (at least 0), so full width predicts the dense time exactly.
 
 The result is cached as JSON under ``$SMART_HF_CACHE`` (default ``$HF_HOME/smart_hf``, i.e.
 ``~/.cache/huggingface/smart_hf``) in ``latency/<hash>.json``, keyed by device name, dtype, threads, input shape,
@@ -15,8 +18,9 @@ torch version and the model's layer shapes; the key is stored in the file and co
 latency model measured on another device, dtype, thread count or shape is never reused.
 
 Cost of a build: one forward to capture the block input shapes (it also warms the dense model up), one warm-up of
-the rebuilt blocks, then at least 3 rounds (more while ``max_seconds`` allows) of the dense forward and every block
-at every grid width -- about 5 dense forwards in all, since the grid of one block per kind sums to ~2.5 full blocks.
+the rebuilt blocks and the narrowed model, then at least 3 rounds (more while ``max_seconds`` allows) of the dense
+forward, the narrowed one and every block at every grid width -- about 6 dense forwards in all, since the grid of one
+block per kind sums to ~2.5 full blocks and the narrowed model runs in about a quarter of the dense time.
 """
 
 from __future__ import annotations
@@ -228,7 +232,8 @@ def measure_latency_model(
 
     Returns:
         ``{"key", "dense_seconds", "dense_spread", "fixed_seconds", "blocks": {signature: fit}, "owners":
-        {owner: signature}, "load", "cached"}``.
+        {owner: signature}, "calibration": {"scale", "fallback", "shares", "block_sums", "whole_seconds"}, "load",
+        "cached"}``; the block fits ``a``, ``b`` are already scaled by ``calibration["scale"]``.
 
     Raises:
         ValueError: from `latency_inputs` for a model it cannot build inputs for.
