@@ -94,6 +94,7 @@ def one_run(name: str, target: float, batch: int, args) -> dict:
         "max_speedup": speed["max_speedup"],
         "width_multiple": speed["width_multiple"],
         "latency_cached": speed["latency_cached"],
+        "latency_scale": speed.get("latency_scale"),
         "prepare_s": prepare_s,
         "params_removed": summary["params_removed"],
         "noise_warnings": [str(w.message)[:160] for w in caught if "spread" in str(w.message)],

@@ -12,7 +12,7 @@ from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, tiny_resnet, tiny_vit
 from transformers import BertConfig, BertForSequenceClassification
 
 import smart_hf as sh
-from smart_hf.coupling import coupled_unit_cost, find_coupled_sets
+from smart_hf.coupling import CoupledSet, coupled_unit_cost, find_coupled_sets
 from smart_hf.latency import (
     NS,
     latency_inputs,
@@ -178,7 +178,8 @@ def test_a_real_measurement_prepares_a_target_end_to_end():
         except ValueError as err:  # a tiny model at a tiny shape is mostly fixed overhead: refused, never wrong
             assert "out of reach" in str(err)
             return
-    assert sh.get_smart_state(model).speed_target["target"] == 1.01
+    speed = sh.get_smart_state(model).speed_target
+    assert speed["target"] == 1.01 and speed["latency_scale"] > 0  # the whole-model scale is recorded
 
 
 def test_measure_speedup_records_target_and_achieved():
@@ -223,3 +224,69 @@ def test_every_family_the_finder_accepts_gets_a_latency_model(build, kinds):
     assert {b["kind"] for b in lat["blocks"].values()} == kinds  # fused GPT-2 c_attn, GQA, conv -> BN -> conv
     assert all(b["b"] > 0 and b["a"] >= 0 for b in lat["blocks"].values())
     assert predicted_seconds(lat, {}) == pytest.approx(lat["dense_seconds"])
+
+
+def test_whole_model_scale_is_fitted_through_the_dense_time():
+    from smart_hf.latency.calibrate import fit_scale
+
+    # T = F + c S through (S_full, T_dense) = (8, 10) and (2, 3): c = (10 - 3) / (8 - 2), F = 10 - 8 c
+    fit = fit_scale(10.0, 8.0, [(2.0, 3.0)])
+    assert fit["scale"] == pytest.approx(7 / 6) and fit["fixed_seconds"] == pytest.approx(10 - 8 * 7 / 6)
+    assert fit["fallback"] is None
+    # two narrowed points: least squares of dT = c dS, dS = (6, 4), dT = (7, 4.5)
+    fit = fit_scale(10.0, 8.0, [(2.0, 3.0), (4.0, 5.5)])
+    assert fit["scale"] == pytest.approx((6 * 7 + 4 * 4.5) / (36 + 16))
+    assert fit["fixed_seconds"] == pytest.approx(10 - 8 * 60 / 52)
+    # a negative fixed time (c = 1.5 would give 10 - 12) refits through the origin: F = 0, c = 10 / 8
+    assert fit_scale(10.0, 8.0, [(2.0, 1.0)]) == {"scale": 1.25, "fixed_seconds": 0.0, "fallback": None}
+
+
+@pytest.mark.parametrize("points", [[(8.0, 9.0)], [(2.0, 9.99)], [(2.0, 11.0)]])
+def test_a_nonsense_whole_model_fit_keeps_the_blocks_own_fits(points):
+    from smart_hf.latency.calibrate import fit_scale
+
+    # no width difference; a narrowed model barely faster (c ~ 0.002); a narrowed model slower than the dense one
+    fit = fit_scale(10.0, 8.0, points)
+    assert fit["scale"] == 1.0 and fit["fixed_seconds"] == pytest.approx(2.0) and fit["fallback"]
+
+
+def test_the_narrowed_forward_swaps_narrow_modules_in_and_restores_the_model():
+    from smart_hf.latency.calibrate import narrow_width, narrowed_forward
+
+    model = tiny_bert().eval()
+    sets = find_coupled_sets(model)
+    before = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    kept = {s.owner: narrow_width(s, 0.25, 8) for s in sets}
+    ffn = next(s for s in sets if s.kind == "ffn")
+    heads = next(s for s in sets if s.kind == "heads")
+    seen = {}
+    model.bert.encoder.layer[0].register_forward_pre_hook(
+        lambda m, _a: seen.update(ffn=m.intermediate.dense.out_features, heads=m.attention.self.all_head_size)
+    )
+    x = latency_inputs(model, 2, 8)
+    with torch.inference_mode():
+        out = narrowed_forward(model, sets, x, kept)()
+    assert kept[ffn.owner] == 16 and kept[heads.owner] == 1  # a quarter of 64 neurons; of 2 heads, one
+    assert narrow_width(CoupledSet("ffn", "o", (), 20), 0.25, 8) == 8  # 5 rounded to the width multiple
+    assert narrow_width(CoupledSet("ffn", "o", (), 4), 0.25, 8) == 1  # fewer units than the multiple: as is
+    assert narrow_width(CoupledSet("heads", "o", (), 12), 0.25, 8) == 3  # heads: whole heads, no multiple
+    assert seen == {"ffn": kept[ffn.owner], "heads": kept[heads.owner] * heads.head_dim}
+    assert out.logits.shape == (2, model.config.num_labels)
+    assert {n: tuple(p.shape) for n, p in model.named_parameters()} == before  # swapped back
+    assert model.bert.encoder.layer[0].attention.self.all_head_size == model.config.hidden_size
+    resnet = tiny_resnet().eval()  # chained convs: one conv narrowed on both axes
+    rsets = find_coupled_sets(resnet)
+    with torch.inference_mode():
+        narrowed_forward(resnet, rsets, latency_inputs(resnet, 1, 8), {s.owner: 1 for s in rsets})()
+
+
+def test_the_cache_key_names_the_calibrated_schema():
+    from smart_hf.latency.model import SCHEMA, latency_key
+
+    model = tiny_bert().eval()
+    assert SCHEMA == 2  # 1 stored uncalibrated block fits: such files are never read as calibrated ones
+    assert latency_key(model, latency_inputs(model, 2, 8))["schema"] == 2
+    lat = _measure(model)
+    record = lat["calibration"]
+    assert record["shares"] == [0.25] and len(record["whole_seconds"]) == 1 and record["scale"] > 0
+    assert predicted_seconds(lat, {}) == pytest.approx(lat["dense_seconds"])  # full width: the dense time

@@ -66,8 +66,9 @@ def apply_speed_budget(layers: list, owners: list[str], latency: dict, config) -
         config: the `SmartConfig` with ``target_speedup``.
 
     Returns:
-        The budget (`speed_budget`) plus ``"width_multiple"`` and ``"latency_cached"``; its ``"sparsity"`` is the
-        global budget's.
+        The budget (`speed_budget`) plus ``"width_multiple"``, ``"latency_cached"`` and ``"latency_scale"`` (the
+        whole-model scale of the block fits, `smart_hf.latency.calibrate`); its ``"sparsity"`` is the global
+        budget's.
 
     Raises:
         ValueError: when the target is out of reach (the largest reachable speed-up named).
@@ -77,4 +78,5 @@ def apply_speed_budget(layers: list, owners: list[str], latency: dict, config) -
     budget = speed_budget(latency, owners, minimums, multiple, config.target_speedup)
     for layer, cost in zip(layers, budget["unit_cost_ns"]):
         layer._smart_coupled.unit_cost = float(cost)
-    return {**budget, "width_multiple": multiple, "latency_cached": latency.get("cached", False)}
+    scale = latency.get("calibration", {}).get("scale")
+    return {**budget, "width_multiple": multiple, "latency_cached": latency.get("cached", False), "latency_scale": scale}

@@ -1,8 +1,9 @@
 """A speed target as a global budget of measured time.
 
-With block ``s`` fitted as ``t_s(w) = a_s + b_s w`` and the fixed time ``F`` (`smart_hf.latency.model`), a model
-keeping ``w_s`` units everywhere is predicted to run ``T(w) = F + sum_s (a_s + b_s w_s)``, which equals the dense
-time at full width. Asking ``T_dense / T(w) = target`` is a knapsack over units of cost ``b_s``:
+With block ``s`` fitted as ``t_s(w) = a_s + b_s w`` (scaled into the whole model) and the fixed time ``F``
+(`smart_hf.latency.model`), a model keeping ``w_s`` units everywhere is predicted to run
+``T(w) = F + sum_s (a_s + b_s w_s)``, which equals the dense time at full width. Asking ``T_dense / T(w) = target``
+is a knapsack over units of cost ``b_s``:
 
     sum_s b_s w_s = k,   k = T_dense / target - F - sum_s a_s,
 

@@ -6,8 +6,11 @@
 * every distinct block (`block_signature`: all layers of a BERT share one FFN and one attention signature, so one
   block per kind is timed, per-layer only where layers differ) at a grid of kept widths, and fits ``t(w) = a + b w``
   by least squares (``b >= 0``; a fit with ``b <= 0``, i.e. noise, falls back to ``t(w) = t(units) * w / units``);
+* the whole model with every block narrowed to a quarter of its units (`smart_hf.latency.calibrate`): blocks run
+  slower inside the model than alone, so their fits are scaled by the ``c`` of ``T(w) = F + c sum_s t_s(w_s)``
+  fitted through the dense and the narrowed whole-model times (``c = 1`` when that fit is nonsense);
 * the fixed time, what pruning cannot remove (embeddings, norms, the head, residuals, framework overhead):
-  ``dense - sum over sets of t_s(units_s)``.
+  ``F = dense - c * sum over sets of t_s(units_s)`` (at least 0), so full width predicts the dense time exactly.
 
 The result is cached as JSON under ``$SMART_HF_CACHE`` (default ``$HF_HOME/smart_hf``, i.e.
 ``~/.cache/huggingface/smart_hf``) in ``latency/<hash>.json``, keyed by device name, dtype, threads, input shape,
@@ -15,8 +18,9 @@ torch version and the model's layer shapes; the key is stored in the file and co
 latency model measured on another device, dtype, thread count or shape is never reused.
 
 Cost of a build: one forward to capture the block input shapes (it also warms the dense model up), one warm-up of
-the rebuilt blocks, then at least 3 rounds (more while ``max_seconds`` allows) of the dense forward and every block
-at every grid width -- about 5 dense forwards in all, since the grid of one block per kind sums to ~2.5 full blocks.
+the rebuilt blocks and the narrowed model, then at least 3 rounds (more while ``max_seconds`` allows) of the dense
+forward, the narrowed one and every block at every grid width -- about 6 dense forwards in all, since the grid of one
+block per kind sums to ~2.5 full blocks and the narrowed model runs in about a quarter of the dense time.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from torch import nn
 
 from ..coupling import CoupledSet
 from .blocks import block_signature, capture_input_shapes, rebuild_block
+from .calibrate import NARROW_SHARES, fit_scale, narrow_width, narrowed_forward
 from .timing import latency_inputs, load_average, spread, time_round_robin, warn_if_noisy
 
 __all__ = ["cache_dir", "latency_key", "measure_latency_model", "width_grid"]
 
-SCHEMA = 1
+# 2: block fits scaled into the whole model (`smart_hf.latency.calibrate`), a ``calibration`` record
+SCHEMA = 2
 
 
 def cache_dir() -> Path:
@@ -126,12 +132,16 @@ def _fit(widths: list[int], seconds: list[float], units: int) -> tuple[float, fl
     return intercept, slope
 
 
-def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) -> tuple[list[float], dict, dict]:
-    """The dense forward and every distinct block at its width grid, timed round-robin in one pass."""
+def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) -> tuple[dict, dict, dict, dict]:
+    """The dense forward, the whole model narrowed to every share of `NARROW_SHARES` and every distinct block at its
+    width grid, timed round-robin in one pass; returns the times, the block fits, ``{owner: signature}`` and
+    ``{share: {owner: kept}}``."""
     fns, grids, owners, first = {"dense": lambda: model(**inputs)}, {}, {}, {}
-    for cset in sets:
-        if cset.owner not in shapes:
-            continue
+    timed = [cset for cset in sets if cset.owner in shapes]
+    narrow = {share: {c.owner: narrow_width(c, share, multiple) for c in timed} for share in NARROW_SHARES}
+    for share, kept in narrow.items():
+        fns[("narrow", share)] = narrowed_forward(model, timed, inputs, kept)
+    for cset in timed:
         sig = block_signature(model, cset, shapes[cset.owner])
         owners[cset.owner] = sig
         if sig in grids:
@@ -148,7 +158,38 @@ def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) ->
         a, b = _fit(grid, medians, first[sig].units)
         blocks[sig] = {"kind": first[sig].kind, "units": first[sig].units, "widths": grid, "seconds": medians}
         blocks[sig].update(a=a, b=b, spread=max(spread(times[(sig, w)]) for w in grid))
-    return times["dense"], blocks, owners
+    return times, blocks, owners, narrow
+
+
+def _block_sum(blocks: dict, owners: dict, kept: dict | None = None) -> float:
+    """``sum_s (a_s + b_s w_s)`` over the owners (full width where ``kept`` has no entry)."""
+    total = 0.0
+    for owner, sig in owners.items():
+        block = blocks[sig]
+        total += block["a"] + block["b"] * (kept or {}).get(owner, block["units"])
+    return total
+
+
+def _calibrate(times: dict, blocks: dict, owners: dict, narrow: dict) -> dict:
+    """Scale the block fits into the whole model (`fit_scale`) in place; returns the fixed time and the record."""
+    dense_s = statistics.median(times["dense"])
+    full = _block_sum(blocks, owners)
+    points = [(_block_sum(blocks, owners, kept), statistics.median(times[("narrow", share)]))
+              for share, kept in narrow.items()]
+    fit = fit_scale(dense_s, full, points) if owners else {"fallback": "no coupled block timed"}
+    scale = fit.get("scale", 1.0)
+    if fit["fallback"] is not None and full > dense_s:  # blocks alone slower than the whole model: scale into it
+        warnings.warn(
+            f"smart_hf latency: the coupled blocks timed alone took {full / dense_s:.2f}x the whole dense forward "
+            f"(load average {load_average()}); their fits are scaled into the dense time. Measure on a quiet machine.",
+            stacklevel=3,
+        )
+        scale = dense_s / full
+    for block in blocks.values():
+        block["a"], block["b"] = block["a"] * scale, block["b"] * scale
+    record = {"scale": scale, "fallback": fit["fallback"], "shares": list(narrow), "block_sums": [p[0] for p in points],
+              "whole_seconds": [p[1] for p in points]}
+    return {"fixed_seconds": max(dense_s - scale * full, 0.0), "calibration": record}
 
 
 def _load_cached(path: Path, key: dict) -> dict | None:
@@ -191,7 +232,8 @@ def measure_latency_model(
 
     Returns:
         ``{"key", "dense_seconds", "dense_spread", "fixed_seconds", "blocks": {signature: fit}, "owners":
-        {owner: signature}, "load", "cached"}``.
+        {owner: signature}, "calibration": {"scale", "fallback", "shares", "block_sums", "whole_seconds"}, "load",
+        "cached"}``; the block fits ``a``, ``b`` are already scaled by ``calibration["scale"]``.
 
     Raises:
         ValueError: from `latency_inputs` for a model it cannot build inputs for.
@@ -208,25 +250,15 @@ def measure_latency_model(
     try:
         with torch.inference_mode():
             shapes = capture_input_shapes(model, sets, lambda: model(**inputs))  # also the dense warm-up
-        dense, blocks, owners = _time_all(model, inputs, sets, shapes, multiple, max_seconds)
+        times, blocks, owners, narrow = _time_all(model, inputs, sets, shapes, multiple, max_seconds)
     finally:
         model.train(was_training)
-    dense_s = statistics.median(dense)
-    full = sum(blocks[sig]["a"] + blocks[sig]["b"] * blocks[sig]["units"] for sig in owners.values())
-    if full > dense_s:  # blocks alone slower than the whole model: inconsistent timings, scale them into it
-        warnings.warn(
-            f"smart_hf latency: the coupled blocks timed alone took {full / dense_s:.2f}x the whole dense forward "
-            f"(load average {load_average()}); their fits are scaled into the dense time. Measure on a quiet machine.",
-            stacklevel=2,
-        )
-        for block in blocks.values():
-            block["a"], block["b"] = block["a"] * dense_s / full, block["b"] * dense_s / full
-        full = dense_s
+    dense = times["dense"]
     payload = {
         "key": key,
-        "dense_seconds": dense_s,
+        "dense_seconds": statistics.median(dense),
         "dense_spread": spread(dense),
-        "fixed_seconds": dense_s - full,  # so that the model predicts the dense time exactly
+        **_calibrate(times, blocks, owners, narrow),  # fixed time: the model predicts the dense time exactly
         "blocks": blocks,
         "owners": owners,
         "load": load_average(),

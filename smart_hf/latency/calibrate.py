@@ -1,0 +1,147 @@
+"""Whole-model calibration of the block fits: blocks run slower inside the model than timed alone.
+
+A block timed alone reuses one input and its weights stay in cache; inside the model its input comes from the
+previous block and the caches hold other layers' weights, so the sum of the blocks timed alone underestimates their
+share of the dense time, and the fixed time ``F = dense - sum of the blocks`` comes out too large -- a budget built on
+it cuts too much (a MiniLM asked for 3x ran 7x). `narrowed_forward` times the whole model with every coupled block
+narrowed to one share of its units (fresh random modules swapped in for the call, swapped back after, so no copy of
+the model is made), and `fit_scale` fits
+
+    T(w) = F + c * sum_s (a_s + b_s w_s)
+
+through the dense time (``F = T_dense - c * S_full``, so full width still predicts the dense time exactly) and, by
+least squares, through the narrowed whole-model times: ``c = sum_i dT_i dS_i / sum_i dS_i^2`` with
+``dT_i = T_dense - T_i`` and ``dS_i = S_full - S_i``. A negative ``F`` refits through the origin
+(``F = 0, c = T_dense / S_full``); a scale outside ``[1 / MAX_SCALE, MAX_SCALE]`` (noise) falls back to ``c = 1``,
+the blocks' own fits.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from ..coupling import CoupledSet
+from .blocks import _resized
+
+__all__ = ["MAX_SCALE", "NARROW_SHARES", "fit_scale", "narrow_width", "narrowed_forward"]
+
+# The shares of every block's units the whole model is timed at: a quarter covers the widths of a 3x target, and
+# costs a quarter of a dense forward per round.
+NARROW_SHARES = (0.25,)
+# Blocks inside the model measured up to ~1.3x slower than alone on CPU; a scale beyond 3x either way is noise.
+MAX_SCALE = 3.0
+
+_HEAD_ATTRS = ("num_attention_heads", "num_heads")
+
+
+def narrow_width(cset: CoupledSet, share: float, multiple: int = 1) -> int:
+    """The kept units of ``cset`` at ``share`` of its units: rounded, at least 1, FFN / conv widths rounded to
+    ``multiple`` where that stays inside ``[1, units]``.
+
+    Args:
+        cset: the coupled set.
+        share: the share of its units to keep (0..1].
+        multiple: the FFN / conv width multiple (heads keep whole heads).
+
+    Returns:
+        The kept units.
+    """
+    w = max(1, round(share * cset.units))
+    step = 1 if cset.kind == "heads" else multiple
+    if cset.units >= step > 1:
+        w = max(step, round(w / step) * step)
+    return min(cset.units, w)
+
+
+def _head_attrs(attention: nn.Module, cset: CoupledSet, kept: int) -> dict[str, int]:
+    """The head-count attributes of ``attention`` and their values with ``kept`` units (head size unchanged)."""
+    heads = kept * cset.heads_per_unit
+    values = {a: heads for a in _HEAD_ATTRS}
+    values.update(num_key_value_heads=kept, all_head_size=heads * cset.head_dim, split_size=kept * cset.head_dim)
+    return {a: v for a, v in values.items() if isinstance(getattr(attention, a, None), int)}
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def narrowed_forward(model: nn.Module, sets: list[CoupledSet], inputs: dict, kept: dict[str, int]):
+    """A callable running one forward of ``model`` with every set in ``sets`` narrowed to ``kept[owner]`` units.
+
+    Each call swaps fresh modules of the narrowed shapes (random weights: only the time matters; `rebuild_block`'s
+    resizing) and the head-count attributes into the model, runs it on ``inputs`` and swaps the originals back,
+    also on error, so the model is unchanged between calls.
+
+    Args:
+        model: the unprepared model.
+        sets: the coupled sets to narrow.
+        inputs: its keyword inputs (`smart_hf.latency.timing.latency_inputs`).
+        kept: kept units per set owner (a set not listed keeps all of them).
+
+    Returns:
+        A function without arguments that runs the narrowed forward once.
+    """
+    resizes, attrs = {}, []  # {name: [(axis, entries)]}, [(module, attribute, original, narrowed)]
+    for cset in sets:
+        w = kept.get(cset.owner, cset.units)
+        if w == cset.units:
+            continue
+        for m in cset.members:  # a conv between two chains is one set's consumer and the next one's producer
+            resizes.setdefault(m.name, []).append((m.axis, m.chunks * w * m.width))
+        if cset.kind == "heads" and cset.attention is not None:
+            attention = model.get_submodule(cset.attention)
+            attrs += [(attention, a, getattr(attention, a), v) for a, v in _head_attrs(attention, cset, w).items()]
+    modules = []  # (name, original, narrowed)
+    for name, steps in resizes.items():
+        narrowed = original = model.get_submodule(name)
+        for axis, entries in steps:
+            narrowed = _resized(narrowed, axis, entries)
+        modules.append((name, original, narrowed))
+
+    def swap(narrow: bool) -> None:
+        for name, original, narrowed in modules:
+            _set(model, name, narrowed if narrow else original)
+        for module, attr, original, narrowed in attrs:
+            setattr(module, attr, narrowed if narrow else original)
+
+    def run():
+        swap(True)
+        try:
+            return model(**inputs)
+        finally:
+            swap(False)
+
+    return run
+
+
+def fit_scale(dense: float, full: float, points: list[tuple[float, float]]) -> dict:
+    """Fit ``T = F + c S`` through ``(full, dense)`` and, by least squares, the narrowed ``points`` (module
+    docstring).
+
+    Args:
+        dense: the dense whole-model time ``T_dense`` (seconds).
+        full: ``S_full``, the sum of the block fits at full width (seconds).
+        points: ``(S_i, T_i)`` per narrowed whole-model run: the sum of the block fits at its widths and its
+            measured time (seconds).
+
+    Returns:
+        ``{"scale": c, "fixed_seconds": F, "fallback": None or why the blocks' own fits were kept}``; with a
+        fallback ``c = 1`` and ``F = dense - full`` (which may be negative: the caller handles it).
+    """
+    ds = [full - s for s, _ in points]
+    dt = [dense - t for _, t in points]
+    denom = sum(d * d for d in ds)
+    scale = sum(a * b for a, b in zip(dt, ds)) / denom if denom > 0 else math.nan
+    why = None
+    if not math.isfinite(scale) or full <= 0 or dense <= 0:
+        why = "no narrowed time differs from the dense one"
+    elif dense - scale * full < 0:  # the blocks' slopes overstate the whole model's: no fixed time left
+        scale = dense / full
+    if why is None and not 1 / MAX_SCALE <= scale <= MAX_SCALE:
+        why = f"the fitted scale {scale:.2f} is outside [{1 / MAX_SCALE:.2f}, {MAX_SCALE:g}] (noise)"
+    if why is not None:
+        return {"scale": 1.0, "fixed_seconds": dense - full, "fallback": why}
+    return {"scale": scale, "fixed_seconds": max(dense - scale * full, 0.0), "fallback": None}
