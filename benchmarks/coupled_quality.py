@@ -66,7 +66,7 @@ from benchmarks.quality.core import (
     train_steps,
     weight_groups,
 )
-from smart_hf.slim import find_ffn_pairs
+from benchmarks.quality.widths import kept_widths, per_layer, rebuild, unit_widths
 
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 METHODS = ("dense", "smart", "tp_magnitude", "tp_taylor", "kwon_fisher")
@@ -128,72 +128,6 @@ def latency_of(model: nn.Module, seq_len: int) -> dict:
     config = SpeedSpec(2.0, seq_len).smart_config()
     owners = [name for name, *_ in sh.find_targets(model, config)]
     return sh.latency.measure_for_prepare(model, config, owners)
-
-
-def unit_widths(model: nn.Module, latency: dict) -> dict[str, int]:
-    """Input columns per unit of every coupled owner of the dense ``model`` (head size for heads, 1 for neurons)."""
-    modules = dict(model.named_modules())
-    return {o: modules[o].in_features // latency["blocks"][sig]["units"] for o, sig in latency["owners"].items()}
-
-
-def kept_widths(model: nn.Module, widths: dict[str, int]) -> dict[str, int]:
-    """Kept units per owner of a physically pruned model: its owners' input columns over the unit width."""
-    modules = dict(model.named_modules())
-    return {o: modules[o].in_features // w for o, w in widths.items()}
-
-
-def _sliced(layer: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
-    """The first ``rows`` outputs / ``cols`` inputs of ``layer`` (a timing stand-in: which units is irrelevant)."""
-    rows, cols = rows or layer.out_features, cols or layer.in_features
-    new = nn.Linear(cols, rows, bias=layer.bias is not None).to(layer.weight.device, layer.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(layer.weight[:rows, :cols])
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias[:rows])
-    return new
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
-
-
-def rebuild(dense: nn.Module, latency: dict, widths: dict[str, int], kept: dict[str, int]) -> nn.Module:
-    """A copy of ``dense`` with ``kept`` units per owner: FFN neurons sliced from the pair's fc1 / fc2
-    (`smart_hf.slim.find_ffn_pairs`), heads from the q/k/v projections of the layer's attention (the module with
-    them under the owner's layer) and its head-count attributes. The weights are the first units', so the copy is
-    for timing only."""
-    model = copy.deepcopy(dense)
-    producer = {pair["fc2"]: pair["fc1"] for pair in find_ffn_pairs(model)}
-    attentions = [name for name, module in model.named_modules() if _qkv(module)]
-    for owner, count in kept.items():
-        _set(model, owner, _sliced(model.get_submodule(owner), cols=count * widths[owner]))
-        if latency["blocks"][latency["owners"][owner]]["kind"] != "heads":
-            _set(model, producer[owner], _sliced(model.get_submodule(producer[owner]), rows=count))
-            continue
-        layer = owner.rsplit(".", 2)[0] + "."  # BERT: ...attention.{self, output.dense}; ViT: ...N.attention.o_proj
-        attention = next(name for name in attentions if name.startswith(layer))
-        module = model.get_submodule(attention)
-        for proj in _qkv(module):
-            _set(model, f"{attention}.{proj}", _sliced(getattr(module, proj), rows=count * widths[owner]))
-        module.num_attention_heads = count
-        if hasattr(module, "all_head_size"):
-            module.all_head_size = count * widths[owner]
-    return model
-
-
-def _qkv(module: nn.Module) -> tuple[str, ...]:
-    """The names of ``module``'s q/k/v projections (``_PROJECTIONS``), or ``()``."""
-    names = next((n for n in _PROJECTIONS if all(isinstance(getattr(module, p, None), nn.Linear) for p in n)), ())
-    return names
-
-
-def per_layer(latency: dict, kept: dict[str, int]) -> dict:
-    """Kept heads and FFN neurons per layer, in the model's layer order."""
-    out = {"heads": [], "ffn": []}
-    for owner, sig in latency["owners"].items():
-        out["heads" if latency["blocks"][sig]["kind"] == "heads" else "ffn"].append(kept[owner])
-    return out
 
 
 # the q / k / v projections of an attention module of the two model families benchmarked, and its head-size attribute

@@ -11,7 +11,9 @@ Transformers") as a baseline of the equal-speed benchmark (`benchmarks.coupled_q
 * Mask search (their Algorithm 1, with a latency model instead of their lookup table): for every number ``n`` of
   kept heads, keep the ``n`` heads of highest Fisher, fill the time left with the neurons of highest Fisher (the
   time of a unit is its block's marginal seconds ``b_s`` in `smart_hf.latency`'s model), and keep the split with
-  the highest total kept Fisher. Every owner keeps at least one unit (an empty attention / FFN block is not built).
+  the highest total kept Fisher. Every owner keeps at least one unit (an empty attention / FFN block is not built);
+  FFN widths are not rounded to a multiple (the paper does not; SMART rounds to 8 on CPU), so equal predicted time
+  can still differ in measured time, which the benchmark reports per row.
 * Their mask rearrangement and least-squares mask tuning are replaced by the shared fine-tune window every method of
   the benchmark gets: the pruned units stay masked (hooks) through all of it.
 """

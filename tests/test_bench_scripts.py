@@ -285,7 +285,7 @@ def test_bench_coupled_quality_rebuilds_an_architecture_from_its_widths():
     """The timing stand-in of a row has exactly the recorded heads and FFN neurons per layer, and runs."""
     from tiny_models import text_inputs, tiny_bert
 
-    from benchmarks.coupled_quality import kept_widths, per_layer, rebuild, unit_widths
+    from benchmarks.quality.widths import kept_widths, per_layer, rebuild, unit_widths
 
     blocks = {"h": {"kind": "heads", "units": 2}, "f": {"kind": "ffn", "units": 64}}
     owners = {}
