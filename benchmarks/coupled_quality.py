@@ -298,13 +298,23 @@ def run_seed(task: Task, seed: int, targets: list[float], methods: list[str], re
     fisher = [take(train, i) for i in batch_indices(len(train["labels"]), 64, 8, seed + 7)]  # 512 examples
     plan = [("dense", None)] if "dense" in methods else []
     plan += [(name, t) for t in targets for name in methods if name != "dense"]
-    rows, ctx = [], {}
+    rows, ctx, unreachable = [], {}, set()
     for name, target in plan:
         start = time.perf_counter()
         if name == "smart":
             ctx = {"latency": latency, "widths": widths, "fisher_batches": fisher}
+        if target in unreachable:  # the baselines match the SMART model's time: none to match
+            continue
         method = DenseMethod() if name == "dense" else make_method(name, task, target, ctx)
-        pruned, row = run_one(task, dense_state, seed, method)
+        try:
+            pruned, row = run_one(task, dense_state, seed, method)
+        except ValueError as error:  # a target beyond the smallest widths is recorded, the other targets still run
+            if name != "smart" or "out of reach" not in str(error):
+                raise
+            unreachable.add(target)
+            rows.append({"task": task.name, "seed": seed, "method": name, "target": target, "error": str(error)})
+            print(f"{task.name} seed {seed} {name} @ {target}: {error}", file=sys.stderr)
+            continue
         kept = row.pop("kept", None) or kept_widths(pruned, widths)
         if name == "smart":
             ctx["smart_seconds"] = sh.latency.predicted_seconds(latency, kept)
@@ -332,6 +342,7 @@ def _interval(values: list[float]) -> tuple[float, float]:
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (task, target, method): accuracy mean / 95% CI, speed-ups, and SMART minus the method paired by seed."""
     out = []
+    rows = [r for r in rows if "error" not in r]
     keys = {(r["task"], r["target"], r["method"]) for r in rows}
     for task, target, method in sorted(keys, key=lambda k: (k[0], k[1] or 0, METHODS.index(k[2]))):
         group = {r["seed"]: r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, method)}
@@ -385,7 +396,7 @@ def retime(path: str, repeats: int, threads: int) -> dict:
         dense = task.build_model(0)
         latency = latency_of(dense, task.extra["seq_len"])
         widths = unit_widths(dense, latency)
-        for row in (r for r in result["rows"] if r["task"] == name):
+        for row in (r for r in result["rows"] if r["task"] == name and "error" not in r):
             row.update(measure_row(dense, latency, widths, row["widths"], task.extra["seq_len"], repeats))
     result["summary"] = summarize(result["rows"])
     result["timing_environment"] = environment(threads)
@@ -429,6 +440,8 @@ def main(argv=None) -> int:
         }
         out = args.out
     print_table(result["summary"])
+    for row in (r for r in result["rows"] if "error" in r):
+        print(f"\n{row['task']} seed {row['seed']} target {row['target']}: {row['error']}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2, default=str))
     return 0

