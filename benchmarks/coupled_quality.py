@@ -1,25 +1,35 @@
 #!/usr/bin/env python
-"""Quality of coupled units: SMART ``pattern="coupled"`` against Torch-Pruning's dependency-graph pruning of the
-same units (FFN neurons + whole attention heads) at the same FLOPs and the same optimizer steps.
+"""Quality at equal speed: SMART ``pattern="coupled"`` with a speed target against Torch-Pruning (magnitude,
+Taylor) and Kwon et al.'s Fisher mask search, every method at the same predicted time and the same optimizer steps.
 
-Per (task, seed): one dense pretrain; then every method gets the same post-dense window of AdamW steps (same seeded
-batches, warm-up + cosine LR; `benchmarks.quality.core`):
+Per (task, seed): one dense pretrain and one latency model (`smart_hf.latency.measure_for_prepare`, measured on this
+machine at the task's shape and cached: MiniLM batch 32 x 48 tokens, the tweets' length; digits batch 32, the tokens
+from the image size, 17). Then per target speed-up ``t`` every method gets the same post-dense window of AdamW steps
+(same seeded batches, warm-up + cosine LR; `benchmarks.quality.core`):
 
-* ``smart``: ``SmartConfig(pattern="coupled", sparsity=f, coupled_tokens=T)`` -- one global budget over FFN neurons
-  and heads, cost = per-token MACs at the task's sequence length; soft search over the first half of the window,
+* ``smart``: ``SmartConfig(pattern="coupled", target_speedup=t, latency_batch_size=32, latency_seq_len=S)`` -- one
+  global budget of measured time over FFN neurons and heads; soft search over the first half of the window,
   hard-mask fine-tune over the second; then ``squash`` + ``slim(mode="per_layer")`` (the units are removed).
 * ``tp_magnitude`` / ``tp_taylor``: Torch-Pruning's ``BasePruner`` with ``GroupMagnitudeImportance(p=2)`` /
   ``GroupTaylorImportance`` (gradients of 4 calibration batches), ``global_pruning=True``, whole heads
   (``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``) and FFN neurons; the residual stream is
-  protected (output projections, fc2 and the classifier in ``ignored_layers``), so both methods prune the same kind
-  of units. One-shot at the start of the window, then the whole window fine-tunes. Its ratio (heads and neurons
-  alike) is bisected so its MACs match the SMART model's of the same seed (the table shows both).
-* ``dense``: keeps training (the reference).
+  protected (output projections, fc2 and the classifier in ``ignored_layers``), so every method prunes the same
+  kind of units. One-shot at the start of the window, then the whole window fine-tunes. Its ratio (heads and neurons
+  alike) is bisected so that the pruned model's predicted time (`smart_hf.latency.predicted_seconds` of its kept
+  heads / neurons per layer) matches the SMART model's of the same seed and target.
+* ``kwon_fisher``: `benchmarks.fisher_pruning` -- Fisher importance of head / neuron masks on 512 training examples
+  and the mask search of Kwon et al. (2022) to the SMART model's predicted time; the masks stay through the window.
+* ``dense``: keeps training (the reference; once per seed).
 
-MACs are counted on one example (linears, convs and the attention matmuls with the heads each block really has).
-Reports test accuracy / error per method: mean over seeds and a 95% t-interval.
+Every row records its kept heads and FFN neurons per layer, its predicted time and its measured speed-up: its
+architecture rebuilt from those widths (random weights) timed against the dense one (`smart_hf.latency.
+measure_speedup`, batch x seq of the latency model). ``--time-only RESULT.json`` re-times every row of a result file
+(e.g. on a quiet machine after training under load) and rewrites the speed columns and the summary. The summary per
+(task, target, method): test accuracy mean with a 95% t-interval over seeds, the paired-by-seed difference SMART
+minus each baseline (mean, 95% CI), predicted and measured speed-up.
 
-    HF_HUB_OFFLINE=1 python -m benchmarks.coupled_quality                 # digits + MiniLM, 3 seeds, f=0.5
+    HF_HUB_OFFLINE=1 python -m benchmarks.coupled_quality --seeds 0 1 2 3 4 --targets 1.5 2 3
+    HF_HUB_OFFLINE=1 python -m benchmarks.coupled_quality --time-only RESULT.json  # re-time on a quiet machine
     HF_HUB_OFFLINE=1 python -m benchmarks.coupled_quality --smoke         # tiny models, a few steps
 """
 
@@ -41,11 +51,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 import smart_hf as sh
+from benchmarks.fisher_pruning import FisherMaskMethod
 from benchmarks.quality import run as quality_run
 from benchmarks.quality.core import (
+    DenseMethod,
     SmartMethod,
     Task,
     WindowMethod,
@@ -55,23 +66,26 @@ from benchmarks.quality.core import (
     train_steps,
     weight_groups,
 )
+from benchmarks.quality.widths import kept_widths, per_layer, rebuild, unit_widths
 
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-METHODS = ("dense", "smart", "tp_magnitude", "tp_taylor")
+METHODS = ("dense", "smart", "tp_magnitude", "tp_taylor", "kwon_fisher")
+LATENCY_BATCH = 32
+DEFAULT_OUT = "docs/results/coupled_quality/minilm_digits_equal_speed.json"
 
 
 def digits_task(smoke: bool, layers: int) -> Task:
-    """The quality benchmark's digits task (`benchmarks.quality.run.digits_task`) with a 120-step window; the
-    attention cost of a head counts 17 tokens."""
+    """The quality benchmark's digits task (`benchmarks.quality.run.digits_task`) with a 120-step window; timed at
+    batch 32 (17 tokens from the 8x8 image, patch 2)."""
     task = quality_run.digits_task(smoke, 1.0, layers)
-    return dataclasses.replace(task, window=task.window if smoke else 120, extra={"T": 17})
+    return dataclasses.replace(task, window=task.window if smoke else 120, extra={"seq_len": 17})
 
 
 def minilm_task(smoke: bool, layers: int) -> Task:
     """The quality benchmark's MiniLM tweets task (`benchmarks.quality.run.minilm_task`, 5,000 test tweets) with a
-    120-step window; the attention cost of a head counts 48 tokens."""
+    120-step window; timed at batch 32 x 48 tokens (the tweets' padded length)."""
     task = quality_run.minilm_task(smoke, 1.0)
-    return dataclasses.replace(task, window=task.window if smoke else 120, extra={"T": 48})
+    return dataclasses.replace(task, window=task.window if smoke else 120, extra={"seq_len": 48})
 
 
 TASKS = {"digits": digits_task, "minilm": minilm_task}
@@ -81,56 +95,39 @@ def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-@torch.no_grad()
-def count_macs(model: nn.Module, inputs: dict) -> int:
-    """MACs of one forward: every Linear / Conv2d / transformers Conv1D, plus ``Q K^T`` and ``A V`` of every
-    attention block with the query width it really has (``2 * B * T^2 * width``)."""
-    total, handles = [0], []
-
-    def hook(module, args, out):
-        if isinstance(module, nn.Conv2d):
-            total[0] += (out.numel() // out.shape[1]) * module.weight.numel()
-        else:
-            total[0] += (args[0].numel() // args[0].shape[-1]) * module.weight.numel()
-
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d, Conv1D)):
-            handles.append(module.register_forward_hook(hook))
-    model.eval()
-    logits = model(**inputs).logits
-    for h in handles:
-        h.remove()
-    batch = logits.shape[0]
-    tokens = inputs["input_ids"].shape[1] if "input_ids" in inputs else _vision_tokens(model)
-    for (query, _, _), _ in attention_projections(model):
-        total[0] += 2 * batch * tokens * tokens * query.out_features  # query width = kept heads * head size
-    return int(total[0])
-
-
-def _vision_tokens(model) -> int:
-    cfg = model.config
-    return (cfg.image_size // cfg.patch_size) ** 2 + 1
-
-
 @dataclass(frozen=True)
-class CoupledSpec:
-    """What `SmartMethod` needs from a pattern spec: the SmartConfig."""
+class SpeedSpec:
+    """What `SmartMethod` needs from a pattern spec: the SmartConfig of a speed target at the task's shape."""
 
-    sparsity: float
-    tokens: int
+    target: float
+    seq_len: int
 
     def smart_config(self, **overrides) -> sh.SmartConfig:
-        return sh.SmartConfig(pattern="coupled", sparsity=self.sparsity, coupled_tokens=self.tokens, **overrides)
+        return sh.SmartConfig(
+            pattern="coupled",
+            target_speedup=self.target,
+            latency_batch_size=LATENCY_BATCH,
+            latency_seq_len=self.seq_len,
+            **overrides,
+        )
 
 
 class SmartCoupled(SmartMethod):
-    """`SmartMethod` with coupled units; ``finish`` squashes and slims (per layer), so the MACs are real."""
+    """`SmartMethod` with coupled units; ``finish`` squashes and slims (per layer), so the units are removed."""
 
     name = "smart"
 
     def finish(self, model):
+        model = super().finish(model)
         sh.slim(model, mode="per_layer")
         return model
+
+
+def latency_of(model: nn.Module, seq_len: int) -> dict:
+    """The latency model SMART uses for ``model`` at the task's shape (measured once, then read from the cache)."""
+    config = SpeedSpec(2.0, seq_len).smart_config()
+    owners = [name for name, *_ in sh.find_targets(model, config)]
+    return sh.latency.measure_for_prepare(model, config, owners)
 
 
 # the q / k / v projections of an attention module of the two model families benchmarked, and its head-size attribute
@@ -193,10 +190,11 @@ def tp_prune(model: nn.Module, ratio: float, importance, example: dict) -> None:
 
 
 class TorchPruningCoupled(WindowMethod):
-    """One-shot Torch-Pruning at the start of the window, ratio bisected to the target MACs; then fine-tune."""
+    """One-shot Torch-Pruning at the start of the window, ratio bisected to the target predicted time; fine-tune."""
 
-    def __init__(self, importance: str, target_macs: int):
-        self.importance, self.target, self.name = importance, target_macs, f"tp_{importance}"
+    def __init__(self, importance: str, latency: dict, widths: dict[str, int], target_seconds: float):
+        self.importance, self.name = importance, f"tp_{importance}"
+        self.latency, self.widths, self.target = latency, widths, target_seconds
 
     def _importance(self):
         import torch_pruning as tp
@@ -204,6 +202,9 @@ class TorchPruningCoupled(WindowMethod):
         if self.importance == "taylor":
             return tp.importance.GroupTaylorImportance()
         return tp.importance.GroupMagnitudeImportance(p=2)
+
+    def _predicted(self, model) -> float:
+        return sh.latency.predicted_seconds(self.latency, kept_widths(model, self.widths))
 
     def prepare(self, model, task, ctx):
         example = {k: v[:1] for k, v in model_inputs(ctx["calibration"][0]).items()}  # one row, as the target
@@ -218,8 +219,7 @@ class TorchPruningCoupled(WindowMethod):
             for source, target in zip(model.parameters(), trial.parameters()):  # deepcopy drops .grad
                 target.grad = None if source.grad is None else source.grad.clone()
             tp_prune(trial, mid, self._importance(), example)
-            macs = count_macs(trial, example)
-            if macs > self.target:
+            if self._predicted(trial) > self.target:
                 low = mid
             else:
                 high, best = mid, mid
@@ -230,8 +230,8 @@ class TorchPruningCoupled(WindowMethod):
         return weight_groups(model, task.weight_decay)
 
 
-def run_one(task: Task, dense_state: dict, seed: int, method, example: dict) -> dict:
-    """One row: ``method`` from the dense weights through the window, evaluated; MACs measured on ``example``."""
+def run_one(task: Task, dense_state: dict, seed: int, method) -> tuple[nn.Module, dict]:
+    """One row: ``method`` from the dense weights through the window, evaluated."""
     torch.manual_seed(seed)
     model = task.build_model(seed)
     model.load_state_dict(dense_state)
@@ -245,117 +245,205 @@ def run_one(task: Task, dense_state: dict, seed: int, method, example: dict) -> 
     row = {
         "val_acc": accuracy(model, task.splits["validation"], task.eval_batch),
         "test_acc": accuracy(model, task.splits["test"], task.eval_batch),
-        "macs": count_macs(model, example),
         "params": sum(p.numel() for p in model.parameters()),
     }
     row.update(getattr(method, "record", {}))
-    return row
+    return model, row
 
 
-def run_seed(task: Task, seed: int, fraction: float, methods: list[str]) -> list[dict]:
+def measure_row(dense: nn.Module, latency: dict, widths: dict, kept: dict, seq_len: int, repeats: int) -> dict:
+    """Predicted and measured speed of the architecture with ``kept`` units per owner against ``dense``."""
+    predicted = sh.latency.predicted_seconds(latency, kept)
+    slim = rebuild(dense, latency, widths, kept)
+    measured = sh.latency.measure_speedup(dense, slim, (LATENCY_BATCH, seq_len), repeats=repeats)
+    return {
+        "predicted_seconds": predicted,
+        "predicted_speedup": latency["dense_seconds"] / predicted,
+        "measured_speedup": measured["speedup"],
+        "measured_spread": measured["spread"],
+        "measured_load": measured["load"],
+    }
+
+
+def make_method(name: str, task: Task, target: float, ctx: dict):
+    """The window method ``name`` at ``target``; the baselines aim at ``ctx["smart_seconds"]``."""
+    if name == "smart":
+        return SmartCoupled(SpeedSpec(target, task.extra["seq_len"]))
+    if "smart_seconds" not in ctx:
+        raise ValueError("put 'smart' before the baselines in --methods: they match its predicted time")
+    if name == "kwon_fisher":
+        return FisherMaskMethod(ctx["latency"], ctx["smart_seconds"], ctx["fisher_batches"])
+    return TorchPruningCoupled(name.removeprefix("tp_"), ctx["latency"], ctx["widths"], ctx["smart_seconds"])
+
+
+def smoke_target(latency: dict) -> float:
+    """A speed-up the smoke models surely reach: 40% of the way to the predicted speed-up of half the units
+    everywhere (mostly embeddings and overhead, they get only a little faster, and by how much depends on the load
+    the latency model was measured under)."""
+    half = {o: max(1, latency["blocks"][sig]["units"] // 2) for o, sig in latency["owners"].items()}
+    reach = latency["dense_seconds"] / sh.latency.predicted_seconds(latency, half)
+    return round(1 + 0.4 * (reach - 1), 4)
+
+
+def run_seed(task: Task, seed: int, targets: list[float], methods: list[str], repeats: int) -> list[dict]:
+    """Every method of ``methods`` at every target for one seed (``targets`` empty: `smoke_target`)."""
     model = task.build_model(seed)
     train_steps(model, task, seed, task.dense_steps, weight_groups(model, task.weight_decay))
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-    example = model_inputs(take(task.splits["test"], torch.arange(1)))
-    dense_macs = count_macs(model, example)
-    rows, target = [], None
-    for name in methods:
+    seq_len = task.extra["seq_len"]
+    latency = latency_of(model, seq_len)
+    targets = targets or [smoke_target(latency)]
+    widths = unit_widths(model, latency)
+    train = task.splits["train"]
+    fisher = [take(train, i) for i in batch_indices(len(train["labels"]), 64, 8, seed + 7)]  # 512 examples
+    plan = [("dense", None)] if "dense" in methods else []
+    plan += [(name, t) for t in targets for name in methods if name != "dense"]
+    rows, ctx, unreachable = [], {}, set()
+    for name, target in plan:
         start = time.perf_counter()
-        if name == "dense":
-            method = WindowMethod()
-            method.prepare = lambda m, t, ctx: weight_groups(m, t.weight_decay)
-        elif name == "smart":
-            method = SmartCoupled(CoupledSpec(fraction, task.extra["T"]))
-        else:
-            if target is None:
-                raise ValueError("put 'smart' before the Torch-Pruning methods: they match its MACs")
-            method = TorchPruningCoupled(name.removeprefix("tp_"), target)
-        row = run_one(task, dense_state, seed, method, example)
         if name == "smart":
-            target = row["macs"]
-        row.update(
-            task=task.name,
-            seed=seed,
-            method=name,
-            fraction=fraction,
-            dense_macs=dense_macs,
-            macs_removed=1 - row["macs"] / dense_macs,
-            seconds=time.perf_counter() - start,
-        )
+            ctx = {"latency": latency, "widths": widths, "fisher_batches": fisher}
+        if target in unreachable:  # the baselines match the SMART model's time: none to match
+            continue
+        method = DenseMethod() if name == "dense" else make_method(name, task, target, ctx)
+        try:
+            pruned, row = run_one(task, dense_state, seed, method)
+        except ValueError as error:  # a target beyond the smallest widths is recorded, the other targets still run
+            if name != "smart" or "out of reach" not in str(error):
+                raise
+            unreachable.add(target)
+            rows.append({"task": task.name, "seed": seed, "method": name, "target": target, "error": str(error)})
+            print(f"{task.name} seed {seed} {name} @ {target}: {error}", file=sys.stderr)
+            continue
+        kept = row.pop("kept", None) or kept_widths(pruned, widths)
+        if name == "smart":
+            ctx["smart_seconds"] = sh.latency.predicted_seconds(latency, kept)
+        seconds = time.perf_counter() - start
+        row.update(task=task.name, seed=seed, method=name, target=target, widths=kept, seconds=seconds)
+        row.update(per_layer(latency, kept), seq_len=seq_len, latency_dense_seconds=latency["dense_seconds"])
+        row.update(measure_row(model, latency, widths, kept, seq_len, repeats))
         rows.append(row)
         print(
-            f"{task.name} seed {seed} {name}: test {row['test_acc']:.4f} MACs removed {row['macs_removed']:.3f}",
+            f"{task.name} seed {seed} {name} @ {target}: test {row['test_acc']:.4f} predicted "
+            f"{row['predicted_speedup']:.2f}x measured {row['measured_speedup']:.2f}x ({seconds:.0f}s)",
             file=sys.stderr,
         )
     return rows
 
 
+def _interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t-interval (0 for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, T_95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+
+
 def summarize(rows: list[dict]) -> list[dict]:
+    """Per (task, target, method): accuracy mean / 95% CI, speed-ups, and SMART minus the method paired by seed."""
     out = []
-    for key in sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (k[0], METHODS.index(k[1]))):
-        accs = [r["test_acc"] for r in rows if (r["task"], r["method"]) == key]
-        removed = [r["macs_removed"] for r in rows if (r["task"], r["method"]) == key]
-        mean = statistics.fmean(accs)
-        half = T_95.get(len(accs) - 1, 1.96) * statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else 0.0
-        out.append(
-            {
-                "task": key[0],
-                "method": key[1],
-                "seeds": len(accs),
-                "test_acc_mean": mean,
-                "test_acc_ci95": half,
-                "test_error_mean": 1 - mean,
-                "macs_removed_mean": statistics.fmean(removed),
-            }
-        )
+    rows = [r for r in rows if "error" not in r]
+    keys = {(r["task"], r["target"], r["method"]) for r in rows}
+    for task, target, method in sorted(keys, key=lambda k: (k[0], k[1] or 0, METHODS.index(k[2]))):
+        group = {r["seed"]: r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, method)}
+        mean, half = _interval([r["test_acc"] for r in group.values()])
+        entry = {"task": task, "target": target, "method": method, "seeds": len(group)}
+        entry.update(test_acc_mean=mean, test_acc_ci95=half, test_error_mean=1 - mean)
+        for key in ("predicted_speedup", "measured_speedup"):
+            entry[f"{key}_mean"] = statistics.fmean(r[key] for r in group.values())
+        smart = {r["seed"]: r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, "smart")}
+        paired = [smart[s]["test_acc"] - group[s]["test_acc"] for s in sorted(group) if s in smart]
+        if method not in ("smart", "dense") and paired:
+            entry["smart_minus_acc_mean"], entry["smart_minus_acc_ci95"] = _interval(paired)
+        out.append(entry)
     return out
+
+
+def print_table(summary: list[dict]) -> None:
+    print(
+        "| task | target | method | seeds | test acc (mean ± 95% CI) | SMART − method (paired, 95% CI) | "
+        "predicted speed-up | measured speed-up |\n|---|---|---|---|---|---|---|---|"
+    )
+    for s in summary:
+        diff = "–"
+        if "smart_minus_acc_mean" in s:
+            diff = f"{100 * s['smart_minus_acc_mean']:+.2f} ± {100 * s['smart_minus_acc_ci95']:.2f}"
+        print(
+            f"| {s['task']} | {s['target'] or 'dense'} | {s['method']} | {s['seeds']} | "
+            f"{100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_ci95']:.2f}% | {diff} | "
+            f"{s['predicted_speedup_mean']:.2f}x | {s['measured_speedup_mean']:.2f}x |"
+        )
+
+
+def environment(threads: int) -> dict:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m_at_end": os.getloadavg()[0],
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def retime(path: str, repeats: int, threads: int) -> dict:
+    """Re-time every row of a result file from its recorded widths (fresh models, random dense weights)."""
+    result = json.loads(Path(path).read_text())
+    settings = result["settings"]
+    for name in sorted({r["task"] for r in result["rows"]}):
+        key = "digits" if name.startswith("digits") else "minilm"  # task names: digits-deit, minilm-tweets
+        task = TASKS[key](settings["smoke"], settings["digits_layers"])
+        dense = task.build_model(0)
+        latency = latency_of(dense, task.extra["seq_len"])
+        widths = unit_widths(dense, latency)
+        for row in (r for r in result["rows"] if r["task"] == name and "error" not in r):
+            row.update(measure_row(dense, latency, widths, row["widths"], task.extra["seq_len"], repeats))
+    result["summary"] = summarize(result["rows"])
+    result["timing_environment"] = environment(threads)
+    return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--tasks", nargs="+", default=["digits", "minilm"], choices=sorted(TASKS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--fraction", type=float, default=0.5, help="fraction of the targeted MACs removed")
+    parser.add_argument("--tasks", nargs="+", default=["minilm", "digits"], choices=sorted(TASKS))
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0..4 (--smoke: 0)")
+    parser.add_argument("--targets", type=float, nargs="+", help="speed-ups; default 1.5 2 3 (--smoke: see smoke_target)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--digits-layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="docs/results/coupled_quality/digits_coupled.json")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds of each row's measured speed-up")
+    parser.add_argument("--time-only", metavar="RESULT.json", help="re-time the rows of a result file and rewrite it")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="result JSON (default: the --time-only file)")
     args = parser.parse_args(argv)
+    args.seeds = args.seeds or ([0] if args.smoke else [0, 1, 2, 3, 4])
+    args.targets = args.targets or ([] if args.smoke else [1.5, 2.0, 3.0])  # smoke: `smoke_target` per seed
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    rows = []
-    for name in args.tasks:
-        task = TASKS[name](args.smoke, args.digits_layers)
-        for seed in args.seeds:
-            rows += run_seed(task, seed, args.fraction, args.methods)
-    summary = summarize(rows)
-    print(
-        "| task | method | seeds | test acc (mean ± 95% CI) | test error | MACs removed |\n|---|---|---|---|---|---|"
-    )
-    for s in summary:
-        print(
-            f"| {s['task']} | {s['method']} | {s['seeds']} | {100 * s['test_acc_mean']:.2f} ± "
-            f"{100 * s['test_acc_ci95']:.2f}% | {100 * s['test_error_mean']:.2f}% | {s['macs_removed_mean']:.3f} |"
-        )
-    result = {
-        "benchmark": "coupled_quality",
-        "smoke": args.smoke,
-        "command": " ".join(["python -m benchmarks.coupled_quality", *(argv or sys.argv[1:])]),
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": args.threads,
-            "cpu_count": os.cpu_count(),
-            "loadavg_1m_at_end": os.getloadavg()[0],
-            "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        },
-        "settings": vars(args),
-        "summary": summary,
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.time_only:
+        result = retime(args.time_only, args.repeats, args.threads)
+        out = args.time_only if args.out == DEFAULT_OUT else args.out
+    else:
+        rows = []
+        for name in args.tasks:
+            task = TASKS[name](args.smoke, args.digits_layers)
+            for seed in args.seeds:
+                rows += run_seed(task, seed, args.targets, args.methods, args.repeats)
+        result = {
+            "benchmark": "coupled_quality_equal_speed",
+            "smoke": args.smoke,
+            "command": " ".join(["python -m benchmarks.coupled_quality", *(argv or sys.argv[1:])]),
+            "environment": environment(args.threads),
+            "settings": vars(args),
+            "summary": summarize(rows),
+            "rows": rows,
+        }
+        out = args.out
+    print_table(result["summary"])
+    for row in (r for r in result["rows"] if "error" in r):
+        print(f"\n{row['task']} seed {row['seed']} target {row['target']}: {row['error']}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2, default=str))
     return 0
 
 

