@@ -239,10 +239,19 @@ def soft_global_topk(flat, cost, reserved, k: float, temperature: float, shift_i
     k_free = k - float((cost * mask).sum())
     if not free.any():  # every unit is reserved: the mask is all ones, no shift to solve
         return mask, torch.tensor(float("inf"), dtype=torch.float64, device=flat.device)
+    k_free = _within_capacity(k_free, cost[free])
     mask_free, shift = soft_topk(
         flat[free], k_free, temperature, cost=cost[free], shift_init=shift_init, return_shift=True
     )
     return mask.masked_scatter(free, mask_free), shift
+
+
+def _within_capacity(k: float, cost: torch.Tensor) -> float:
+    """``k`` lowered to the units' total cost when it exceeds it by float rounding only (relative 1e-6): a budget of
+    the whole capacity, summed in float64 from float32 measured costs (the start of the budget anneal), may round
+    just above the float32 sum the solver checks; a real excess is left for the solver to refuse."""
+    capacity = float(cost.sum(dtype=torch.float64))
+    return capacity if capacity < k <= capacity * (1 + 1e-6) else k
 
 
 @torch.no_grad()
@@ -252,6 +261,7 @@ def _hard_global_topk(flat, cost, reserved, k: float) -> torch.Tensor:
     mask = reserved.to(flat.dtype)
     k_free = k - float((cost * mask).sum())
     if free.any():  # else every unit is reserved (sparsity 0 on one-unit layers): nothing left to rank
+        k_free = _within_capacity(k_free, cost[free])
         mask = mask.masked_scatter(free, hard_topk(flat[free], k_free, cost[free]))
     return mask
 

@@ -17,6 +17,7 @@ from smart_hf.budget_groups import (
     split_flat_mask,
     unit_cost_vector,
 )
+from smart_hf.budget_groups import _hard_global_topk
 from smart_hf.core.granularity import UnitLayout
 from smart_hf.core.topk import hard_topk, soft_topk
 
@@ -122,6 +123,20 @@ def test_soft_global_topk_with_every_unit_reserved_keeps_everything():
     flat = torch.randn(4)
     mask, shift = soft_global_topk(flat, torch.ones(4), torch.ones(4, dtype=torch.bool), 4.0, 0.1)
     assert torch.equal(mask, torch.ones(4)) and float(shift) == float("inf")
+
+
+def test_a_budget_of_the_whole_capacity_in_float64_is_spendable_with_float32_measured_costs():
+    # measured unit costs (nanoseconds, not whole numbers) stored in float32: their float64 capacity may exceed the
+    # float32 sum the solver checks against; the start of the budget anneal asks for exactly that capacity
+    gen = torch.Generator().manual_seed(0)
+    cost = (torch.rand(1536, generator=gen, dtype=torch.float64) * 700 + 0.123456).to(torch.float32)
+    reserved = torch.zeros(1536, dtype=torch.bool)
+    reserved[:3] = True
+    capacity = float(cost.double().sum()) + 1e-7 * float(cost.double().sum())
+    flat = torch.randn(1536, generator=gen)
+    mask, _ = soft_global_topk(flat, cost, reserved, capacity, 0.5)
+    assert torch.allclose(mask, torch.ones_like(mask), atol=1e-4)
+    assert torch.equal(_hard_global_topk(flat, cost, reserved, capacity), torch.ones(1536))
 
 
 def test_nm_batch_equals_the_per_group_solve():
