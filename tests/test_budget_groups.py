@@ -7,6 +7,7 @@ import torch
 
 from smart_hf.budget_groups import (
     BudgetGroup,
+    _hard_global_topk,
     build_groups,
     flatten_scores,
     hard_group_masks,
@@ -17,7 +18,6 @@ from smart_hf.budget_groups import (
     split_flat_mask,
     unit_cost_vector,
 )
-from smart_hf.budget_groups import _hard_global_topk
 from smart_hf.core.granularity import UnitLayout
 from smart_hf.core.topk import hard_topk, soft_topk
 
