@@ -189,66 +189,25 @@ class SmartCallback(TrainerCallback):
         if self.driver is not None:
             self.driver.finish()
         if self.verify_sparsity != "off":
-            self._verify(model)
-        self._hand_over_artifact(args, state, model, processing_class)
-
-    def _hand_over_artifact(self, args, state, model, processing_class) -> None:
-        """``<output_dir>/<save_pruned_to>``, then the model squashed in place (see the module docstring)."""
+            self.verification, error = _verify_at_end(model)
+            if error is not None and self.verify_sparsity == "raise":
+                raise error
         if adapter_module_names(unwrap_model(model)):
             logger.info(
                 "smart_hf: the model has PEFT adapters; write the pruned artifact with merged = "
                 "smart_hf.integrations.peft.merge_and_unload(model); smart_hf.save_pruned(merged, folder)"
             )
             return
-        sharded = has_sharded_parameters(model)
-        if self.save_pruned_to and (args.should_save or sharded):  # FSDP2: every rank joins the gather
-            self.pruned_dir = os.path.join(args.output_dir, self.save_pruned_to)
-            save_pruned(
-                model,
-                self.pruned_dir,
-                processing_class=processing_class,
-                log_history=state.log_history,
-                save_plots=getattr(args, "save_plots", True),
-                stages=self.stages,
-                replace_folder=True,
-            )
-            logger.info("smart_hf: pruned, stock-loadable model written to %s", self.pruned_dir)
-        if self.squash_at_end:
-            if sharded:
-                logger.warning("smart_hf: not squashing an FSDP-sharded model; save it with smart_hf.save_pruned")
-            else:
-                squash(unwrap_model(model))
-
-    def _verify(self, model) -> None:
-        try:
-            result = check_sparsity(get_smart_state(model))
-        except ValueError as err:
-            self.verification = {"verified": False, "error": str(err)}
-            logger.error("smart_hf: SPARSITY CHECK FAILED at the end of training: %s", err)
-            if self.verify_sparsity == "raise":
-                raise
-            return
-        self.verification = result
-        total = result["total"]
-        logger.info(
-            "smart_hf: sparsity verified: %d layers, %d of %d targeted weights zero (%.4f), pattern valid, budget exact",
-            len(result["layers"]),
-            total["zeros"],
-            total["weights"],
-            total["sparsity"],
+        written = _hand_over_artifact(
+            args, state, model, processing_class, self.save_pruned_to, self.squash_at_end, self.stages
         )
+        self.pruned_dir = written or self.pruned_dir
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs is None or model is None or self.stages is None or not is_prepared(model):
             return  # (not prepared: squashed at the end of training, before the Trainer's last log)
-        smart = get_smart_state(model)
-        extra = {
-            "smart/stage": _STAGE_LOG_VALUE[self.stage_at(max(state.global_step - 1, 0))],
-            "smart/temperature": smart.tau,
-            "smart/fractionality": smart.fractionality() if smart.mode_name == "soft" else 0.0,
-            "smart/sparsity": sparsity_report(smart)["total"]["sparsity"] if smart.mode_name != "dense" else 0.0,
-            **self.extra_logs,
-        }
+        step_stage = self.stage_at(max(state.global_step - 1, 0))
+        extra = {**_smart_log_values(get_smart_state(model), step_stage), **self.extra_logs}
         self.extra_logs = {}
         logs.update(extra)
         if state.log_history:
@@ -281,3 +240,56 @@ def _smart_state_of(model):
         )
     return get_smart_state(model)
 
+
+def _verify_at_end(model) -> tuple[dict, ValueError | None]:
+    """The end-of-training `check_sparsity`: its result (logged at INFO) and ``None``, or, for a violation (logged at
+    ERROR), ``{"verified": False, "error": ...}`` and the error."""
+    try:
+        result = check_sparsity(get_smart_state(model))
+    except ValueError as err:
+        logger.error("smart_hf: SPARSITY CHECK FAILED at the end of training: %s", err)
+        return {"verified": False, "error": str(err)}, err
+    total = result["total"]
+    logger.info(
+        "smart_hf: sparsity verified: %d layers, %d of %d targeted weights zero (%.4f), pattern valid, budget exact",
+        len(result["layers"]),
+        total["zeros"],
+        total["weights"],
+        total["sparsity"],
+    )
+    return result, None
+
+
+def _hand_over_artifact(args, state, model, processing_class, save_pruned_to, squash_at_end, stages) -> str | None:
+    """``<output_dir>/<save_pruned_to>``, then the model squashed in place (see the module docstring); returns the
+    folder written, or ``None`` when this process wrote none."""
+    sharded = has_sharded_parameters(model)
+    pruned_dir = None
+    if save_pruned_to and (args.should_save or sharded):  # FSDP2: every rank joins the gather
+        pruned_dir = os.path.join(args.output_dir, save_pruned_to)
+        save_pruned(
+            model,
+            pruned_dir,
+            processing_class=processing_class,
+            log_history=state.log_history,
+            save_plots=getattr(args, "save_plots", True),
+            stages=stages,
+            replace_folder=True,
+        )
+        logger.info("smart_hf: pruned, stock-loadable model written to %s", pruned_dir)
+    if squash_at_end:
+        if sharded:
+            logger.warning("smart_hf: not squashing an FSDP-sharded model; save it with smart_hf.save_pruned")
+        else:
+            squash(unwrap_model(model))
+    return pruned_dir
+
+
+def _smart_log_values(smart, stage: str) -> dict[str, float]:
+    """The ``smart/*`` metrics a log gets: the stage (numeric), temperature, fractionality and sparsity."""
+    return {
+        "smart/stage": _STAGE_LOG_VALUE[stage],
+        "smart/temperature": smart.tau,
+        "smart/fractionality": smart.fractionality() if smart.mode_name == "soft" else 0.0,
+        "smart/sparsity": sparsity_report(smart)["total"]["sparsity"] if smart.mode_name != "dense" else 0.0,
+    }
