@@ -293,10 +293,16 @@ def model_card(
     base_model = base_model or _base_model(config)
     if isinstance(command, (list, tuple)):
         command = shlex.join(redact_command(list(command)))
+    data = ModelCardData(base_model=base_model, library_name="transformers", tags=card_tags(metadata))
+    text = _card_text(config, metadata, report, metrics, base_model, command, measured_speedup)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
+
+
+def _intro_and_load(config, metadata: dict, report: dict, base_model: str | None) -> tuple[str, str]:
+    """The card's opening paragraph (what was pruned, how, how much) and its loading snippet."""
     archs = list(getattr(config, "architectures", None) or [])
     cls = archs[0] if archs else "AutoModel"
     slim = metadata.get("slim")
-    data = ModelCardData(base_model=base_model, library_name="transformers", tags=card_tags(metadata))
     total = report.get("total", {})
     intro = (
         f"This model was pruned with [smart_hf](https://arxiv.org/abs/2403.19969) (SMART: learned masks through a "
@@ -309,6 +315,13 @@ def model_card(
         load = _slim_load(slim, cls) or load
     else:
         intro += f" {100 * total.get('sparsity', 0.0):.2f}% of the targeted weights are zero."
+    return intro, load
+
+
+def _card_text(config, metadata, report, metrics, base_model, command, measured_speedup) -> str:
+    """The card's markdown below its YAML header (the arguments as for `model_card`, ``command`` already a string)."""
+    slim = metadata.get("slim")
+    intro, load = _intro_and_load(config, metadata, report, base_model)
     body = [
         "# Pruned model (smart_hf)",
         "",
@@ -343,8 +356,7 @@ def model_card(
         "",
     ]
     text = "\n".join(line for line in body if line is not None)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
+    return re.sub(r"\n{3,}", "\n\n", text)
 
 
 def write_model_card(output_dir: str | os.PathLike, config, metadata: dict, report: dict, **kwargs) -> str:
