@@ -102,6 +102,16 @@ def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Mo
     A selected module whose dims do not divide the block (or ``m``) is skipped with a warning naming it, or raises if
     the user named it explicitly; an explicitly named module of an unsupported type raises too. With
     ``pattern="coupled"`` the targets are the owners (consumers) of the coupled sets (`smart_hf.coupling`).
+
+    Args:
+        model: the model to search.
+        config: what to prune (targets, pattern, overrides).
+
+    Returns:
+        ``[(name, module, layout, sparsity)]`` in model order.
+
+    Raises:
+        ValueError: nothing matched (naming why), or an explicitly named module is unsupported or not divisible.
     """
     if config.pattern == "coupled":
         chosen = coupled_targets(model, lambda name, module: _selected(model, name, module, config)[0])

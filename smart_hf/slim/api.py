@@ -250,7 +250,14 @@ def slimmed_widths(slim_meta: dict) -> dict[str, dict[str, tuple[int, int]]]:
     """Which layers `slim` resized and how: ``{layer name: {"out": (before, after), "in": (before, after)}}`` with
     only the changed axes, counted in rows / input columns (for convs: channels). Built from the summary recorded in
     ``config.smart_hf["slim"]``: fc1 rows and fc2 columns; q/k/v rows and o columns (``heads * head_dim``); conv
-    rows and the consumer conv's input channels. For bookkeeping that needs the pre-slim geometry (budgets)."""
+    rows and the consumer conv's input channels. For bookkeeping that needs the pre-slim geometry (budgets).
+
+    Args:
+        slim_meta: ``config.smart_hf["slim"]`` of a slim model.
+
+    Returns:
+        The changed axes per layer name, as described above.
+    """
     widths: dict[str, dict[str, tuple[int, int]]] = {}
     for pair in slim_meta.get("pairs", []):
         widths.setdefault(pair["fc1"], {})["out"] = (pair["before"], pair["after"])

@@ -104,11 +104,6 @@ class SmartCallback(TrainerCallback):
         self._listeners: list[tuple[str, object]] = []
         self.extra_logs: dict[str, float] = {}
 
-    def _stage_args(self, args):
-        if isinstance(args, SmartTrainingArguments):
-            return args.pretrain_steps, args.search_steps, args.search_fraction
-        return self.pretrain_steps, self.search_steps, self.search_fraction
-
     def stage_at(self, step: int) -> str:
         """``"pretrain"``, ``"search"`` or ``"finetune"``: the stage of optimizer step ``step`` (0-based).
 
@@ -136,7 +131,12 @@ class SmartCallback(TrainerCallback):
         self._listeners.append((event, listener))
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        pretrain_steps, search_steps, search_fraction = self._stage_args(args)
+        """Build the stage driver from the run's ``max_steps`` and optimizer; start the collapse monitor.
+
+        Args:
+            args, state, control, model, optimizer, **kwargs: as the Trainer passes them to every callback.
+        """
+        pretrain_steps, search_steps, search_fraction = _stage_args(args, self)
         _smart_state_of(model)  # a model squashed by an earlier train() gets the fix named
         self.driver = SmartStages(
             model,
@@ -164,9 +164,19 @@ class SmartCallback(TrainerCallback):
         self.extra_logs["smart/fractionality_at_hardening"] = driver.fractionality_at_hardening
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        """Before an optimizer step: the driver's `SmartStages.before_step`.
+
+        Args:
+            args, state, control, model, optimizer, **kwargs: as the Trainer passes them to every callback.
+        """
         self.driver.before_step(state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        """After an optimizer step: the driver's `SmartStages.after_step`, then the collapse check.
+
+        Args:
+            args, state, control, model, **kwargs: as the Trainer passes them to every callback.
+        """
         self.driver.after_step(state.global_step)
         if self.collapse_monitor is not None:
             self._check_collapse(state.global_step)
@@ -175,14 +185,25 @@ class SmartCallback(TrainerCallback):
         """Only pruned (hardened) checkpoints may be "best": a dense or mid-search checkpoint that won
         ``metric_for_best_model`` would make ``load_best_model_at_end`` end the run on an unpruned model. The Trainer
         has just picked the best of this evaluation; forget it while the masks are not final, so the first hardened
-        evaluation starts the competition afresh."""
+        evaluation starts the competition afresh.
+
+        Args:
+            args, state, control, model, **kwargs: as the Trainer passes them to every callback.
+        """
         if model is not None and not get_smart_state(model).is_hard:
-            state.best_metric = None
-            state.best_model_checkpoint = None
+            state.best_metric = state.best_model_checkpoint = None
             if hasattr(state, "best_global_step"):  # transformers >= 5.x keeps the step too
                 state.best_global_step = None
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, processing_class=None, **kwargs):
+        """Harden if not yet, verify the sparsity, write the artifact and squash (see the module docstring).
+
+        Args:
+            args, state, control, model, optimizer, processing_class, **kwargs: as the Trainer passes them.
+
+        Raises:
+            ValueError: the sparsity check failed with ``verify_sparsity="raise"``.
+        """
         if self.collapse_monitor is not None:
             self.collapse_monitor.detach()
             self.collapse_monitor = None
@@ -204,6 +225,11 @@ class SmartCallback(TrainerCallback):
         self.pruned_dir = written or self.pruned_dir
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        """Add the ``smart/*`` metrics (stage, temperature, fractionality, sparsity) to ``logs`` and the log history.
+
+        Args:
+            args, state, control, logs, model, **kwargs: as the Trainer passes them to every callback.
+        """
         if logs is None or model is None or self.stages is None or not is_prepared(model):
             return  # (not prepared: squashed at the end of training, before the Trainer's last log)
         step_stage = self.stage_at(max(state.global_step - 1, 0))
@@ -228,6 +254,13 @@ class SmartCallback(TrainerCallback):
         self.collapse_warned_step = react_to_collapse(
             self.collapse_monitor, step, dense_stage, self.collapse_action, self.collapse_warned_step, self.extra_logs
         )
+
+
+def _stage_args(args, callback: SmartCallback) -> tuple[int, int | None, float]:
+    """``(pretrain_steps, search_steps, search_fraction)``: `SmartTrainingArguments`' fields, else the callback's."""
+    if isinstance(args, SmartTrainingArguments):
+        return args.pretrain_steps, args.search_steps, args.search_fraction
+    return callback.pretrain_steps, callback.search_steps, callback.search_fraction
 
 
 def _smart_state_of(model):
