@@ -21,7 +21,7 @@ from torch import nn
 from .config import SmartConfig, UnitSettings
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME, first_items
 from .core.granularity import UnitLayout, layer_kind
-from .coupling import bind_owners, coupled_targets
+from .coupled_owners import bind_owners, coupled_targets
 from .latency import apply_speed_budget, measure_for_prepare
 from .layers import attach_smart_layer, detach_smart_layer, is_smart_layer
 from .scores import collect_activation_stats, init_scores_

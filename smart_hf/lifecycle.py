@@ -19,7 +19,7 @@ from torch import nn
 from .constants import MASK_NAME, SCORE_LR_NM, SCORE_LR_STRUCTURED, SCORES_NAME, STATE_MODULE_NAME
 from .core.budget import budget_progress
 from .core.schedule import DynamicState, dynamic_update, temperature_at
-from .coupling import coupled_records
+from .coupled_owners import coupled_records
 from .distributed import is_sharded, whole_parameters, zero_own_rows_
 from .layers import detach_smart_layer
 from .metadata import PruningMetadata, SparsityReport, build

@@ -42,7 +42,8 @@ def card_tags(metadata: dict) -> list[str]:
 
 def _structured(metadata: dict) -> bool:
     """Coupled units (`smart_hf.coupling`) or a slim model: whole units are (or are to be) removed."""
-    return bool(metadata.get("coupled") or metadata.get("slim") or metadata.get("config", {}).get("pattern") == "coupled")
+    pattern = metadata.get("config", {}).get("pattern")
+    return bool(metadata.get("coupled") or metadata.get("slim") or pattern == "coupled")
 
 
 def _pattern_text(metadata: dict) -> str:
