@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: set up the environment, lint, run the default (CPU, offline) test suite.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` or `bash scripts/test.sh tests/test_topk.py`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` or `bash scripts/test.sh tests/core/test_topk.py`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure_env.sh

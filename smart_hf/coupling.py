@@ -13,8 +13,9 @@ One learned score per unit lives on the *consumer* (the owner): it is an ordinar
 ``block`` pattern with blocks ``(out_features, width)`` -- one block per unit, all of the unit's input columns.
 So every existing piece (soft top-k, budgets, hardening, reports) sees a normal layer. The soft mask gates the
 consumer's input columns, which equals gating the unit's activation; the producer rows (and BN entries) are zeroed
-in place once the mask is hard (`CoupledBinding.zero_partners_`). With the consumer columns zero a pruned unit adds
-exactly nothing, so removing it (`smart_hf.slim`) needs no constant folding and is exact, padding included.
+in place once the mask is hard (`smart_hf.coupled_owners.CoupledBinding.zero_partners_`, which also holds the
+owners' layout and targeting). With the consumer columns zero a pruned unit adds exactly nothing, so removing it
+(`smart_hf.slim`) needs no constant folding and is exact, padding included.
 
 Budget cost of a unit (``unit_cost``): the number of weights it removes from all members, which for linear layers
 is its multiply-accumulates per token; with ``tokens > 0`` the attention matmuls ``Q K^T`` and ``A V`` of its
@@ -29,22 +30,16 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .core.granularity import UnitLayout, layer_kind
-
 __all__ = [
-    "CoupledBinding",
-    "bind_owners",
-    "coupled_records",
-    "coupled_targets",
     "CoupledSet",
     "Member",
     "coupled_unit_cost",
     "entries_mask",
     "member_size",
     "find_coupled_sets",
+    "is_conv1d",
     "member_indices",
     "no_coupling_message",
-    "refuse_per_head_tables",
 ]
 
 _ACT_NAMES = ("activation_fn", "act_fn", "act", "activation", "intermediate_act_fn")
@@ -99,7 +94,15 @@ def _lin(module) -> bool:
     return _base(module) is nn.Linear
 
 
-def _conv1d(module) -> bool:
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is (or was, before `prepare_model` swapped its class) transformers' ``Conv1D``.
+
+    Args:
+        module: any module.
+
+    Returns:
+        True for a ``Conv1D``, whose weight is stored ``(in, out)``.
+    """
     return _base(module).__name__ == "Conv1D" and _base(module).__module__.startswith("transformers")
 
 
@@ -108,7 +111,7 @@ def member_size(module: nn.Module, axis: str) -> int:
     if isinstance(module, nn.BatchNorm2d):
         return module.num_features
     weight = module.weight
-    if _conv1d(module):  # stored (in, out)
+    if is_conv1d(module):  # stored (in, out)
         return weight.shape[1] if axis == "out" else weight.shape[0]
     return weight.shape[0] if axis == "out" else weight.shape[1]
 
@@ -151,7 +154,7 @@ def _gpt2_heads(model, name, module) -> CoupledSet | None:
     """GPT-2: fused ``c_attn`` (q, k, v as three chunks) + ``c_proj`` (transformers ``Conv1D``)."""
     c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
     d, split = getattr(module, "head_dim", None), getattr(module, "split_size", None)
-    if not (_conv1d(c_attn) and _conv1d(c_proj) and isinstance(d, int) and isinstance(split, int)):
+    if not (is_conv1d(c_attn) and is_conv1d(c_proj) and isinstance(d, int) and isinstance(split, int)):
         return None
     if hasattr(module, "q_attn") or member_size(c_attn, "out") != 3 * split or split % d:
         return None  # cross-attention splits q from k/v: not one fused unit
@@ -173,7 +176,7 @@ def _ffn(model, name, module) -> CoupledSet | None:
             callable(getattr(getattr(module, "intermediate", None), "intermediate_act_fn", None)),
         ),
         (("gate_proj", "up_proj"), "down_proj", _lin, True),
-        (("c_fc",), "c_proj", _conv1d, True),
+        (("c_fc",), "c_proj", is_conv1d, True),
     ]
     for producers, consumer, is_kind, ok in candidates:
         try:
@@ -291,141 +294,3 @@ def entries_mask(member: Member, unit_mask: torch.Tensor) -> torch.Tensor:
     """``(chunks * units * width,)`` mask along ``member.axis`` from a unit mask ``(units,)``."""
     flat = unit_mask.reshape(1, -1, 1)
     return flat.expand(member.chunks, -1, member.width).reshape(-1)
-
-
-class CoupledBinding:
-    """What an owner layer knows about its set while prepared: the set, its budget cost per unit and the partner
-    modules (held directly: deepcopy/pickle of the model keep them identical to the model's own).
-
-    Args:
-        cset: the coupled set.
-        unit_cost: the budget cost of one unit: MACs (kept an int) or, with a speed target, nanoseconds (a float).
-        partners: the set's member modules other than the owner, in ``cset.members`` order.
-    """
-
-    def __init__(self, cset: CoupledSet, unit_cost: float, partners: list[nn.Module]):
-        # MACs (an int) for a sparsity budget; measured seconds (a float) for a speed target (`smart_hf.latency`)
-        self.cset, self.partners = cset, partners
-        self.unit_cost = int(unit_cost) if float(unit_cost).is_integer() else float(unit_cost)
-
-    @torch.no_grad()
-    def zero_partners_(self, unit_mask: torch.Tensor) -> None:
-        """Zero every producer row (+ bias) and BatchNorm entry (weight and bias) of the pruned units, in place."""
-        members = [m for m in self.cset.members if m.name != self.cset.owner]
-        pruned = unit_mask.reshape(-1) == 0
-        for member, module in zip(members, self.partners):
-            rows = entries_mask(member, pruned)
-            for tensor in (module.weight, getattr(module, "bias", None)):
-                if tensor is None:
-                    continue
-                rows_d = rows.to(tensor.device)
-                if _conv1d(module) and tensor.dim() == 2:
-                    tensor.masked_fill_(rows_d.reshape(1, -1), 0)
-                else:
-                    tensor.masked_fill_(rows_d.reshape(-1, *[1] * (tensor.dim() - 1)), 0)
-
-    def partner_square_sums(self) -> torch.Tensor:
-        """Per unit, the sum of squared partner weights (for magnitude scores over the whole unit); float32."""
-        total = torch.zeros(self.cset.units)
-        members = [m for m in self.cset.members if m.name != self.cset.owner]
-        for member, module in zip(members, self.partners):
-            if isinstance(module, nn.BatchNorm2d):
-                continue
-            w = module.weight.detach().float()
-            w = w.t() if _conv1d(module) else w.reshape(w.shape[0], -1)  # (out entries, rest)
-            per_entry = w.square().sum(1).cpu().reshape(member.chunks, self.cset.units, member.width)
-            total += per_entry.sum(dim=(0, 2))
-        return total
-
-
-def owner_layout(module: nn.Module, cset: CoupledSet) -> UnitLayout:
-    """The owner's SMART layout: ``block`` units of ``(out_features, width)`` -- one block per coupled unit."""
-    kind = layer_kind(module)
-    if kind is None:
-        raise ValueError(f"{cset.owner} ({type(module).__name__}) cannot hold coupled scores.")
-    layout = UnitLayout(kind, tuple(module.weight.shape), "block", (0, 0))
-    return UnitLayout(kind, layout.weight_shape, "block", (layout.out_features, cset.member(cset.owner).width))
-
-
-def coupled_targets(model: nn.Module, selected) -> list[tuple[str, nn.Module, UnitLayout]]:
-    """``(owner name, owner module, owner layout)`` of every coupled set whose weight layers all pass
-    ``selected(name, module)`` (the usual targeting rules).
-
-    Args:
-        model: the model to prepare.
-        selected: ``selected(name, module) -> bool``, the targeting rules.
-
-    Returns:
-        One triple per chosen set, in module order.
-
-    Raises:
-        ValueError: naming the fix, when the model has no coupled set, the targets leave none, or a chosen head
-            set has per-head parameters slim cannot cut (`refuse_per_head_tables`).
-    """
-    sets = find_coupled_sets(model)
-    if not sets:
-        raise ValueError(no_coupling_message(model))
-    chosen = []
-    for cset in sets:
-        weighted = [m for m in cset.members if m.axis != "norm"]
-        if all(selected(m.name, model.get_submodule(m.name)) for m in weighted):
-            owner = model.get_submodule(cset.owner)
-            chosen.append((cset.owner, owner, owner_layout(owner, cset)))
-    refuse_per_head_tables(model, [s for s in sets if s.owner in {c[0] for c in chosen}])
-    if not chosen:
-        raise ValueError(
-            f"pattern='coupled' found {len(sets)} coupled sets but target_modules / target_regex / exclude_modules "
-            "leave none with every layer selected; loosen the targets (every layer of a set must be selected)."
-        )
-    return chosen
-
-
-def bind_owners(model: nn.Module, names: list[str], layers: list[nn.Module], tokens: int) -> None:
-    """Attach a `CoupledBinding` to each prepared owner layer (``names[i]`` is ``layers[i]``'s module name)."""
-    by_owner = {s.owner: s for s in find_coupled_sets(model)}
-    for name, layer in zip(names, layers):
-        cset = by_owner[name]
-        partners = [model.get_submodule(m.name) for m in cset.members if m.name != cset.owner]
-        object.__setattr__(
-            layer, "_smart_coupled", CoupledBinding(cset, coupled_unit_cost(model, cset, tokens), partners)
-        )
-
-
-def coupled_records(layers: list[nn.Module]) -> list[dict]:
-    """``config.smart_hf["coupled"]``: ``{"set": CoupledSet.to_dict(), "unit_cost"}`` per prepared owner layer."""
-    out = []
-    for layer in layers:
-        binding = layer.__dict__.get("_smart_coupled")
-        if binding is not None:
-            out.append({"set": binding.cset.to_dict(), "unit_cost": binding.unit_cost})
-    return out
-
-
-def refuse_per_head_tables(model: nn.Module, chosen_sets: list[CoupledSet]) -> None:
-    """Refuse head sets whose attention module holds per-head parameters that are not members of the set (Swin's
-    ``relative_position_bias_table`` has one column per head): removing a head would leave its table column in
-    place and the slim forward would fail to broadcast.
-
-    Args:
-        model: the model being prepared.
-        chosen_sets: the coupled sets selected for pruning.
-
-    Raises:
-        ValueError: naming the parameter and the fix (prune FFNs only, or another pattern).
-    """
-    for cset in chosen_sets:
-        if cset.kind != "heads" or cset.attention is None:
-            continue
-        attention = model.get_submodule(cset.attention)
-        members = {id(p) for m in cset.members for p in model.get_submodule(m.name).parameters()}
-        extra = [n for n, p in attention.named_parameters() if id(p) not in members]
-        if extra:
-            parts, common = cset.owner.split("."), cset.attention.split(".")
-            shared = next((i for i, (a, b) in enumerate(zip(parts, common)) if a != b), len(common))
-            suffix = ".".join(parts[max(shared - 1, 0) :])  # e.g. "attention.o_proj": this set's owner in every block
-            raise ValueError(
-                f"pattern='coupled' cannot remove attention heads of {type(model).__name__}: {cset.attention} "
-                f"holds per-head parameters besides q/k/v/o ({', '.join(extra[:3])}) that slim would leave at the "
-                f"full head count. Prune only its FFN neurons with exclude_modules=[{suffix!r}], or use "
-                "pattern='channel' / 'block'."
-            )

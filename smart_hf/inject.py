@@ -21,7 +21,7 @@ from torch import nn
 from .config import SmartConfig, UnitSettings
 from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME, first_items
 from .core.granularity import UnitLayout, layer_kind
-from .coupling import bind_owners, coupled_targets
+from .coupled_owners import bind_owners, coupled_targets
 from .latency import apply_speed_budget, measure_for_prepare
 from .layers import attach_smart_layer, detach_smart_layer, is_smart_layer
 from .scores import collect_activation_stats, init_scores_
@@ -102,6 +102,16 @@ def find_targets(model: nn.Module, config: SmartConfig) -> list[tuple[str, nn.Mo
     A selected module whose dims do not divide the block (or ``m``) is skipped with a warning naming it, or raises if
     the user named it explicitly; an explicitly named module of an unsupported type raises too. With
     ``pattern="coupled"`` the targets are the owners (consumers) of the coupled sets (`smart_hf.coupling`).
+
+    Args:
+        model: the model to search.
+        config: what to prune (targets, pattern, overrides).
+
+    Returns:
+        ``[(name, module, layout, sparsity)]`` in model order.
+
+    Raises:
+        ValueError: nothing matched (naming why), or an explicitly named module is unsupported or not divisible.
     """
     if config.pattern == "coupled":
         chosen = coupled_targets(model, lambda name, module: _selected(model, name, module, config)[0])
@@ -190,6 +200,26 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
             calibration data, a budget the guard cannot honour, or a speed target out of reach (the largest
             reachable speed-up named). The model is left unchanged.
     """
+    _check_can_prepare(model, config)
+    targets = find_targets(model, config)
+    for name, module, _, _ in targets:
+        if not torch.isfinite(module.weight).all():
+            raise ValueError(f"weights of {name!r} contain NaN or Inf; fix the checkpoint before pruning.")
+    act_stats = _activation_stats(model, config, targets, calibration_data)
+    # a speed target times the dense model before SMART is attached (or reads its cached latency model)
+    latency = measure_for_prepare(model, config, [t[0] for t in targets]) if config.target_speedup else None
+    layers = [attach_smart_layer(module, layout) for _, module, layout, _ in targets]
+    try:  # a budget the guard cannot honour raises here: leave the model exactly as it came
+        _install_state(model, config, targets, layers, act_stats, latency)
+    except Exception:
+        _undo_prepare(model, layers)
+        raise
+    return model
+
+
+def _check_can_prepare(model, config) -> None:
+    """Refuse, naming the fix, what `prepare_model` cannot prepare: not a module, no `SmartConfig`, a model already
+    prepared or carrying PEFT adapters."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"prepare_model needs a torch.nn.Module (e.g. a transformers model), got {type(model).__name__}; load "
@@ -209,29 +239,18 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
             "Prepare the base first, then add LoRA: model = prepare_model(base, config); "
             "model = smart_hf.integrations.peft.get_peft_model(model, lora_config)."
         )
-    targets = find_targets(model, config)
-    for name, module, _, _ in targets:
-        if not torch.isfinite(module.weight).all():
-            raise ValueError(f"weights of {name!r} contain NaN or Inf; fix the checkpoint before pruning.")
-    act_stats = None
-    if config.score_init == "activation":
-        if calibration_data is None:
-            raise ValueError(
-                "score_init='activation' needs calibration_data (an iterable of input batches); pass "
-                "it to prepare_model or use score_init='magnitude'."
-            )
-        act_stats = collect_activation_stats(
-            model, [m for _, m, _, _ in targets], calibration_data, config.calibration_batches
+
+
+def _activation_stats(model: nn.Module, config: SmartConfig, targets: list, calibration_data) -> list | None:
+    """The calibration pass of ``score_init="activation"`` over the targeted modules (``None`` for other inits)."""
+    if config.score_init != "activation":
+        return None
+    if calibration_data is None:
+        raise ValueError(
+            "score_init='activation' needs calibration_data (an iterable of input batches); pass "
+            "it to prepare_model or use score_init='magnitude'."
         )
-    # a speed target times the dense model before SMART is attached (or reads its cached latency model)
-    latency = measure_for_prepare(model, config, [t[0] for t in targets]) if config.target_speedup else None
-    layers = [attach_smart_layer(module, layout) for _, module, layout, _ in targets]
-    try:  # a budget the guard cannot honour raises here: leave the model exactly as it came
-        _install_state(model, config, targets, layers, act_stats, latency)
-    except Exception:
-        _undo_prepare(model, layers)
-        raise
-    return model
+    return collect_activation_stats(model, [m for _, m, _, _ in targets], calibration_data, config.calibration_batches)
 
 
 def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers: list, act_stats, latency) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from .constants import MASK_NAME, SCORE_LR_NM, SCORE_LR_STRUCTURED, SCORES_NAME, STATE_MODULE_NAME
 from .core.budget import budget_progress
 from .core.schedule import DynamicState, dynamic_update, temperature_at
-from .coupling import coupled_records
+from .coupled_owners import coupled_records
 from .distributed import is_sharded, whole_parameters, zero_own_rows_
 from .layers import detach_smart_layer
 from .metadata import PruningMetadata, SparsityReport, build
@@ -59,12 +59,32 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def is_prepared(model: nn.Module) -> bool:
-    """True when ``model`` (or the model inside DDP/accelerate wrappers) is prepared for SMART (not yet squashed)."""
+    """True when ``model`` (or the model inside DDP/accelerate wrappers) is prepared for SMART (not yet squashed).
+
+    Args:
+        model: any model, possibly wrapped by DDP / accelerate.
+
+    Returns:
+        Whether it carries a `SmartState`.
+
+    Raises:
+        ValueError: the model is wrapped by FSDP1 (`unwrap_model`).
+    """
     return isinstance(getattr(unwrap_model(model), STATE_MODULE_NAME, None), SmartState)
 
 
 def get_smart_state(model: nn.Module) -> SmartState:
-    """The `SmartState` of a prepared model (unwraps DDP/accelerate wrappers via ``.module``)."""
+    """The `SmartState` of a prepared model (unwraps DDP/accelerate wrappers via ``.module``).
+
+    Args:
+        model: a prepared model, possibly wrapped by DDP / accelerate.
+
+    Returns:
+        Its `SmartState`.
+
+    Raises:
+        ValueError: the model is not prepared (or is wrapped by FSDP1).
+    """
     state = getattr(unwrap_model(model), STATE_MODULE_NAME, None)
     if not isinstance(state, SmartState):
         raise ValueError(
@@ -74,14 +94,30 @@ def get_smart_state(model: nn.Module) -> SmartState:
 
 
 def set_temperature(model: nn.Module, tau: float) -> None:
-    """Set the temperature used by the next soft forward (at least ``MIN_TEMPERATURE`` = 1e-6, as the schedule)."""
+    """Set the temperature used by the next soft forward (at least ``MIN_TEMPERATURE`` = 1e-6, as the schedule).
+
+    Args:
+        model: a prepared model.
+        tau: the temperature, a finite number > 0.
+
+    Raises:
+        ValueError: ``tau`` is not a finite positive number, or the model is not prepared.
+    """
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < tau < math.inf:
         raise ValueError(f"temperature must be a finite number > 0, got {tau!r}; e.g. 1.0 early, 1e-4 at the end.")
     get_smart_state(model).set_temperature(tau)
 
 
 def set_mode(model: nn.Module, mode: str) -> None:
-    """``"dense"`` (masks off: dense pre-training), ``"soft"`` (structure search) or ``"hard"`` (use `harden`)."""
+    """``"dense"`` (masks off: dense pre-training), ``"soft"`` (structure search) or ``"hard"`` (use `harden`).
+
+    Args:
+        model: a prepared model.
+        mode: ``"dense"`` or ``"soft"``.
+
+    Raises:
+        ValueError: an unknown mode, ``"hard"`` (call `harden`), a model already hardened, or not prepared.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}.")
     if mode == "hard":
@@ -101,6 +137,17 @@ def update_temperature(model: nn.Module, step: int, total_steps: int) -> float:
     forward, and when it cuts tau it jitters every score by ``dynamic_jitter * tau`` with a generator seeded by
     ``(seed, step)`` -- identical on every rank. It also advances the budget anneal (``budget_anneal``): the soft
     budget falls from keeping everything to the target over that share of the search (docs/method.md §8).
+
+    Args:
+        model: a prepared model.
+        step: the optimizer step within the search (0-based).
+        total_steps: the search's length in optimizer steps.
+
+    Returns:
+        The temperature set (floored at ``MIN_TEMPERATURE``).
+
+    Raises:
+        ValueError: the model is not prepared.
     """
     state = get_smart_state(model)
     cfg = state.smart_config
@@ -153,6 +200,16 @@ def score_parameter_groups(model: nn.Module, lr: float | None = None) -> list[di
 
     Add the groups to the optimizer with the weights' groups, e.g.
     ``AdamW(weight_groups + score_parameter_groups(model))``; `SmartTrainer` does this itself.
+
+    Args:
+        model: a prepared model.
+        lr: one learning rate for every score, or ``None`` for the per-kind defaults described above.
+
+    Returns:
+        ``[{"params", "lr", "weight_decay": 0.0}]``, one group per learning rate (trainable scores only).
+
+    Raises:
+        ValueError: the model is not prepared.
     """
     state = get_smart_state(model)
     cfg = state.smart_config
@@ -172,7 +229,16 @@ def score_parameter_groups(model: nn.Module, lr: float | None = None) -> list[di
 
 
 def reinit_scores(model: nn.Module, calibration_data=None) -> None:
-    """Re-initialise the scores from the current weights (e.g. after a dense pre-train), per ``score_init``."""
+    """Re-initialise the scores from the current weights (e.g. after a dense pre-train), per ``score_init``.
+
+    Args:
+        model: a prepared model.
+        calibration_data: input batches, needed for ``score_init="activation"`` (the calibration pass runs on the
+            dense network).
+
+    Raises:
+        ValueError: ``score_init="activation"`` without ``calibration_data``, or the model is not prepared.
+    """
     state = get_smart_state(model)
     cfg = state.smart_config
     act_stats = None
@@ -194,7 +260,16 @@ def reinit_scores(model: nn.Module, calibration_data=None) -> None:
 
 @torch.no_grad()
 def harden(model: nn.Module) -> None:
-    """Freeze binary masks (`hard_topk` of the scores, same budgets), stop score gradients, zero pruned weights."""
+    """Freeze binary masks (`hard_topk` of the scores, same budgets), stop score gradients, zero pruned weights.
+
+    A model already hardened is left as it is.
+
+    Args:
+        model: a prepared model.
+
+    Raises:
+        ValueError: the model is not prepared.
+    """
     state = get_smart_state(model)
     if state.is_hard:
         return
@@ -240,6 +315,12 @@ def apply_hard_masks_(model: nn.Module) -> None:
     It also records that the weights are clean, so the following forwards use each weight as is and mask only its
     gradient (`SmartLayerMixin.smart_weight`); until it is called again after an optimizer step (or any write to a
     weight or mask), layers multiply the weight by the mask, so skipping it never computes with pruned weights.
+
+    Args:
+        model: a prepared, hardened model (an FSDP2-sharded one zeroes each rank's own rows).
+
+    Raises:
+        ValueError: the masks are not hardened, the model is not prepared, or a coupled model is FSDP-sharded.
     """
     state = get_smart_state(model)
     if not state.is_hard:
@@ -276,6 +357,15 @@ def squash(model: nn.Module) -> nn.Module:
     Hardens first if needed. Afterwards the model has its original module classes and state-dict keys, so
     ``save_pretrained`` writes a checkpoint that stock ``from_pretrained`` loads; ``model.config.smart_hf`` records
     the pattern and per-layer layout so `sparsity_report` can still check it.
+
+    Args:
+        model: a prepared model (not sharded).
+
+    Returns:
+        ``model``, squashed.
+
+    Raises:
+        ValueError: the model is not prepared, or is FSDP-sharded.
     """
     state = get_smart_state(model)
     if any(is_sharded(layer.weight) for layer in state.layers):

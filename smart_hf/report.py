@@ -88,6 +88,15 @@ def sparsity_report(model: nn.Module | SmartState) -> dict:
     Returns ``{"mode", "layers": [row, ...], "total": {"weights", "zeros", "sparsity"}, "valid"}``; in ``"soft"``
     mode (still searching) the rows describe the masks `harden` would choose now. Under FSDP2 the sharded weights
     are all-gathered, so every rank must call it (as `SmartCallback` does, on every rank).
+
+    Args:
+        model: a prepared model, its `SmartState`, or a squashed SMART model (with ``config.smart_hf``).
+
+    Returns:
+        The report described above.
+
+    Raises:
+        ValueError: the model is neither prepared nor a squashed SMART model.
     """
     if isinstance(model, SmartState):
         state = model
@@ -149,7 +158,15 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
 
 
 def format_report(report: dict, max_rows: int = 200) -> str:
-    """A plain-text table of a `sparsity_report`."""
+    """A plain-text table of a `sparsity_report`.
+
+    Args:
+        report: a `sparsity_report` result.
+        max_rows: most layer rows shown (the rest are counted in one line).
+
+    Returns:
+        The table, one line per layer and a total line.
+    """
     lines = [f"{'layer':<56} {'pattern':<10} {'units kept':>16} {'sparsity':>9} {'valid':>6}"]
     for row in report["layers"][:max_rows]:
         pattern = {

@@ -1,5 +1,6 @@
 """The package's layers: imports only point down, no import cycles, no intra-package imports inside functions, and
 the moved modules of 0.1 still import (with a DeprecationWarning). The benchmarks and examples use the public API only.
+Functions stay within 60 lines and classes within 200 (config dataclasses aside).
 
 The layer order is docs/architecture.md's; a module may import from its own layer or any layer below it.
 """
@@ -22,7 +23,15 @@ LAYERS = [
     ("smart_hf._version", "smart_hf.constants", "smart_hf._field_checks", "smart_hf.core"),
     ("smart_hf.config", "smart_hf.metadata"),
     ("smart_hf.distributed",),
-    ("smart_hf.state", "smart_hf.budget_groups", "smart_hf.layers", "smart_hf.scores", "smart_hf.coupling", "smart_hf.latency"),
+    (
+        "smart_hf.state",
+        "smart_hf.budget_groups",
+        "smart_hf.layers",
+        "smart_hf.scores",
+        "smart_hf.coupling",
+        "smart_hf.coupled_owners",
+        "smart_hf.latency",
+    ),
     ("smart_hf.report",),
     ("smart_hf.inject", "smart_hf.lifecycle", "smart_hf.stages"),
     ("smart_hf.slim",),
@@ -114,6 +123,63 @@ def test_no_import_cycles():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+# Lines from the first decorator to the last line, docstring included (the developer guide's sizes).
+MAX_LINES = {"function": 60, "class": 200}
+# Allowed to be longer, with the size they have; an entry that fits again must go. Config dataclasses hold one
+# field per option.
+SIZE_EXCEPTIONS = {
+    "smart_hf.config.SmartConfig": 329,
+    "smart_hf.latency.model.measure_latency_model": 68,
+    "smart_hf.latency.speedup.measure_speedup": 61,
+}
+
+
+def oversized(source: str, module: str) -> dict[str, int]:
+    """``{module.qualified.name: lines}`` of every function over ``MAX_LINES["function"]`` lines and class over
+    ``MAX_LINES["class"]`` in ``source`` (nested ones too)."""
+    found = {}
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}.{child.name}"
+                lines = child.end_lineno - min([child.lineno] + [d.lineno for d in child.decorator_list]) + 1
+                if lines > MAX_LINES["class" if isinstance(child, ast.ClassDef) else "function"]:
+                    found[name] = lines
+                visit(child, name)
+
+    visit(ast.parse(source), module)
+    return found
+
+
+def test_functions_and_classes_stay_small():
+    found = {}
+    for name, path in MODULES.items():
+        found.update(oversized(path.read_text(), name))
+    new = {name: lines for name, lines in found.items() if name not in SIZE_EXCEPTIONS}
+    assert not new, f"split these by job (functions <= 60 lines, classes <= 200): {new}"
+    fits = sorted(set(SIZE_EXCEPTIONS) - set(found))
+    assert not fits, f"these fit now: remove them from SIZE_EXCEPTIONS: {fits}"
+    grown = {n: found[n] for n in SIZE_EXCEPTIONS if n in found and found[n] > SIZE_EXCEPTIONS[n]}
+    assert not grown, f"these grew past their recorded size in SIZE_EXCEPTIONS: {grown}"
+
+
+def test_the_size_check_counts_decorators_docstrings_and_nested_functions():
+    body = "\n".join(f"    x{i} = {i}" for i in range(58))  # with decorator, def and docstring: 61 lines
+    source = f'@decorator\ndef long():\n    """Doc."""\n{body}\n\ndef short():\n    pass\n'
+    assert oversized(source, "m") == {"m.long": 61}
+    nested = "class Big:\n" + "\n".join(f"    def f{i}(self):\n        return {i}" for i in range(100))
+    assert oversized(nested, "m") == {"m.Big": 201}
+
+
+def test_test_folders_mirror_the_package():
+    """A test folder is named after the subpackage it tests (tests/core for smart_hf/core, ...); the tests of a
+    top-level module and the cross-cutting ones sit in tests/ itself."""
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.name for p in Path(__file__).resolve().parent.iterdir() if (p / "__init__.py").is_file()}
+    assert folders and folders <= subpackages, f"test folders without a smart_hf subpackage: {folders - subpackages}"
 
 
 @pytest.mark.slow  # one interpreter per module, ~3 s each (transformers): minutes

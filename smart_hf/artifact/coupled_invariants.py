@@ -22,7 +22,8 @@ import torch
 
 from ..config import SmartConfig
 from ..core.budget import global_weight_budget, layer_keep_units, reserved_units
-from ..coupling import CoupledSet, coupled_records, entries_mask, member_size
+from ..coupled_owners import coupled_records
+from ..coupling import CoupledSet, entries_mask, member_size
 from ..latency import resolved_width_multiple
 from ..metadata import read as read_metadata
 from ..metadata import slim_summary

@@ -132,27 +132,26 @@ def save_pruned(
     weights = None if state is None else _squashed_weights(root, state)  # collective under FSDP2
     if state is not None and weights is None:  # not rank 0: it took part in the gathers, rank 0 writes
         return str(output_dir)
-    # a kill mid-save leaves the previous artifact intact
-    with staged_directory(output_dir, replace=replace_folder) as folder:
+    with staged_directory(output_dir, replace=replace_folder) as folder:  # a kill mid-save keeps the old artifact
         _write_weights(root, config, metadata, folder, weights)
-        smart_config.save_pretrained(folder)
-        with open(os.path.join(folder, REPORT_NAME), "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
-        if processing_class is not None:
-            processing_class.save_pretrained(folder)
+        _write_side_files(folder, smart_config, report, processing_class)
         if model_card and config is not None:
+            card_metrics = metrics if metrics is not None else metrics_from_log_history(log_history)
             write_model_card(
-                folder,
-                config,
-                metadata,
-                report,
-                metrics=metrics if metrics is not None else metrics_from_log_history(log_history),
-                base_model=base_model,
-                command=command,
+                folder, config, metadata, report, metrics=card_metrics, base_model=base_model, command=command
             )
         if save_plots:
             write_plots(report, log_history or [], folder, stages)
     return str(output_dir)
+
+
+def _write_side_files(folder: str, smart_config: SmartConfig, report: dict, processing_class) -> None:
+    """``smart_config.json``, the sparsity report and, when given, the tokenizer / image processor."""
+    smart_config.save_pretrained(folder)
+    with open(os.path.join(folder, REPORT_NAME), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    if processing_class is not None:
+        processing_class.save_pretrained(folder)
 
 
 def _artifact_description(model: nn.Module):

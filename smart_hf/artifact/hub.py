@@ -56,7 +56,7 @@ def push_pruned_to_hub(
     run_as_future: bool = False,
     **save_kwargs,
 ):
-    """Push a pruned artifact (with its model card) to the Hub; returns the `CommitInfo`.
+    """Push a pruned artifact (with its model card) to the Hub.
 
     Args:
         output_dir_or_model: a folder written by `save_pruned` / `smart-hf export` (uploaded as is; a missing
@@ -66,31 +66,26 @@ def push_pruned_to_hub(
         repo_id: ``"user/name"`` on the Hub (created if missing).
         token: a write token (default: ``HF_TOKEN`` or the ``huggingface-cli login`` token). Never logged.
         private: create the repository private (no effect if it exists).
+        commit_message: the Hub commit's message.
         local_dir: where a model is written (required when a model is passed).
+        revision: the branch to push to (default: the repository's default branch).
+        processing_class: a tokenizer / image processor saved beside a model that is written first.
+        metrics: ``{name: value}`` for the card (of a written model, or of a folder without ``README.md``).
+        base_model: the Hub id that was pruned, for the card.
         run_as_future: return a `Future` instead of waiting for the upload.
         **save_kwargs: passed to `save_pruned` when a model is written (``log_history``, ``save_plots``, ...).
-    Raises ``ValueError`` naming the fix when the Hub is offline or there is no token; the local folder is kept.
+
+    Returns:
+        The upload's `CommitInfo` (a `Future` of it with ``run_as_future``).
+
+    Raises:
+        ValueError: a malformed ``repo_id``, a folder without ``config.json``, a path that is not a folder, a model
+            without ``local_dir``, the Hub offline or no token; naming the fix, the local folder kept.
     """
     if not isinstance(repo_id, str) or not HUB_ID.match(repo_id):
         raise ValueError(f"repo_id must look like 'user/model-name', got {repo_id!r}.")
-    if _is_artifact_dir(output_dir_or_model):
-        folder = os.fspath(output_dir_or_model)
-        if not os.path.isfile(os.path.join(folder, "config.json")):
-            raise ValueError(f"{folder} has no config.json; write the artifact with smart_hf.save_pruned first.")
-    elif isinstance(output_dir_or_model, (str, os.PathLike)):
-        raise ValueError(f"{output_dir_or_model} is not a folder; pass a saved artifact folder or a model.")
-    elif local_dir is None:
-        raise ValueError("pass local_dir=... : the exact folder that is uploaded is written and kept there.")
-    else:
-        folder = save_pruned(
-            output_dir_or_model,
-            os.path.abspath(os.fspath(local_dir)),
-            processing_class=processing_class,
-            metrics=metrics,
-            base_model=base_model,
-            replace_folder=True,
-            **save_kwargs,
-        )
+    save_kwargs = dict(save_kwargs, processing_class=processing_class, metrics=metrics, base_model=base_model)
+    folder = _folder_to_push(output_dir_or_model, local_dir, save_kwargs)
     # Access first: a push that cannot go (offline, no token) leaves a given folder's files as they were.
     token = _check_hub_access(token)
     from huggingface_hub import HfApi
@@ -101,13 +96,24 @@ def push_pruned_to_hub(
     with _card_for_upload(folder, repo_id, keep=run_as_future, metrics=metrics, base_model=base_model):
         logger.info("smart_hf: uploading %s to %s", folder, repo_id)
         return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=commit_message,
-            revision=revision,
-            ignore_patterns=["_*"],
-            run_as_future=run_as_future,
+            repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
+            ignore_patterns=["_*"], run_as_future=run_as_future,
         )
+
+
+def _folder_to_push(output_dir_or_model, local_dir, save_kwargs: dict) -> str:
+    """The artifact folder given, checked, or the folder a model is written to (`save_pruned` with
+    ``save_kwargs``, replacing ``local_dir`` as one unit)."""
+    if _is_artifact_dir(output_dir_or_model):
+        folder = os.fspath(output_dir_or_model)
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ValueError(f"{folder} has no config.json; write the artifact with smart_hf.save_pruned first.")
+        return folder
+    if isinstance(output_dir_or_model, (str, os.PathLike)):
+        raise ValueError(f"{output_dir_or_model} is not a folder; pass a saved artifact folder or a model.")
+    if local_dir is None:
+        raise ValueError("pass local_dir=... : the exact folder that is uploaded is written and kept there.")
+    return save_pruned(output_dir_or_model, os.path.abspath(os.fspath(local_dir)), replace_folder=True, **save_kwargs)
 
 
 @contextlib.contextmanager

@@ -113,14 +113,38 @@ def coupled_artifact_rows(
     inputs = _batch(test_dataset, batch_size, next(pruned.parameters()).device)
     with torch.inference_mode():
         diff = float((pruned(**inputs).logits - slim_model.eval()(**inputs).logits).abs().max())
-    times = round_robin_latency_ms({"dense": dense, "pruned": pruned, "slim": slim_model}, inputs, repeats)
+    models = {"dense": dense, "pruned": pruned, "slim": slim_model}
+    rows = _size_and_latency_rows(models, inputs, repeats, {"pruned": artifact_dir, "slim": slim_dir})
+    batch = len(next(iter(inputs.values())))
+    measured = {"eager": {f"batch {batch}": rows["dense"]["latency_ms"] / rows["slim"]["latency_ms"]}}
+    write_folder_card(slim_dir, measured_speedup=measured)
+    return {
+        **rows,
+        "cost_removed": removed,
+        "slim_dir": slim_dir,
+        "slim_mode": mode,
+        **_slim_facts(summary),
+        "measured_speedup": measured,
+        "target_speedup": target,
+        "left_masked": len(summary["left_masked"]),
+        "max_abs_logit_diff": diff,
+        "loadavg_1m": os.getloadavg()[0],
+        "batch": batch,
+    }
+
+
+def _size_and_latency_rows(models: dict, inputs: dict, repeats: int, folders: dict) -> dict:
+    """``{name: {"parameters", "nonzero_parameters", "file_mb", "latency_ms"}}`` for the dense, pruned and slim
+    models: the median of round-robin timings; the file size of the dense model saved here and of the pruned and
+    slim ``folders`` (a ``None`` folder: no size)."""
+    times = round_robin_latency_ms(models, inputs, repeats)
     latency = {name: statistics.median(values) for name, values in times.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        dense.save_pretrained(tmp)
+        models["dense"].save_pretrained(tmp)
         dense_mb = _file_mb(tmp)
-    files = {"dense": dense_mb, "pruned": _file_mb(artifact_dir) if artifact_dir else None, "slim": _file_mb(slim_dir)}
-    models = {"dense": dense, "pruned": pruned, "slim": slim_model}
-    rows = {
+    files = {"dense": dense_mb, "pruned": _file_mb(folders["pruned"]) if folders["pruned"] else None}
+    files["slim"] = _file_mb(folders["slim"])
+    return {
         name: {
             "parameters": sum(p.numel() for p in m.parameters()),
             "nonzero_parameters": sum(int((p != 0).sum()) for p in m.parameters()),
@@ -129,24 +153,16 @@ def coupled_artifact_rows(
         }
         for name, m in models.items()
     }
-    batch = len(next(iter(inputs.values())))
-    measured = {"eager": {f"batch {batch}": latency["dense"] / latency["slim"]}}
-    write_folder_card(slim_dir, measured_speedup=measured)
+
+
+def _slim_facts(summary: dict) -> dict:
+    """What `slim` reported, as the table's JSON keeps it: how the folder loads, the units removed per kind, the
+    widths per layer and the one-line summary."""
     return {
-        **rows,
-        "cost_removed": removed,
-        "slim_dir": slim_dir,
-        "slim_mode": mode,
         "slim_loading": summary["loading"],
         "removed_units": {kind: list(pair) for kind, pair in removed_units(summary).items()},
         "widths_per_layer": {str(k): {u: list(w) for u, w in v.items()} for k, v in slim_layer_widths(summary).items()},
         "summary_line": slim_summary_line(summary),
-        "measured_speedup": measured,
-        "target_speedup": target,
-        "left_masked": len(summary["left_masked"]),
-        "max_abs_logit_diff": diff,
-        "loadavg_1m": os.getloadavg()[0],
-        "batch": batch,
     }
 
 

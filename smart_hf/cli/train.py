@@ -243,17 +243,7 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
     model = build_model(model_args, data_args.dataset, config, label_names, model_path)
     dense_config = copy.deepcopy(model.config)  # training, squash and slim edit the model's own config
     dense_params = sum(p.numel() for p in model.parameters())
-    with quiet_skipped_modules():
-        trainer = SmartTrainer(
-            model=model,
-            args=training_args,
-            smart_config=smart_config,
-            train_dataset=ds["train"],
-            eval_dataset={"validation": ds["validation"]},
-            processing_class=processing_class,
-            compute_metrics=make_compute_metrics(("accuracy",)),
-            reproduce_command=command,
-        )
+    trainer = _smart_trainer(model, smart_config, training_args, ds, processing_class, command)
     dense_test = DenseTestOnce(trainer, ds["test"])
     trainer.add_callback(dense_test)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -278,6 +268,21 @@ def run_training(model_args, data_args, smart_config, training_args, command: li
             json.dump(summary, fh, indent=2)
     print(format_summary(summary))
     return summary
+
+
+def _smart_trainer(model, smart_config, training_args, ds, processing_class, command) -> SmartTrainer:
+    """The run's `SmartTrainer`: trains on ``ds["train"]``, evaluates on ``ds["validation"]`` (accuracy)."""
+    with quiet_skipped_modules():
+        return SmartTrainer(
+            model=model,
+            args=training_args,
+            smart_config=smart_config,
+            train_dataset=ds["train"],
+            eval_dataset={"validation": ds["validation"]},
+            processing_class=processing_class,
+            compute_metrics=make_compute_metrics(("accuracy",)),
+            reproduce_command=command,
+        )
 
 
 def _summary(trainer, dense_test: DenseTestOnce, pruned: dict, dense_params: int) -> dict:

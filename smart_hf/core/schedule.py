@@ -137,8 +137,19 @@ def auto_temperature(
     def gap(fractionality: float) -> float:
         return math.log(fractionality / target) if fractionality > 0 else -math.inf
 
-    a, g_a = math.log(lo), gap(low_end)  # the contrapoint: g(a) has the other sign than g(b)
-    b, g_b = math.log(hi), gap(high_end)  # the best iterate so far
+    log_root = _dekker_root(
+        lambda u: gap(fractionality_at(math.exp(u))), (math.log(lo), gap(low_end)), (math.log(hi), gap(high_end)),
+        iters, rtol,
+    )  # fmt: skip
+    return math.exp(log_root)
+
+
+def _dekker_root(g, low: tuple[float, float], high: tuple[float, float], iters: int, rtol: float) -> float:
+    """A root of ``g`` by Dekker's method (see `auto_temperature`) in the bracket ``low = (a, g(a))``,
+    ``high = (b, g(b))``, whose ``g`` values have opposite signs (``-inf`` allowed): the first iterate ``u`` with
+    ``|g(u)| <= rtol``, else the bracket's midpoint after ``iters`` evaluations of ``g``."""
+    a, g_a = low  # the contrapoint: g(a) has the other sign than g(b)
+    b, g_b = high  # the best iterate so far
     c, g_c = a, g_a  # the previous iterate
     widths = [math.inf, math.inf]
     for _ in range(iters):
@@ -152,12 +163,12 @@ def auto_temperature(
             secant = b - g_b * (b - c) / (g_b - g_c)
             if min(b, mid) < secant < max(b, mid):
                 u = secant
-        g_u = gap(fractionality_at(math.exp(u)))
+        g_u = g(u)
         if abs(g_u) <= rtol:
-            return math.exp(u)
+            return u
         widths.append(abs(b - a))
         c, g_c = b, g_b
         if (g_u > 0) != (g_b > 0):
             a, g_a = b, g_b
         b, g_b = u, g_u
-    return math.exp(0.5 * (a + b))
+    return 0.5 * (a + b)

@@ -123,17 +123,7 @@ def slim(model: nn.Module, mode: str = "uniform") -> dict:
         return _slim_coupled(model, meta, mode)
     config, layers = model.config, meta["layers"]
     params_before = sum(p.numel() for p in model.parameters())
-    ffn_plans, notes = plan_ffn(model, layers)
-    head_plans, head_notes = plan_heads(model, layers)
-    chains, chain_notes = chain_candidates(model, layers)
-    notes.update(head_notes)
-    notes.update(chain_notes)
-    if not (ffn_plans or head_plans or chains):
-        raise ValueError(
-            "nothing to slim: no FFN input projection is channel-pruned, no attention head has all value rows "
-            "pruned and no conv -> BN -> conv chain has pruned channels. Prune with SmartConfig(pattern='channel') "
-            "(and head_pruning_overrides(model) for heads) so that these layers are targeted."
-        )
+    ffn_plans, head_plans, chains, notes = _slim_plans(model, layers)
     ffn_target = head_target = None
     if mode == "uniform":
         ffn_target, head_target = _uniform_scope(model, ffn_plans, head_plans, chains, notes)
@@ -147,14 +137,28 @@ def slim(model: nn.Module, mode: str = "uniform") -> dict:
         config.intermediate_size = ffn_target
     if head_target is not None:
         config.num_attention_heads, config.head_dim = head_target, head_plans[0]["head_dim"]
-    params_after = sum(p.numel() for p in model.parameters())
     summary = {"mode": mode, "pairs": pairs, "heads": heads, "convs": convs}
-    summary.update(params_before=params_before, params_after=params_after, params_removed=params_before - params_after)
-    _record_loading(model, summary)
-    write_metadata(model, with_slim(meta, summary))
+    _record_summary(model, meta, summary, params_before)
     for entry in left:
         logger.info("smart_hf: slim left %s masked in place (%s)", entry["name"], entry["reason"])
     return {**summary, "left_masked": left}
+
+
+def _slim_plans(model: nn.Module, layers: dict) -> tuple[list, list, list, dict]:
+    """``(FFN plans, head plans, conv chains, notes)``: what can be slimmed, and why the rest cannot (per layer);
+    raises ValueError naming the fix when nothing can."""
+    ffn_plans, notes = plan_ffn(model, layers)
+    head_plans, head_notes = plan_heads(model, layers)
+    chains, chain_notes = chain_candidates(model, layers)
+    notes.update(head_notes)
+    notes.update(chain_notes)
+    if not (ffn_plans or head_plans or chains):
+        raise ValueError(
+            "nothing to slim: no FFN input projection is channel-pruned, no attention head has all value rows "
+            "pruned and no conv -> BN -> conv chain has pruned channels. Prune with SmartConfig(pattern='channel') "
+            "(and head_pruning_overrides(model) for heads) so that these layers are targeted."
+        )
+    return ffn_plans, head_plans, chains, notes
 
 
 def _slim_coupled(model: nn.Module, meta: PruningMetadata, mode: str) -> dict:
@@ -168,14 +172,19 @@ def _slim_coupled(model: nn.Module, meta: PruningMetadata, mode: str) -> dict:
             set_layer_shape(meta["layers"], owner, model.get_submodule(owner).weight.shape)
             out_axis = 1 if entry["kind"] == "conv1d" else 0  # its blocks span every output row
             entry["block_shape"] = [entry["shape"][out_axis], entry["block_shape"][1]]
-    params_after = sum(p.numel() for p in model.parameters())
     summary = {"mode": mode, "pairs": [], "heads": [], "convs": [], "coupled": done, "config": changes}
-    summary.update(params_before=params_before, params_after=params_after, params_removed=params_before - params_after)
-    _record_loading(model, summary)
-    write_metadata(model, with_slim(meta, summary))
+    _record_summary(model, meta, summary, params_before)
     if mode == "uniform":
         _warn_uniform_kept(model, summary, left)
     return {**summary, "left_masked": left}
+
+
+def _record_summary(model: nn.Module, meta: PruningMetadata, summary: dict, params_before: int) -> None:
+    """Complete ``summary`` (parameter counts, how it loads) and record it in ``model.config.smart_hf["slim"]``."""
+    params_after = sum(p.numel() for p in model.parameters())
+    summary.update(params_before=params_before, params_after=params_after, params_removed=params_before - params_after)
+    _record_loading(model, summary)
+    write_metadata(model, with_slim(meta, summary))
 
 
 def _record_loading(model: nn.Module, summary: dict) -> None:
@@ -241,7 +250,14 @@ def slimmed_widths(slim_meta: dict) -> dict[str, dict[str, tuple[int, int]]]:
     """Which layers `slim` resized and how: ``{layer name: {"out": (before, after), "in": (before, after)}}`` with
     only the changed axes, counted in rows / input columns (for convs: channels). Built from the summary recorded in
     ``config.smart_hf["slim"]``: fc1 rows and fc2 columns; q/k/v rows and o columns (``heads * head_dim``); conv
-    rows and the consumer conv's input channels. For bookkeeping that needs the pre-slim geometry (budgets)."""
+    rows and the consumer conv's input channels. For bookkeeping that needs the pre-slim geometry (budgets).
+
+    Args:
+        slim_meta: ``config.smart_hf["slim"]`` of a slim model.
+
+    Returns:
+        The changed axes per layer name, as described above.
+    """
     widths: dict[str, dict[str, tuple[int, int]]] = {}
     for pair in slim_meta.get("pairs", []):
         widths.setdefault(pair["fc1"], {})["out"] = (pair["before"], pair["after"])

@@ -104,11 +104,6 @@ class SmartCallback(TrainerCallback):
         self._listeners: list[tuple[str, object]] = []
         self.extra_logs: dict[str, float] = {}
 
-    def _stage_args(self, args):
-        if isinstance(args, SmartTrainingArguments):
-            return args.pretrain_steps, args.search_steps, args.search_fraction
-        return self.pretrain_steps, self.search_steps, self.search_fraction
-
     def stage_at(self, step: int) -> str:
         """``"pretrain"``, ``"search"`` or ``"finetune"``: the stage of optimizer step ``step`` (0-based).
 
@@ -136,7 +131,12 @@ class SmartCallback(TrainerCallback):
         self._listeners.append((event, listener))
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        pretrain_steps, search_steps, search_fraction = self._stage_args(args)
+        """Build the stage driver from the run's ``max_steps`` and optimizer; start the collapse monitor.
+
+        Args:
+            args, state, control, model, optimizer, **kwargs: as the Trainer passes them to every callback.
+        """
+        pretrain_steps, search_steps, search_fraction = _stage_args(args, self)
         _smart_state_of(model)  # a model squashed by an earlier train() gets the fix named
         self.driver = SmartStages(
             model,
@@ -164,9 +164,19 @@ class SmartCallback(TrainerCallback):
         self.extra_logs["smart/fractionality_at_hardening"] = driver.fractionality_at_hardening
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        """Before an optimizer step: the driver's `SmartStages.before_step`.
+
+        Args:
+            args, state, control, model, optimizer, **kwargs: as the Trainer passes them to every callback.
+        """
         self.driver.before_step(state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        """After an optimizer step: the driver's `SmartStages.after_step`, then the collapse check.
+
+        Args:
+            args, state, control, model, **kwargs: as the Trainer passes them to every callback.
+        """
         self.driver.after_step(state.global_step)
         if self.collapse_monitor is not None:
             self._check_collapse(state.global_step)
@@ -175,80 +185,55 @@ class SmartCallback(TrainerCallback):
         """Only pruned (hardened) checkpoints may be "best": a dense or mid-search checkpoint that won
         ``metric_for_best_model`` would make ``load_best_model_at_end`` end the run on an unpruned model. The Trainer
         has just picked the best of this evaluation; forget it while the masks are not final, so the first hardened
-        evaluation starts the competition afresh."""
+        evaluation starts the competition afresh.
+
+        Args:
+            args, state, control, model, **kwargs: as the Trainer passes them to every callback.
+        """
         if model is not None and not get_smart_state(model).is_hard:
-            state.best_metric = None
-            state.best_model_checkpoint = None
+            state.best_metric = state.best_model_checkpoint = None
             if hasattr(state, "best_global_step"):  # transformers >= 5.x keeps the step too
                 state.best_global_step = None
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, processing_class=None, **kwargs):
+        """Harden if not yet, verify the sparsity, write the artifact and squash (see the module docstring).
+
+        Args:
+            args, state, control, model, optimizer, processing_class, **kwargs: as the Trainer passes them.
+
+        Raises:
+            ValueError: the sparsity check failed with ``verify_sparsity="raise"``.
+        """
         if self.collapse_monitor is not None:
             self.collapse_monitor.detach()
             self.collapse_monitor = None
         if self.driver is not None:
             self.driver.finish()
         if self.verify_sparsity != "off":
-            self._verify(model)
-        self._hand_over_artifact(args, state, model, processing_class)
-
-    def _hand_over_artifact(self, args, state, model, processing_class) -> None:
-        """``<output_dir>/<save_pruned_to>``, then the model squashed in place (see the module docstring)."""
+            self.verification, error = _verify_at_end(model)
+            if error is not None and self.verify_sparsity == "raise":
+                raise error
         if adapter_module_names(unwrap_model(model)):
             logger.info(
                 "smart_hf: the model has PEFT adapters; write the pruned artifact with merged = "
                 "smart_hf.integrations.peft.merge_and_unload(model); smart_hf.save_pruned(merged, folder)"
             )
             return
-        sharded = has_sharded_parameters(model)
-        if self.save_pruned_to and (args.should_save or sharded):  # FSDP2: every rank joins the gather
-            self.pruned_dir = os.path.join(args.output_dir, self.save_pruned_to)
-            save_pruned(
-                model,
-                self.pruned_dir,
-                processing_class=processing_class,
-                log_history=state.log_history,
-                save_plots=getattr(args, "save_plots", True),
-                stages=self.stages,
-                replace_folder=True,
-            )
-            logger.info("smart_hf: pruned, stock-loadable model written to %s", self.pruned_dir)
-        if self.squash_at_end:
-            if sharded:
-                logger.warning("smart_hf: not squashing an FSDP-sharded model; save it with smart_hf.save_pruned")
-            else:
-                squash(unwrap_model(model))
-
-    def _verify(self, model) -> None:
-        try:
-            result = check_sparsity(get_smart_state(model))
-        except ValueError as err:
-            self.verification = {"verified": False, "error": str(err)}
-            logger.error("smart_hf: SPARSITY CHECK FAILED at the end of training: %s", err)
-            if self.verify_sparsity == "raise":
-                raise
-            return
-        self.verification = result
-        total = result["total"]
-        logger.info(
-            "smart_hf: sparsity verified: %d layers, %d of %d targeted weights zero (%.4f), pattern valid, budget exact",
-            len(result["layers"]),
-            total["zeros"],
-            total["weights"],
-            total["sparsity"],
+        written = _hand_over_artifact(
+            args, state, model, processing_class, self.save_pruned_to, self.squash_at_end, self.stages
         )
+        self.pruned_dir = written or self.pruned_dir
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        """Add the ``smart/*`` metrics (stage, temperature, fractionality, sparsity) to ``logs`` and the log history.
+
+        Args:
+            args, state, control, logs, model, **kwargs: as the Trainer passes them to every callback.
+        """
         if logs is None or model is None or self.stages is None or not is_prepared(model):
             return  # (not prepared: squashed at the end of training, before the Trainer's last log)
-        smart = get_smart_state(model)
-        extra = {
-            "smart/stage": _STAGE_LOG_VALUE[self.stage_at(max(state.global_step - 1, 0))],
-            "smart/temperature": smart.tau,
-            "smart/fractionality": smart.fractionality() if smart.mode_name == "soft" else 0.0,
-            "smart/sparsity": sparsity_report(smart)["total"]["sparsity"] if smart.mode_name != "dense" else 0.0,
-            **self.extra_logs,
-        }
+        step_stage = self.stage_at(max(state.global_step - 1, 0))
+        extra = {**_smart_log_values(get_smart_state(model), step_stage), **self.extra_logs}
         self.extra_logs = {}
         logs.update(extra)
         if state.log_history:
@@ -271,6 +256,13 @@ class SmartCallback(TrainerCallback):
         )
 
 
+def _stage_args(args, callback: SmartCallback) -> tuple[int, int | None, float]:
+    """``(pretrain_steps, search_steps, search_fraction)``: `SmartTrainingArguments`' fields, else the callback's."""
+    if isinstance(args, SmartTrainingArguments):
+        return args.pretrain_steps, args.search_steps, args.search_fraction
+    return callback.pretrain_steps, callback.search_steps, callback.search_fraction
+
+
 def _smart_state_of(model):
     """`get_smart_state`, naming the fix for a model this callback squashed at the end of an earlier ``train()``."""
     if not is_prepared(model) and read_metadata(unwrap_model(model)):
@@ -281,3 +273,56 @@ def _smart_state_of(model):
         )
     return get_smart_state(model)
 
+
+def _verify_at_end(model) -> tuple[dict, ValueError | None]:
+    """The end-of-training `check_sparsity`: its result (logged at INFO) and ``None``, or, for a violation (logged at
+    ERROR), ``{"verified": False, "error": ...}`` and the error."""
+    try:
+        result = check_sparsity(get_smart_state(model))
+    except ValueError as err:
+        logger.error("smart_hf: SPARSITY CHECK FAILED at the end of training: %s", err)
+        return {"verified": False, "error": str(err)}, err
+    total = result["total"]
+    logger.info(
+        "smart_hf: sparsity verified: %d layers, %d of %d targeted weights zero (%.4f), pattern valid, budget exact",
+        len(result["layers"]),
+        total["zeros"],
+        total["weights"],
+        total["sparsity"],
+    )
+    return result, None
+
+
+def _hand_over_artifact(args, state, model, processing_class, save_pruned_to, squash_at_end, stages) -> str | None:
+    """``<output_dir>/<save_pruned_to>``, then the model squashed in place (see the module docstring); returns the
+    folder written, or ``None`` when this process wrote none."""
+    sharded = has_sharded_parameters(model)
+    pruned_dir = None
+    if save_pruned_to and (args.should_save or sharded):  # FSDP2: every rank joins the gather
+        pruned_dir = os.path.join(args.output_dir, save_pruned_to)
+        save_pruned(
+            model,
+            pruned_dir,
+            processing_class=processing_class,
+            log_history=state.log_history,
+            save_plots=getattr(args, "save_plots", True),
+            stages=stages,
+            replace_folder=True,
+        )
+        logger.info("smart_hf: pruned, stock-loadable model written to %s", pruned_dir)
+    if squash_at_end:
+        if sharded:
+            logger.warning("smart_hf: not squashing an FSDP-sharded model; save it with smart_hf.save_pruned")
+        else:
+            squash(unwrap_model(model))
+    return pruned_dir
+
+
+def _smart_log_values(smart, stage: str) -> dict[str, float]:
+    """The ``smart/*`` metrics a log gets: the stage (numeric), temperature, fractionality and sparsity."""
+    return {
+        "smart/stage": _STAGE_LOG_VALUE[stage],
+        "smart/temperature": smart.tau,
+        "smart/fractionality": smart.fractionality() if smart.mode_name == "soft" else 0.0,
+        "smart/sparsity": sparsity_report(smart)["total"]["sparsity"] if smart.mode_name != "dense" else 0.0,
+    }

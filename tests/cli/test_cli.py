@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-from test_trainer import tiny_dataset
 from tiny_models import tiny_vit
+from training.test_trainer import tiny_dataset
 from transformers import (
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
@@ -32,8 +32,8 @@ from smart_hf.constants import PATTERNS
 from smart_hf.demo_data import minilm_path, tweet_sentiment_corpus
 from smart_hf.report import sparsity_report
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "deit_digits_block.yaml"
+RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes").glob("*.yaml"))
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "deit_digits_block.yaml"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -81,7 +81,7 @@ def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
 
 
 def test_scripts_train_forwards_to_the_cli():
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--sparsity" in out.stdout and "--pretrain_steps" in out.stdout
 

@@ -21,7 +21,7 @@ from smart_hf.cli.data import load_image_folder, load_text_files
 from smart_hf.cli.train import format_summary
 from smart_hf.training.training_args import stage_lengths
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = json.dumps(
     {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "image_size": 8,
      "patch_size": 4, "num_channels": 1}

@@ -7,8 +7,8 @@ import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard, RepoUrl
-from test_trainer import smart_args, tiny_dataset
 from tiny_models import text_inputs, tiny_bert, tiny_vit, vit_inputs
+from training.test_trainer import smart_args, tiny_dataset
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 import smart_hf as sh

@@ -12,7 +12,7 @@ from transformers import EvalPrediction
 
 from smart_hf.cli.metrics import AVAILABLE_METRICS, load_metric, make_compute_metrics
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "smart_hf" / "cli" / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[2] / "smart_hf" / "cli" / "metrics"
 
 
 @pytest.fixture(scope="module")

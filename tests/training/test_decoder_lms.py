@@ -22,7 +22,7 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 import smart_hf as sh  # noqa: E402
 from smart_hf import SmartCallback  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"gpt2": tiny_models.tiny_gpt2, "llama": tiny_models.tiny_llama}
 
 
