@@ -40,7 +40,7 @@ _SMART_ATTRIBUTES = (
     "_smart_pruned_entries",
     "_smart_clean",  # the hard-stage forward's record of clean weights (SmartLayerMixin.smart_weight)
     "_smart_pruned",  # the cached boolean pruned entries (SmartLayerMixin._smart_zero_pruned_)
-    "_smart_coupled",  # the owner layer of a coupled set (smart_hf.coupling.CoupledBinding)
+    "_smart_coupled",  # the owner layer of a coupled set (smart_hf.coupled_owners.CoupledBinding)
 )
 
 

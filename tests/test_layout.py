@@ -130,8 +130,7 @@ MAX_LINES = {"function": 60, "class": 200}
 # Allowed to be longer, with the size they have; an entry that fits again must go. Config dataclasses hold one
 # field per option.
 SIZE_EXCEPTIONS = {
-    "smart_hf.config.SmartConfig": 329,
-    "smart_hf.latency.model.measure_latency_model": 68,
+    "smart_hf.config.SmartConfig": 376,  # a config dataclass: fields with their help text
     "smart_hf.latency.speedup.measure_speedup": 61,
 }
 

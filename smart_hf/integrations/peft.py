@@ -1,6 +1,6 @@
 """PEFT (LoRA) with SMART: the orders that compose, and a merge that keeps the pruned base exactly sparse.
 
-Supported (each is tested in ``tests/test_peft.py``):
+Supported (each is tested in ``tests/integrations/test_peft.py``):
 
 1. **Prune the base while LoRA trains.** ``prepare_model(base, SmartConfig(...))`` first, then this module's
    `get_peft_model` (not PEFT's: PEFT freezes every parameter but the adapters, the mask scores included), then

@@ -4,7 +4,7 @@ Two kinds of saves: the Trainer's own checkpoints go to `save_checkpoint` -- the
 ``resume_from_checkpoint``; every other ``save_model`` goes to `save_pruned_model` -- the squashed, stock-loadable
 artifact -- and ``push_to_hub`` pushes that artifact. No documented hook tells the two apart: the Trainer's
 checkpointing calls ``save_model(output_dir, _internal_call=True)``, and `SmartTrainer.save_model` reads that private
-parameter openly. ``tests/test_trainer.py`` pins it (the parameter in ``Trainer.save_model``'s signature and the
+parameter openly. ``tests/training/test_trainer.py`` pins it (the parameter in ``Trainer.save_model``'s signature and the
 Trainer's checkpointing passing it), so a transformers release that changes it fails the suite, not a user's run.
 """
 
@@ -38,7 +38,7 @@ class SmartSaves:
 
         ``_internal_call`` is the stock Trainer's private parameter, overridden here in the open: its checkpointing
         passes ``True`` and those saves go to `save_checkpoint` (the full SMART state, for
-        ``resume_from_checkpoint``). Pinned by ``tests/test_trainer.py`` against the installed transformers.
+        ``resume_from_checkpoint``). Pinned by ``tests/training/test_trainer.py`` against the installed transformers.
 
         Args:
             output_dir: the folder; default ``args.output_dir``.

@@ -67,23 +67,8 @@ class SmartTrainer(SmartSaves, Trainer):
         reproduce_command: list[str] | None = None,
         **kwargs,
     ):
-        if model is None:
-            raise ValueError("SmartTrainer needs a model (model_init is not supported: the masks live on the model).")
-        if args is None:
-            args = SmartTrainingArguments(output_dir="smart_output")
-        if not isinstance(args, SmartTrainingArguments):
-            raise ValueError(
-                f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
-                "SmartTrainingArguments(output_dir=..., ...)."
-            )
-        train_dataset = kwargs.get("train_dataset")
-        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
-            raise ValueError(
-                "train_dataset is empty; pass a dataset with at least one example (check the split and any filtering)."
-            )
+        args = _checked_inputs(model, args, smart_config, kwargs.get("train_dataset"))
         prepared = is_prepared(model)
-        if not prepared and not isinstance(smart_config, SmartConfig):
-            raise ValueError("pass smart_config=SmartConfig(...) (or a model already prepared with prepare_model).")
         super().__init__(model=model, args=args, **kwargs)
         # activation-aware scores calibrate on the first training batches unless given; also for a model prepared
         # beforehand, whose scores are re-initialised on them when the search begins (after the dense stage)
@@ -253,6 +238,26 @@ class SmartTrainer(SmartSaves, Trainer):
             ignore_keys_for_eval=ignore_keys_for_eval,
             **kwargs,
         )
+
+
+def _checked_inputs(model, args, smart_config, train_dataset) -> SmartTrainingArguments:
+    """`SmartTrainer`'s arguments checked (its ``Raises:``); returns ``args``, defaulted when ``None``."""
+    if model is None:
+        raise ValueError("SmartTrainer needs a model (model_init is not supported: the masks live on the model).")
+    if args is None:
+        args = SmartTrainingArguments(output_dir="smart_output")
+    if not isinstance(args, SmartTrainingArguments):
+        raise ValueError(
+            f"SmartTrainer needs SmartTrainingArguments, got {type(args).__name__}; build them with "
+            "SmartTrainingArguments(output_dir=..., ...)."
+        )
+    if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+        raise ValueError(
+            "train_dataset is empty; pass a dataset with at least one example (check the split and any filtering)."
+        )
+    if not is_prepared(model) and not isinstance(smart_config, SmartConfig):
+        raise ValueError("pass smart_config=SmartConfig(...) (or a model already prepared with prepare_model).")
+    return args
 
 
 def _logged_at_step(log_history: list[dict], step: int, key: str) -> float | None:
