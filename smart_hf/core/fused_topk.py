@@ -287,7 +287,8 @@ def short_row_topk(
     if not scores:
         raise ValueError("short_row_topk needs at least one score tensor; pass e.g. [layer.smart_scores].")
     for s in scores:
-        _check_scores(s, "short_row_topk") if not isinstance(s, torch.Tensor) or not s.is_floating_point() else None
+        if not isinstance(s, torch.Tensor) or not torch.is_floating_point(s) or s.dim() == 0:
+            _check_scores(s, "short_row_topk")  # raises the matching TypeError / ValueError
     m = scores[0].shape[-1]
     if any(s.shape[-1] != m or s.dtype != scores[0].dtype or s.device != scores[0].device for s in scores):
         raise ValueError("short_row_topk needs one row length, dtype and device for all tensors; group them first.")
