@@ -11,9 +11,10 @@ shift ``t`` O(1), so float32 is accurate even at tau = 1e-6 (see `smart_hf.core.
 Why a separate operator: the mask math is memory-bound. Written as whole-tensor ops, a forward is ~10 passes over
 weight-sized tensors and a backward ~6, each a fresh allocation (on CPU a fresh 20 MB tensor costs as much in page
 faults as the arithmetic). Here every score tensor is cut into chunks of ``_CHUNK`` elements that fit in the
-core's cache; all passes over a chunk run while it is cached, into work buffers reused from chunk to chunk, and
-the only weight-sized tensor written is the mask (forward) or the score gradient (backward). Several tensors (all
-N:M layers of a model) go through one call without being concatenated. The forward also returns
+core's cache; all passes over a chunk run while it is cached, into chunk-sized work buffers reused from chunk to
+chunk, and the only weight-sized tensors written are the masks (forward) or the score gradients (backward). Several
+tensors (all N:M layers of a model) go through one call without being concatenated (small ones share a chunk). On a
+GPU the whole input is one chunk. The forward also returns
 ``sum_i min(f_i, 1 - f_i)`` (the fractionality the temperature schedule reads), computed on the cached chunk.
 
 Shift: Newton on ``h(t) = log S - log(m - S) - log(k / (m - k))``, ``S = sum_i f_i``, which is linear in ``t``
@@ -30,7 +31,7 @@ vector-Jacobian product with ``u = dL/df`` is
 
     dL/dx_j = (s_j u_j - s_j * (sum_i s_i u_i) / (sum_i s_i)) / tau,
 
-computed from the saved mask ``f`` (the forward's sigmoid) in one cached pass per chunk.
+computed from the saved mask ``f`` (the forward's sigmoid, not recomputed) in a few passes over each cached chunk.
 """
 
 from __future__ import annotations
