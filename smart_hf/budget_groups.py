@@ -9,7 +9,7 @@ and a budget to masks, one per layer (in each layer's ``score_shape``):
   shift;
 * `hard_group_masks`: the binary top-k that hardening freezes (`hard_topk`), the same budget;
 * `soft_nm_batch`: the soft masks of several N:M groups with one budget, temperature and row length, from one
-  `soft_topk` over their concatenated rows.
+  fused short-row top-k over all their rows (`smart_hf.core.fused_topk.short_row_topk`).
 
 A global group is solved on one flat row: the layers' scores concatenated (`flatten_scores`), each unit weighted by
 what it costs in weights (`unit_cost_vector`), each layer's best ``reserved`` units kept outside the ranking
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .core.budget import global_weight_budget, layer_keep_units, reserved_units
+from .core.fused_topk import short_row_topk
 from .core.topk import hard_topk, soft_topk
 from .distributed import full_tensor
 
@@ -305,7 +306,8 @@ def soft_group_masks(group: BudgetGroup, temperature: float, k: float, warm: boo
         ValueError: a score is NaN or Inf.
     """
     if group.kind == "nm":
-        return [soft_topk(full_tensor(group.layers[0].smart_scores), k, temperature)]
+        masks, _ = soft_nm_batch([full_tensor(group.layers[0].smart_scores)], k, temperature)
+        return masks
     flat, cost, reserved = _flat_row(group)
     init = None if group.shift_warm_start is None or not warm else -group.shift_warm_start / temperature
     if group.kind == "layer":
@@ -353,21 +355,35 @@ def nm_batch_key(group: BudgetGroup, temperature: float, k: float) -> tuple:
     return (k, temperature, tuple(scores.shape[1:]), scores.dtype, scores.device)
 
 
-def soft_nm_batch(scores: list[torch.Tensor], k: float, temperature: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Soft N:M masks of several groups from one `soft_topk` over their concatenated rows (one copy of the scores
-    instead of ~30 small ops and a host sync per layer and Newton step). Rows are independent, so each piece equals
-    the soft top-k of that group's scores alone.
+def soft_nm_batch(
+    scores: list[torch.Tensor], k: float, temperature: float, with_fractionality: bool = False
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Soft N:M masks of several groups from one fused short-row top-k over all their rows (`short_row_topk`: no
+    concatenated copy, cache-blocked, one autograd node). Rows are independent, so each mask equals the soft top-k
+    of that group's scores alone (`soft_topk`, the reference, within float rounding).
 
     Args:
         scores: each group's (whole) scores, shape ``(rows_i, m)``, one row length, dtype and device.
-        k: the budget of every row.
+        k: the budget of every row (``0 <= k <= m``; fractional during the budget anneal).
         temperature: the temperature of every row.
+        with_fractionality: also return ``sum min(f, 1 - f)`` over all the masks.
 
     Returns:
-        ``(batch, pieces)``: the mask of all rows, shape ``(sum(rows_i), m)``, and its piece per group.
+        ``(masks, fractionality)``: one mask per group (its scores' shape) and the float64 0-dim sum of
+        ``min(f, 1 - f)`` (``None`` unless ``with_fractionality``).
+
+    Raises:
+        ValueError: a score is NaN or Inf, or ``k`` is outside ``[0, m]``.
     """
-    batch = soft_topk(scores[0] if len(scores) == 1 else torch.cat(scores), k, temperature)
-    return batch, list(torch.split(batch, [s.shape[0] for s in scores]))
+    m = scores[0].shape[-1]
+    if 0 < k < m and 2 <= m <= 64:
+        masks, frac = short_row_topk(scores, k, temperature, with_fractionality)
+        return masks, frac if with_fractionality else None
+    # k = m (the start of the budget anneal) or k = 0: every unit on / off; no shift to solve
+    masks = [soft_topk(s, k, temperature) for s in scores]
+    if not with_fractionality:
+        return masks, None
+    return masks, sum(torch.minimum(f, 1 - f).detach().sum(dtype=torch.float64) for f in masks)
 
 
 def temperature_sets(groups: list[BudgetGroup]) -> list[list[int]]:

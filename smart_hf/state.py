@@ -362,11 +362,10 @@ class SmartState(SmartStateBuffers):
         key = self._nm_batch_key(group_index)
         members = [j for j, g in enumerate(self.groups) if g.kind == "nm" and self._nm_batch_key(j) == key]
         scores = [full_tensor(self.groups[j].layers[0].smart_scores) for j in members]
-        batch, pieces = soft_nm_batch(scores, key[0], key[1])
-        if torch.is_grad_enabled():  # one entry for the batch: fractionality() averages over units anyway
-            # sum min(f, 1 - f) = N / 2 - sum |f - 1/2|: two passes over the N:M-sized mask instead of three
-            distance = torch.sub(batch.detach(), 0.5).abs_().sum(dtype=torch.float64)
-            self._frac[group_index] = (0.5 * batch.numel() - distance, batch.numel())
+        recording = torch.is_grad_enabled()
+        pieces, frac = soft_nm_batch(scores, key[0], key[1], with_fractionality=recording)
+        if recording:  # one entry for the batch (fractionality() averages over units anyway), summed by the solve
+            self._frac[group_index] = (frac, sum(piece.numel() for piece in pieces))
         return {j: [piece] for j, piece in zip(members, pieces)}
 
     def _nm_batch_key(self, group_index: int) -> tuple:

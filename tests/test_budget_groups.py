@@ -141,10 +141,14 @@ def test_a_budget_of_the_whole_capacity_in_float64_is_spendable_with_float32_mea
 
 def test_nm_batch_equals_the_per_group_solve():
     scores = [_layer(rows, 16, pattern="nm", seed=seed).smart_scores for rows, seed in [(4, 8), (8, 9), (2, 10)]]
-    batch, pieces = soft_nm_batch(scores, 2.0, 0.05)
-    assert batch.shape == (sum(s.shape[0] for s in scores), 4)
-    for piece, s in zip(pieces, scores):
-        torch.testing.assert_close(piece, soft_topk(s, 2.0, 0.05), atol=1e-12, rtol=0)
+    for k in [2.0, 2.7, 4.0]:  # 2.7: the budget anneal's fractional k; 4 = m: its start, every unit on
+        pieces, frac = soft_nm_batch(scores, k, 0.05, with_fractionality=True)
+        assert [p.shape for p in pieces] == [s.shape for s in scores]
+        for piece, s in zip(pieces, scores):
+            torch.testing.assert_close(piece, soft_topk(s, k, 0.05), atol=1e-10, rtol=0)
+        expected = sum(torch.minimum(p, 1 - p).sum() for p in pieces)
+        torch.testing.assert_close(frac, expected.double(), atol=1e-9, rtol=0)
+    assert soft_nm_batch(scores, 2.0, 0.05)[1] is None
 
 
 def test_build_groups_sorts_layers_by_how_their_budget_is_shared():

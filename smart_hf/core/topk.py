@@ -184,6 +184,7 @@ def _solve_rows(z: torch.Tensor, c: torch.Tensor, k: torch.Tensor, shift_init, w
     # precision the evaluation has (without it the solver bisects on rounding noise: ~28 evaluations, not 3)
     min_step = 0.0 if work_dtype == torch.float64 else 1e-6
     unit_cost = c.shape[0] == 1 and bool((c == 1).all())
+    g_before = torch.full_like(t, math.inf)
     for _ in range(_MAX_ITER):
         f = torch.sigmoid((z + t).to(work_dtype))
         cf = f if unit_cost else c * f
@@ -196,9 +197,14 @@ def _solve_rows(z: torch.Tensor, c: torch.Tensor, k: torch.Tensor, shift_init, w
         slope = (cf * (1 - f)).sum(-1, keepdim=True, dtype=torch.float64)
         step = g / slope
         newton = t - step
-        ok = torch.isfinite(newton) & (newton > lo) & (newton < hi)
+        inside = torch.isfinite(newton) & (newton > lo) & (newton < hi)
+        # Newton only while it makes progress: a row whose |g| did not halve since the last step bisects instead
+        # (Newton can bounce between the two flat ends of the sum inside the bracket, shrinking it by ~1e-3 a
+        # step: without this, such a row ran out of iterations at a wrong shift)
+        ok = inside & (g.abs() <= 0.5 * g_before)
+        g_before = g.abs()
         t = torch.where(done, t, torch.where(ok, newton, 0.5 * (lo + hi)))
-        if min_step and bool((done | (ok & (step.abs() <= min_step))).all()):
+        if min_step and bool((done | (inside & (step.abs() <= min_step))).all()):
             break
     t = torch.where(empty, torch.full_like(t, -math.inf), t)
     return torch.where(full, torch.full_like(t, math.inf), t)

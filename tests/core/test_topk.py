@@ -409,3 +409,14 @@ def test_short_rows_settle_on_the_budget_anneal_without_the_general_solver(monke
         assert (f.double().sum(-1) - k).abs().max() <= 2e-6, k
         assert (f - expected[k]).abs().max() <= 2e-6, k
     assert fallback_rows == []
+
+
+def test_general_solver_bisects_when_newton_bounces():
+    """From the midpoint start, Newton on this row (k = 2.2) bounced between the two flat ends of the sum inside
+    the bracket, shrinking it by ~1e-3 a step; the solver stopped after its iteration cap at a shift keeping 2.001,
+    not 2.2. A Newton step that does not halve |g| is now replaced by a bisection."""
+    x = torch.tensor([[-0.5577890315133712, 0.45294368535647955, 0.2097905947025676, 1.0843657774427549]])
+    for dtype in [torch.float32, torch.float64]:
+        f = soft_topk(x.to(dtype), torch.tensor(2.2, dtype=torch.float64), 0.03)
+        assert abs(float(f.double().sum()) - 2.2) <= 2e-6
+        torch.testing.assert_close(f.double(), soft_topk(x.double(), 2.2, 0.03), atol=2e-6, rtol=0)
