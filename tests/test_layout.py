@@ -131,7 +131,6 @@ MAX_LINES = {"function": 60, "class": 200}
 # field per option.
 SIZE_EXCEPTIONS = {
     "smart_hf.config.SmartConfig": 376,  # a config dataclass: fields with their help text
-    "smart_hf.latency.speedup.measure_speedup": 61,
 }
 
 

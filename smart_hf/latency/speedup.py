@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import statistics
-import time
 
 import torch
 from torch import nn
 
-from .timing import latency_inputs, load_average, spread
+from .timing import latency_inputs, load_average, spread, time_round_robin
 
 __all__ = ["measure_speedup"]
 
@@ -44,23 +44,15 @@ def measure_speedup(
     models = {"dense": dense_model, "slim": slim_model}
     modes = {name: m.training for name, m in models.items()}
     device = next(dense_model.parameters()).device
-    times = {name: [] for name in models}
     try:
-        with torch.inference_mode():
-            for m in models.values():
-                m.eval()(**inputs)
-            for _ in range(repeats):
-                for name, m in models.items():
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    start = time.perf_counter()
-                    m(**inputs)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    times[name].append(1e3 * (time.perf_counter() - start))
+        for m in models.values():
+            m.eval()
+        fns = {name: (lambda m=m: m(**inputs)) for name, m in models.items()}
+        seconds = time_round_robin(fns, device, repeats=repeats, max_seconds=math.inf)
     finally:
         for name, m in models.items():
             m.train(modes[name])
+    times = {name: [1e3 * t for t in values] for name, values in seconds.items()}
     dense_ms, slim_ms = statistics.median(times["dense"]), statistics.median(times["slim"])
     return {
         "batch": batch,
