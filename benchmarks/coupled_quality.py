@@ -245,9 +245,9 @@ class TorchPruningCoupled(WindowMethod):
 
     The search, on copies: (1) the largest head ratio at which Torch-Pruning empties no layer (`tp_prune`); (2) the
     smallest ratio whose model (heads at that ratio, capped by (1)) is at or below the target time; (3) with those
-    heads, the smallest neuron ratio still at or below it, so that whole heads do not overshoot. Ratios where
-    Torch-Pruning skips a layer count as too far. Nothing reaching the target: the fastest model found, recorded
-    with ``reached: false``.
+    heads, the smallest neuron ratio still at or below it; where a whole head still overshoots the target by more
+    than `MATCH_TOLERANCE`, one head fewer and more neurons, while that reaches it. Ratios where Torch-Pruning skips
+    a layer count as too far. Nothing reaching the target: the fastest model found, recorded ``reached: false``.
     """
 
     MAX_RATIO = 0.99  # of the neurons; Torch-Pruning skips a layer it would empty (counted as too far)
@@ -298,9 +298,24 @@ class TorchPruningCoupled(WindowMethod):
             first_skip = bisect(lambda r: self._trial(model, r, min(r, cap), example)[1] == 0, 0.0, top, 10)
             ratio = top if first_skip is None else max(0.0, first_skip - top / 2**10)
         heads = min(ratio, cap)
-        fine = bisect(lambda r: too_slow(r, heads), 0.0, ratio, 10)
-        if fine is not None and self._trial(model, fine, heads, example)[1] == 0:
-            ratio = fine
+
+        def fit(head_ratio, far):  # the smallest neuron ratio at or below the target with these heads, or None
+            found = bisect(lambda r: too_slow(r, head_ratio), 0.0, far, 10)
+            return None if found is None or self._trial(model, found, head_ratio, example)[1] else found
+
+        ratio = fit(heads, ratio) or ratio
+        if self._trial(model, ratio, heads, example)[0] < self.target * (1 - MATCH_TOLERANCE):
+            # a whole head overshoots the target: one head fewer removed (Torch-Pruning's head ratio of that count,
+            # ``removed = total - int(total * (1 - h))``), more neurons, while that still reaches it
+            total = sum(layers[0].out_features // size for layers, size in attention_projections(model))
+            for removed in range(total - int(total * (1 - heads)) - 1, -1, -1):
+                head_ratio = max(0.0, (removed - 0.5) / total)
+                found = fit(head_ratio, top)
+                if found is None:
+                    break
+                ratio, heads = found, head_ratio
+                if self._trial(model, ratio, heads, example)[0] >= self.target * (1 - MATCH_TOLERANCE):
+                    break
         return ratio, heads
 
     def prepare(self, model, task, ctx):
