@@ -25,10 +25,11 @@ from the image size, 17). Then per target speed-up ``t`` every method gets the s
 Every row records its kept heads and FFN neurons per layer, its predicted time and its measured speed-up: its
 architecture rebuilt from those widths (random weights) timed against the dense one (`smart_hf.latency.
 measure_speedup`, batch x seq of the latency model). A baseline row also records ``reached`` (its predicted time
-within 3% of the SMART model's) and ``time_vs_smart``; the table marks a method whose rows missed it. ``--time-only RESULT.json`` re-times every row of a result file
-(e.g. on a quiet machine after training under load) and rewrites the speed columns and the summary. The summary per
-(task, target, method): test accuracy mean with a 95% t-interval over seeds, the paired-by-seed difference SMART
-minus each baseline (mean, 95% CI), predicted and measured speed-up.
+within 3% of the SMART model's) and ``time_vs_smart``; the table marks a method whose rows missed it.
+``--time-only RESULT.json`` re-times every row of a result file (e.g. on a quiet machine after training under load)
+and rewrites the speed columns and the summary. The summary per (task, target, method): test accuracy mean with a
+95% t-interval over seeds, the paired-by-seed difference SMART minus each baseline (mean, 95% CI), predicted and
+measured speed-up.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.coupled_quality --seeds 0 1 2 3 4 --targets 1.5 2 3
     HF_HUB_OFFLINE=1 python -m benchmarks.coupled_quality --time-only RESULT.json  # re-time on a quiet machine
@@ -218,8 +219,7 @@ def tp_prune(model: nn.Module, ratio: float, importance, example: dict, head_rat
 
 def bisect(too_slow, low: float, high: float, steps: int) -> float | None:
     """The smallest ``x`` in ``(low, high]`` (to ``(high - low) / 2**steps``) with ``too_slow(x)`` false, for a
-    ``too_slow`` that is true below some point and false above it; ``None`` when ``too_slow(high)``-side points
-    never turn false.
+    ``too_slow`` that is true below some point and false above it; ``None`` when every point tried is too slow.
 
     Args:
         too_slow: x -> whether ``x`` is not far enough.
@@ -290,7 +290,8 @@ class TorchPruningCoupled(WindowMethod):
         cap = top if first_skip is None else max(0.0, first_skip - top / 2**8)
 
         def too_slow(ratio, head_ratio=None):  # a ratio where Torch-Pruning skips a layer counts as too far
-            seconds, skipped = self._trial(model, ratio, min(ratio, cap) if head_ratio is None else head_ratio, example)
+            head_ratio = min(ratio, cap) if head_ratio is None else head_ratio
+            seconds, skipped = self._trial(model, ratio, head_ratio, example)
             return skipped == 0 and seconds > self.target
 
         ratio = bisect(too_slow, 0.0, top, 10)
@@ -303,7 +304,8 @@ class TorchPruningCoupled(WindowMethod):
             found = bisect(lambda r: too_slow(r, head_ratio), 0.0, far, 10)
             return None if found is None or self._trial(model, found, head_ratio, example)[1] else found
 
-        ratio = fit(heads, ratio) or ratio
+        fine = fit(heads, ratio)
+        ratio = ratio if fine is None else fine
         if self._trial(model, ratio, heads, example)[0] < self.target * (1 - MATCH_TOLERANCE):
             # a whole head overshoots the target: one head fewer removed (Torch-Pruning's head ratio of that count,
             # ``removed = total - int(total * (1 - h))``), more neurons, while that still reaches it
