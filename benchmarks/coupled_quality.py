@@ -14,19 +14,22 @@ from the image size, 17). Then per target speed-up ``t`` every method gets the s
   ``GroupTaylorImportance`` (gradients of 4 calibration batches), ``global_pruning=True``, whole heads
   (``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``) and FFN neurons; the residual stream is
   protected (output projections, fc2 and the classifier in ``ignored_layers``), so every method prunes the same
-  kind of units. One-shot at the start of the window, then the whole window fine-tunes. Its ratio (heads and neurons
-  alike) is bisected so that the pruned model's predicted time (`smart_hf.latency.predicted_seconds` of its kept
-  heads / neurons per layer) matches the SMART model's of the same seed and target.
+  kind of units. One-shot at the start of the window, then the whole window fine-tunes. Its head and neuron ratios
+  are searched (`TorchPruningCoupled`) so that the pruned model's predicted time (`smart_hf.latency.
+  predicted_seconds` of its kept heads / neurons per layer) matches the SMART model's of the same seed and target;
+  ratios where Torch-Pruning would empty a layer (it then skips the layer, which keeps every unit) are not used.
 * ``kwon_fisher``: `benchmarks.fisher_pruning` -- Fisher importance of head / neuron masks on 512 training examples
   and the mask search of Kwon et al. (2022) to the SMART model's predicted time; the masks stay through the window.
 * ``dense``: keeps training (the reference; once per seed).
 
 Every row records its kept heads and FFN neurons per layer, its predicted time and its measured speed-up: its
 architecture rebuilt from those widths (random weights) timed against the dense one (`smart_hf.latency.
-measure_speedup`, batch x seq of the latency model). ``--time-only RESULT.json`` re-times every row of a result file
-(e.g. on a quiet machine after training under load) and rewrites the speed columns and the summary. The summary per
-(task, target, method): test accuracy mean with a 95% t-interval over seeds, the paired-by-seed difference SMART
-minus each baseline (mean, 95% CI), predicted and measured speed-up.
+measure_speedup`, batch x seq of the latency model). A baseline row also records ``reached`` (its predicted time
+within 3% of the SMART model's) and ``time_vs_smart``; the table marks a method whose rows missed it.
+``--time-only RESULT.json`` re-times every row of a result file (e.g. on a quiet machine after training under load)
+and rewrites the speed columns and the summary. The summary per (task, target, method): test accuracy mean with a
+95% t-interval over seeds, the paired-by-seed difference SMART minus each baseline (mean, 95% CI), predicted and
+measured speed-up.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.coupled_quality --seeds 0 1 2 3 4 --targets 1.5 2 3
     HF_HUB_OFFLINE=1 python -m benchmarks.coupled_quality --time-only RESULT.json  # re-time on a quiet machine
@@ -71,6 +74,7 @@ from benchmarks.quality.widths import kept_widths, per_layer, rebuild, unit_widt
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 METHODS = ("dense", "smart", "tp_magnitude", "tp_taylor", "kwon_fisher")
 LATENCY_BATCH = 32
+MATCH_TOLERANCE = 0.03  # a baseline within 3% of the SMART model's predicted time is compared at its speed
 DEFAULT_OUT = "docs/results/coupled_quality/minilm_digits_equal_speed.json"
 
 
@@ -159,8 +163,23 @@ def _heads_and_ignored(model: nn.Module) -> tuple[dict, list]:
     return num_heads, ignored
 
 
-def tp_prune(model: nn.Module, ratio: float, importance, example: dict) -> None:
-    """Torch-Pruning's dependency-graph pruning of heads and FFN neurons at ``ratio`` (see the module docstring)."""
+def tp_prune(model: nn.Module, ratio: float, importance, example: dict, head_ratio: float | None = None) -> int:
+    """Torch-Pruning's dependency-graph pruning of heads and FFN neurons (see the module docstring).
+
+    Torch-Pruning ranks heads globally; where its threshold takes every head (or neuron) of a layer it skips that
+    layer's group, which then keeps *all* its units -- so the pruned model is not monotone in the ratio. The number of
+    such skipped groups is returned: a caller keeps the ratios where it is 0.
+
+    Args:
+        model: the model, pruned in place.
+        ratio: Torch-Pruning's ``pruning_ratio`` (FFN neurons, ranked globally).
+        importance: a Torch-Pruning importance.
+        example: one batch of model inputs (tracing).
+        head_ratio: its ``head_pruning_ratio`` (``None``: ``ratio``).
+
+    Returns:
+        The groups Torch-Pruning left unpruned because they would have emptied a layer.
+    """
     import torch_pruning as tp
 
     num_heads, ignored = _heads_and_ignored(model)
@@ -175,8 +194,16 @@ def tp_prune(model: nn.Module, ratio: float, importance, example: dict) -> None:
         num_heads=num_heads,
         prune_num_heads=True,
         prune_head_dims=False,
-        head_pruning_ratio=ratio,
+        head_pruning_ratio=ratio if head_ratio is None else head_ratio,
     )
+    check, skipped = pruner.DG.check_pruning_group, []
+
+    def counted(group) -> bool:  # Torch-Pruning's refusal of a group that would empty a layer
+        ok = check(group)
+        skipped.extend([] if ok else [group])
+        return ok
+
+    pruner.DG.check_pruning_group = counted
     for group in pruner.step(interactive=True):
         group.prune()
     for module in model.modules():  # head-count attributes (the head size is unchanged)
@@ -187,10 +214,43 @@ def tp_prune(model: nn.Module, ratio: float, importance, example: dict) -> None:
                 setattr(module, attr, width // size)
                 if hasattr(module, "all_head_size"):
                     module.all_head_size = width
+    return len(skipped)
+
+
+def bisect(too_slow, low: float, high: float, steps: int) -> float | None:
+    """The smallest ``x`` in ``(low, high]`` (to ``(high - low) / 2**steps``) with ``too_slow(x)`` false, for a
+    ``too_slow`` that is true below some point and false above it; ``None`` when every point tried is too slow.
+
+    Args:
+        too_slow: x -> whether ``x`` is not far enough.
+        low: a point known (or taken) to be too slow.
+        high: the far end.
+        steps: halvings.
+
+    Returns:
+        The point found, or ``None``.
+    """
+    best = None
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if too_slow(mid):
+            low = mid
+        else:
+            high, best = mid, mid
+    return best
 
 
 class TorchPruningCoupled(WindowMethod):
-    """One-shot Torch-Pruning at the start of the window, ratio bisected to the target predicted time; fine-tune."""
+    """One-shot Torch-Pruning at the start of the window to the target predicted time; fine-tune.
+
+    The search, on copies: (1) the largest head ratio at which Torch-Pruning empties no layer (`tp_prune`); (2) the
+    smallest ratio whose model (heads at that ratio, capped by (1)) is at or below the target time; (3) with those
+    heads, the smallest neuron ratio still at or below it; where a whole head still overshoots the target by more
+    than `MATCH_TOLERANCE`, one head fewer and more neurons, while that reaches it. Ratios where Torch-Pruning skips
+    a layer count as too far. Nothing reaching the target: the fastest model found, recorded ``reached: false``.
+    """
+
+    MAX_RATIO = 0.99  # of the neurons; Torch-Pruning skips a layer it would empty (counted as too far)
 
     def __init__(self, importance: str, latency: dict, widths: dict[str, int], target_seconds: float):
         self.importance, self.name = importance, f"tp_{importance}"
@@ -206,27 +266,70 @@ class TorchPruningCoupled(WindowMethod):
     def _predicted(self, model) -> float:
         return sh.latency.predicted_seconds(self.latency, kept_widths(model, self.widths))
 
+    def _trial(self, model, ratio: float, head_ratio: float, example: dict) -> tuple[float, int]:
+        """Predicted seconds and skipped groups of a pruned copy of ``model``."""
+        trial = copy.deepcopy(model)
+        for source, target in zip(model.parameters(), trial.parameters()):  # deepcopy drops .grad
+            target.grad = None if source.grad is None else source.grad.clone()
+        skipped = tp_prune(trial, ratio, self._importance(), example, head_ratio)
+        return self._predicted(trial), skipped
+
+    def search(self, model, example: dict) -> tuple[float, float]:
+        """``(ratio, head_ratio)`` for the target time (class docstring).
+
+        Args:
+            model: the model to prune (not changed; Taylor reads its gradients).
+            example: one batch of model inputs.
+
+        Returns:
+            Torch-Pruning's neuron and head ratios.
+        """
+        top = self.MAX_RATIO
+        # a tiny neuron ratio: Torch-Pruning prunes heads only where it prunes some channels
+        first_skip = bisect(lambda h: self._trial(model, 0.01, h, example)[1] == 0, 0.0, top, 8)
+        cap = top if first_skip is None else max(0.0, first_skip - top / 2**8)
+
+        def too_slow(ratio, head_ratio=None):  # a ratio where Torch-Pruning skips a layer counts as too far
+            head_ratio = min(ratio, cap) if head_ratio is None else head_ratio
+            seconds, skipped = self._trial(model, ratio, head_ratio, example)
+            return skipped == 0 and seconds > self.target
+
+        ratio = bisect(too_slow, 0.0, top, 10)
+        if ratio is None or self._trial(model, ratio, min(ratio, cap), example)[1]:  # out of reach: the fastest
+            first_skip = bisect(lambda r: self._trial(model, r, min(r, cap), example)[1] == 0, 0.0, top, 10)
+            ratio = top if first_skip is None else max(0.0, first_skip - top / 2**10)
+        heads = min(ratio, cap)
+
+        def fit(head_ratio, far):  # the smallest neuron ratio at or below the target with these heads, or None
+            found = bisect(lambda r: too_slow(r, head_ratio), 0.0, far, 10)
+            return None if found is None or self._trial(model, found, head_ratio, example)[1] else found
+
+        fine = fit(heads, ratio)
+        ratio = ratio if fine is None else fine
+        if self._trial(model, ratio, heads, example)[0] < self.target * (1 - MATCH_TOLERANCE):
+            # a whole head overshoots the target: one head fewer removed (Torch-Pruning's head ratio of that count,
+            # ``removed = total - int(total * (1 - h))``), more neurons, while that still reaches it
+            total = sum(layers[0].out_features // size for layers, size in attention_projections(model))
+            for removed in range(total - int(total * (1 - heads)) - 1, -1, -1):
+                head_ratio = max(0.0, (removed - 0.5) / total)
+                found = fit(head_ratio, top)
+                if found is None:
+                    break
+                ratio, heads = found, head_ratio
+                if self._trial(model, ratio, heads, example)[0] >= self.target * (1 - MATCH_TOLERANCE):
+                    break
+        return ratio, heads
+
     def prepare(self, model, task, ctx):
         example = {k: v[:1] for k, v in model_inputs(ctx["calibration"][0]).items()}  # one row, as the target
         if self.importance == "taylor":  # Taylor importance reads the accumulated weight gradients
             model.zero_grad()
             for batch in ctx["calibration"]:
                 model(**batch).loss.backward()
-        low, high, best = 0.0, 0.95, None
-        for _ in range(10):
-            mid = (low + high) / 2
-            trial = copy.deepcopy(model)
-            for source, target in zip(model.parameters(), trial.parameters()):  # deepcopy drops .grad
-                target.grad = None if source.grad is None else source.grad.clone()
-            tp_prune(trial, mid, self._importance(), example)
-            if self._predicted(trial) > self.target:
-                low = mid
-            else:
-                high, best = mid, mid
-        ratio = high if best is None else best
-        tp_prune(model, ratio, self._importance(), example)
+        ratio, heads = self.search(model, example)
+        skipped = tp_prune(model, ratio, self._importance(), example, heads)
         model.zero_grad(set_to_none=True)
-        self.record = {"tp_ratio": ratio}
+        self.record = {"tp_ratio": ratio, "tp_head_ratio": heads, "tp_skipped_groups": skipped}
         return weight_groups(model, task.weight_decay)
 
 
@@ -263,6 +366,20 @@ def measure_row(dense: nn.Module, latency: dict, widths: dict, kept: dict, seq_l
         "measured_spread": measured["spread"],
         "measured_load": measured["load"],
     }
+
+
+def matched(seconds: float, smart_seconds: float) -> dict:
+    """Whether a baseline's predicted time is the SMART model's (within `MATCH_TOLERANCE`).
+
+    Args:
+        seconds: the baseline model's predicted seconds.
+        smart_seconds: the SMART model's, same seed and target.
+
+    Returns:
+        ``{"reached": bool, "time_vs_smart": seconds / smart_seconds}``.
+    """
+    ratio = seconds / smart_seconds
+    return {"reached": abs(ratio - 1) <= MATCH_TOLERANCE, "time_vs_smart": ratio}
 
 
 def make_method(name: str, task: Task, target: float, ctx: dict):
@@ -318,6 +435,8 @@ def run_seed(task: Task, seed: int, targets: list[float], methods: list[str], re
         kept = row.pop("kept", None) or kept_widths(pruned, widths)
         if name == "smart":
             ctx["smart_seconds"] = sh.latency.predicted_seconds(latency, kept)
+        elif name != "dense":  # the comparison holds only at the SMART model's time
+            row.update(matched(sh.latency.predicted_seconds(latency, kept), ctx["smart_seconds"]))
         seconds = time.perf_counter() - start
         row.update(task=task.name, seed=seed, method=name, target=target, widths=kept, seconds=seconds)
         row.update(per_layer(latency, kept), seq_len=seq_len, latency_dense_seconds=latency["dense_seconds"])
@@ -325,7 +444,8 @@ def run_seed(task: Task, seed: int, targets: list[float], methods: list[str], re
         rows.append(row)
         print(
             f"{task.name} seed {seed} {name} @ {target}: test {row['test_acc']:.4f} predicted "
-            f"{row['predicted_speedup']:.2f}x measured {row['measured_speedup']:.2f}x ({seconds:.0f}s)",
+            f"{row['predicted_speedup']:.2f}x{'' if row.get('reached', True) else ' (SMART time NOT reached)'} "
+            f"measured {row['measured_speedup']:.2f}x ({seconds:.0f}s)",
             file=sys.stderr,
         )
     return rows
@@ -351,6 +471,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         entry.update(test_acc_mean=mean, test_acc_ci95=half, test_error_mean=1 - mean)
         for key in ("predicted_speedup", "measured_speedup"):
             entry[f"{key}_mean"] = statistics.fmean(r[key] for r in group.values())
+        if method not in ("smart", "dense"):  # seeds whose row is at the SMART model's time
+            entry["reached"] = sum(r.get("reached", True) for r in group.values())
         smart = {r["seed"]: r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, "smart")}
         paired = [smart[s]["test_acc"] - group[s]["test_acc"] for s in sorted(group) if s in smart]
         if method not in ("smart", "dense") and paired:
@@ -368,10 +490,13 @@ def print_table(summary: list[dict]) -> None:
         diff = "–"
         if "smart_minus_acc_mean" in s:
             diff = f"{100 * s['smart_minus_acc_mean']:+.2f} ± {100 * s['smart_minus_acc_ci95']:.2f}"
+        off = ""
+        if s.get("reached", s["seeds"]) < s["seeds"]:  # not at SMART's speed: the difference is not at equal speed
+            off = f" (SMART's time missed: {s['seeds'] - s['reached']}/{s['seeds']} seeds)"
         print(
             f"| {s['task']} | {s['target'] or 'dense'} | {s['method']} | {s['seeds']} | "
             f"{100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_ci95']:.2f}% | {diff} | "
-            f"{s['predicted_speedup_mean']:.2f}x | {s['measured_speedup_mean']:.2f}x |"
+            f"{s['predicted_speedup_mean']:.2f}x{off} | {s['measured_speedup_mean']:.2f}x |"
         )
 
 

@@ -271,7 +271,9 @@ def test_bench_coupled_quality_smoke(tmp_path):
             assert row["predicted_speedup"] == pytest.approx(1.0)
         elif row["method"] == "smart":  # the speed budget, up to one width multiple of FFN neurons
             assert 1 < row["target"] and row["predicted_speedup"] == pytest.approx(row["target"], rel=0.03)
-        elif row["method"] == "kwon_fisher":  # the mask search spends at most the SMART model's time
+        else:  # every baseline at the SMART model's time (Torch-Pruning: to its search's precision)
+            assert row["reached"] and row["time_vs_smart"] == pytest.approx(1.0, abs=0.03), row
+        if row["method"] == "kwon_fisher":  # the mask search spends at most the SMART model's time
             assert row["predicted_seconds"] <= smart["predicted_seconds"] * (1 + 1e-9)
     for entry in data["summary"]:
         assert ("smart_minus_acc_mean" in entry) == (entry["method"] in methods[1:])
@@ -314,6 +316,55 @@ def test_bench_coupled_quality_rebuilds_an_architecture_from_its_widths():
     assert slim.bert.encoder.layer[0].attention.self.query.out_features == 16
     assert slim(**text_inputs(3)).logits.shape == (3, 3)
     assert kept_widths(dense, widths) == {o: blocks[s]["units"] for o, s in owners.items()}  # the copy, not dense
+
+
+def _vit_with_latency(layers: int = 4):
+    """A 4-layer ViT with 3 heads per layer and a made-up latency model in which heads dominate."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from benchmarks.quality.widths import unit_widths
+
+    config = dict(hidden_size=48, num_hidden_layers=layers, num_attention_heads=3, intermediate_size=64)
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(image_size=8, patch_size=2, num_channels=1, num_labels=10, **config))
+    heads, ffn = {"kind": "heads", "units": 3, "a": 0.0, "b": 1.0}, {"kind": "ffn", "units": 64, "a": 0.0, "b": 0.02}
+    blocks = {"h": heads, "f": ffn}
+    owners = {}
+    for i in range(layers):
+        owners.update({f"vit.layers.{i}.attention.o_proj": "h", f"vit.layers.{i}.mlp.fc2": "f"})
+    latency = {"owners": owners, "blocks": blocks, "fixed_seconds": 0.1}
+    latency["dense_seconds"] = 0.1 + layers * (3 * 1.0 + 64 * 0.02)
+    return model, latency, unit_widths(model, latency), {"pixel_values": torch.randn(1, 1, 8, 8)}
+
+
+def test_bench_coupled_quality_torch_pruning_reaches_the_smart_time():
+    """Torch-Pruning skips a layer whose every head its global ranking takes (the layer keeps them all, so its time
+    is not monotone in the ratio); the search avoids those ratios and lands at the target time, or says it did not."""
+    pytest.importorskip("torch_pruning")
+    import copy
+
+    import torch_pruning as tp
+
+    import smart_hf as sh
+    from benchmarks.coupled_quality import TorchPruningCoupled, matched, summarize, tp_prune
+    from benchmarks.quality.widths import kept_widths, per_layer
+
+    model, latency, widths, example = _vit_with_latency()
+    far = copy.deepcopy(model)
+    assert tp_prune(far, 0.95, tp.importance.GroupMagnitudeImportance(p=2), example) == 4  # 12 of 12 heads asked
+    assert per_layer(latency, kept_widths(far, widths))["heads"] == [3, 3, 3, 3]  # ... and none removed
+    for target, reachable in ((3.2, True), (6.0, False)):  # the old tied-ratio bisection: 1.39x for 3.2
+        method = TorchPruningCoupled("magnitude", latency, widths, latency["dense_seconds"] / target)
+        ratio, heads = method.search(model, example)
+        pruned = copy.deepcopy(model)
+        assert tp_prune(pruned, ratio, method._importance(), example, heads) == 0
+        kept = kept_widths(pruned, widths)
+        assert min(per_layer(latency, kept)["heads"]) >= 1 and pruned(**example).logits.shape == (1, 10)
+        assert matched(sh.latency.predicted_seconds(latency, kept), method.target)["reached"] == reachable, kept
+    rows = [{"task": "t", "target": 3.0, "method": m, "seed": 0, "test_acc": 0.9, "predicted_speedup": 2.9,
+             "measured_speedup": 2.5} for m in ("smart", "tp_magnitude")]
+    rows[1]["reached"] = False
+    assert [s.get("reached") for s in summarize(rows)] == [None, 0]
 
 
 def test_bench_recipes_smoke(tmp_path):
