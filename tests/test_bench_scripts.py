@@ -346,8 +346,9 @@ def test_bench_coupled_quality_torch_pruning_reaches_the_smart_time():
     import torch_pruning as tp
 
     import smart_hf as sh
-    from benchmarks.coupled_quality import TorchPruningCoupled, matched, summarize, tp_prune
+    from benchmarks.coupled_quality import matched, summarize
     from benchmarks.quality.widths import kept_widths, per_layer
+    from benchmarks.torch_pruning_baseline import TorchPruningCoupled, tp_prune
 
     model, latency, widths, example = _vit_with_latency()
     far = copy.deepcopy(model)
