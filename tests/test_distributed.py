@@ -86,7 +86,7 @@ def trainer_worker(out_dir: str, per_device_batch: int) -> None:
     from transformers import TrainerCallback, ViTConfig, ViTForImageClassification
 
     import smart_hf as sh
-    import smart_hf.training.trainer as smart_trainer
+    import smart_hf.training.saves as smart_saves
     from smart_hf.artifact.export import squashed_state_dict
     from smart_hf.artifact.invariants import check_sparsity
     from smart_hf.training.trainer import SmartTrainer
@@ -111,13 +111,13 @@ def trainer_worker(out_dir: str, per_device_batch: int) -> None:
     evals = Dataset.from_dict({"pixel_values": x[64:].numpy(), "labels": y[64:].numpy()}).with_format("torch")
 
     save_calls = []
-    original_save = smart_trainer.save_pruned
+    original_save = smart_saves.save_pruned
 
     def counting_save(*args, **kwargs):
         save_calls.append(args[1])
         return original_save(*args, **kwargs)
 
-    smart_trainer.save_pruned = counting_save
+    smart_saves.save_pruned = counting_save
 
     class MaskRecorder(TrainerCallback):
         """The soft masks the last training forward used (read from the state's per-forward cache) and, once
