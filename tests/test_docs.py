@@ -32,6 +32,24 @@ def test_the_check_finds_a_missing_name():
     assert _hooks().missing_public_names(DOCS, ["SmartConfig", "not_a_public_name"]) == ["not_a_public_name"]
 
 
+def test_config_fields_tables_list_own_fields_with_their_help():
+    import dataclasses
+
+    from smart_hf import SmartConfig, SmartTrainingArguments
+
+    hooks = _hooks()
+    table = hooks.fields_table(SmartConfig)
+    rows = table.splitlines()[2:]
+    assert len(rows) == len([f for f in dataclasses.fields(SmartConfig) if f.init])
+    sparsity = next(r for r in rows if r.startswith("| `sparsity` |"))
+    help_text = " ".join(SmartConfig.__dataclass_fields__["sparsity"].metadata["help"].split())
+    assert help_text.replace("|", "\\|") in sparsity
+    own = hooks.fields_table(SmartTrainingArguments)
+    assert "`pretrain_steps`" in own and "`learning_rate`" not in own  # inherited TrainingArguments fields left out
+    page = hooks.on_page_markdown("a\n<!-- fields: smart_hf.SmartConfig -->\nb")
+    assert page.startswith("a\n| field |") and page.endswith("|\nb")
+
+
 def _nav_pages(nav) -> list[str]:
     pages = []
     for entry in nav:
