@@ -18,9 +18,10 @@ torch version and the model's layer shapes; the key is stored in the file and co
 latency model measured on another device, dtype, thread count or shape is never reused.
 
 Cost of a build: one forward to capture the block input shapes (it also warms the dense model up), one warm-up of
-the rebuilt blocks and the narrowed model, then at least 3 rounds (more while ``max_seconds`` allows) of the dense
-forward, the narrowed one and every block at every grid width -- about 6 dense forwards in all, since the grid of one
-block per kind sums to ~2.5 full blocks and the narrowed model runs in about a quarter of the dense time.
+the rebuilt blocks and the narrowed model, then rounds of the dense forward, the narrowed one and every block at
+every grid width -- 7 rounds or more until `MIN_SECONDS` are spent (short forwards get more rounds), and no round
+after the third once ``max_seconds`` are spent. A round costs about 1.5 dense forwards, since the grid of one block
+per kind sums to ~2.5 full blocks and the narrowed model runs in about a quarter of the dense time.
 """
 
 from __future__ import annotations
@@ -39,13 +40,18 @@ from torch import nn
 
 from ..coupling import CoupledSet
 from .blocks import block_signature, capture_input_shapes, rebuild_block
-from .calibrate import NARROW_SHARES, fit_scale, narrow_width, narrowed_forward
+from .calibrate import NARROW_SHARES, Narrowing, fit_scale, narrow_width
 from .timing import latency_inputs, load_average, spread, time_round_robin, warn_if_noisy
 
 __all__ = ["cache_dir", "latency_key", "measure_latency_model", "width_grid"]
 
-# 2: block fits scaled into the whole model (`smart_hf.latency.calibrate`), a ``calibration`` record
-SCHEMA = 2
+# Rounds of the round-robin timing continue until this much time is spent: a 50 ms forward timed 7 times moved the
+# predicted speed-up of one set of widths between 2.8x and 3.9x from build to build, 40 times (~4 s) within 3.3-3.5x.
+MIN_SECONDS = 4.0
+
+# 2: block fits scaled into the whole model (`smart_hf.latency.calibrate`), a ``calibration`` record;
+# 3: the narrowed forward timed without its module swaps (2 counted them: ~1.6 ms per forward on a 6-layer BERT)
+SCHEMA = 3
 
 
 def cache_dir() -> Path:
@@ -139,8 +145,8 @@ def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) ->
     fns, grids, owners, first = {"dense": lambda: model(**inputs)}, {}, {}, {}
     timed = [cset for cset in sets if cset.owner in shapes]
     narrow = {share: {c.owner: narrow_width(c, share, multiple) for c in timed} for share in NARROW_SHARES}
-    for share, kept in narrow.items():
-        fns[("narrow", share)] = narrowed_forward(model, timed, inputs, kept)
+    contexts = {("narrow", share): Narrowing(model, timed, kept) for share, kept in narrow.items()}
+    fns.update({name: fns["dense"] for name in contexts})
     for cset in timed:
         sig = block_signature(model, cset, shapes[cset.owner])
         owners[cset.owner] = sig
@@ -151,7 +157,9 @@ def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) ->
         for w in grids[sig]:
             fns[(sig, w)] = rebuild_block(model, cset, shapes[cset.owner], w)
     device = next(model.parameters()).device
-    times = time_round_robin(fns, device, max_seconds=max_seconds, warm=("dense",))  # warmed by the shape capture
+    times = time_round_robin(  # the dense model was warmed by the shape capture
+        fns, device, max_seconds=max_seconds, warm=("dense",), contexts=contexts, min_seconds=MIN_SECONDS
+    )
     blocks = {}
     for sig, grid in grids.items():
         medians = [statistics.median(times[(sig, w)]) for w in grid]

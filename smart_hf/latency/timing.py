@@ -8,6 +8,7 @@ stretches some runs and not others.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -112,38 +113,55 @@ def time_call(fn, device: torch.device, repeats: int = 5, warmup: int = 1, max_s
 
 
 def time_round_robin(
-    fns: dict, device: torch.device, repeats: int = 7, warmup: int = 1, max_seconds: float = 30.0, warm: tuple = ()
+    fns: dict,
+    device: torch.device,
+    repeats: int = 7,
+    warmup: int = 1,
+    max_seconds: float = 30.0,
+    warm: tuple = (),
+    contexts: dict | None = None,
+    min_seconds: float = 0.0,
 ) -> dict[str, list[float]]:
     """Seconds per call of every ``fns[name]()``, timed in turns: each round calls every function once, so load
     that comes and goes on a shared machine stretches all of them alike and their ratios stay meaningful.
 
+    Rounds run until ``repeats`` are done and ``min_seconds`` are spent (short calls get more rounds for the same
+    precision; at most ``8 * repeats``); after 3 rounds no further one starts once ``max_seconds`` are spent.
+
     Args:
         fns: name -> callable without arguments.
         device: where they run (CUDA is synchronised around each call).
-        repeats: the most rounds.
+        repeats: rounds wanted.
         warmup: untimed rounds first.
         max_seconds: time after which no further round starts (3 always run).
         warm: names already warmed up by the caller (skipped in the warm-up rounds).
+        contexts: name -> a reusable context manager entered around that name's call, outside the timed region
+            (`smart_hf.latency.calibrate.Narrowing`).
+        min_seconds: keep adding rounds beyond ``repeats`` until this much time is spent.
 
     Returns:
         name -> the timed calls' durations in seconds.
     """
+    contexts = contexts or {}
     times = {name: [] for name in fns}
     with torch.inference_mode():
         for _ in range(warmup):
             for name, fn in fns.items():
                 if name not in warm:
-                    fn()
+                    with contexts.get(name, contextlib.nullcontext()):
+                        fn()
         start_all = time.perf_counter()
-        for i in range(repeats):
-            if i >= 3 and time.perf_counter() - start_all > max_seconds:
+        for i in range(8 * repeats):
+            elapsed = time.perf_counter() - start_all
+            if (i >= 3 and elapsed > max_seconds) or (i >= repeats and elapsed >= min_seconds):
                 break
             for name, fn in fns.items():
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - start)
+                with contexts.get(name, contextlib.nullcontext()):
+                    _sync(device)
+                    start = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    times[name].append(time.perf_counter() - start)
     return times
 
 

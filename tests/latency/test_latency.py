@@ -214,6 +214,39 @@ def test_round_robin_timing_calls_every_function_each_round():
     assert calls == ["a", "b"] * 5 and [len(t) for t in times.values()] == [4, 4]
 
 
+def test_round_robin_timing_enters_contexts_outside_the_timed_call_and_adds_rounds_for_min_seconds():
+    import time
+
+    from smart_hf.latency.timing import time_round_robin
+
+    swap = _SlowSwap()
+    times = time_round_robin({"a": lambda: None}, torch.device("cpu"), repeats=3, warmup=1, contexts={"a": swap})
+    assert swap.entered == swap.left == 4  # the warm-up round and 3 timed ones
+    assert len(times["a"]) == 3 and max(times["a"]) < 0.01  # the 20 ms swaps are not in the call's time
+    times = time_round_robin({"a": lambda: time.sleep(0.002)}, torch.device("cpu"), repeats=3, warmup=0,
+                             min_seconds=0.05)
+    assert 3 < len(times["a"]) <= 24  # rounds beyond `repeats` until 50 ms are spent, at most 8x repeats
+
+
+class _SlowSwap:
+    """A reusable context manager far slower than the call it surrounds (as `Narrowing`'s module swaps are)."""
+
+    def __init__(self):
+        self.entered = self.left = 0
+
+    def __enter__(self):
+        import time
+
+        time.sleep(0.01)
+        self.entered += 1
+
+    def __exit__(self, *exc):
+        import time
+
+        time.sleep(0.01)
+        self.left += 1
+
+
 @pytest.mark.parametrize(
     "build, kinds",
     [(tiny_resnet, {"conv"}), (tiny_gpt2, {"heads", "ffn"}), (tiny_llama, {"heads", "ffn"})],
@@ -250,8 +283,8 @@ def test_a_nonsense_whole_model_fit_keeps_the_blocks_own_fits(points):
     assert fit["scale"] == 1.0 and fit["fixed_seconds"] == pytest.approx(2.0) and fit["fallback"]
 
 
-def test_the_narrowed_forward_swaps_narrow_modules_in_and_restores_the_model():
-    from smart_hf.latency.calibrate import narrow_width, narrowed_forward
+def test_narrowing_swaps_narrow_modules_in_and_restores_the_model():
+    from smart_hf.latency.calibrate import Narrowing, narrow_width
 
     model = tiny_bert().eval()
     sets = find_coupled_sets(model)
@@ -264,8 +297,13 @@ def test_the_narrowed_forward_swaps_narrow_modules_in_and_restores_the_model():
         lambda m, _a: seen.update(ffn=m.intermediate.dense.out_features, heads=m.attention.self.all_head_size)
     )
     x = latency_inputs(model, 2, 8)
+    narrowing = Narrowing(model, sets, kept)
     with torch.inference_mode():
-        out = narrowed_forward(model, sets, x, kept)()
+        for _ in range(2):  # reusable: the round-robin timing enters it every round
+            with narrowing as narrowed:
+                out = narrowed(**x)
+        with pytest.raises(RuntimeError), narrowing:
+            raise RuntimeError("a failing forward")
     assert kept[ffn.owner] == 16 and kept[heads.owner] == 1  # a quarter of 64 neurons; of 2 heads, one
     assert narrow_width(CoupledSet("ffn", "o", (), 20), 0.25, 8) == 8  # 5 rounded to the width multiple
     assert narrow_width(CoupledSet("ffn", "o", (), 4), 0.25, 8) == 1  # fewer units than the multiple: as is
@@ -276,16 +314,16 @@ def test_the_narrowed_forward_swaps_narrow_modules_in_and_restores_the_model():
     assert model.bert.encoder.layer[0].attention.self.all_head_size == model.config.hidden_size
     resnet = tiny_resnet().eval()  # chained convs: one conv narrowed on both axes
     rsets = find_coupled_sets(resnet)
-    with torch.inference_mode():
-        narrowed_forward(resnet, rsets, latency_inputs(resnet, 1, 8), {s.owner: 1 for s in rsets})()
+    with torch.inference_mode(), Narrowing(resnet, rsets, {s.owner: 1 for s in rsets}) as narrowed:
+        narrowed(**latency_inputs(resnet, 1, 8))
 
 
 def test_the_cache_key_names_the_calibrated_schema():
     from smart_hf.latency.model import SCHEMA, latency_key
 
     model = tiny_bert().eval()
-    assert SCHEMA == 2  # 1 stored uncalibrated block fits: such files are never read as calibrated ones
-    assert latency_key(model, latency_inputs(model, 2, 8))["schema"] == 2
+    assert SCHEMA == 3  # 1: uncalibrated block fits; 2: narrowed times with the module swaps: never read again
+    assert latency_key(model, latency_inputs(model, 2, 8))["schema"] == 3
     lat = _measure(model)
     record = lat["calibration"]
     assert record["shares"] == [0.25] and len(record["whole_seconds"]) == 1 and record["scale"] > 0
