@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import statistics
+import time
 import warnings
 from pathlib import Path
 
@@ -48,6 +49,9 @@ __all__ = ["cache_dir", "latency_key", "measure_latency_model", "width_grid"]
 # Rounds of the round-robin timing continue until this much time is spent: a 50 ms forward timed 7 times moved the
 # predicted speed-up of one set of widths between 2.8x and 3.9x from build to build, 40 times (~4 s) within 3.3-3.5x.
 MIN_SECONDS = 4.0
+# A dense forward at least this long skips the warm-up round of the narrowed model and the blocks (a BERT-base at
+# 32 x 128 on one CPU thread: 11 s a forward; the build took 65 s with the warm-up round).
+WARMUP_SKIP_SECONDS = 2.0
 
 # 2: block fits scaled into the whole model (`smart_hf.latency.calibrate`), a ``calibration`` record;
 # 3: the narrowed forward timed without its module swaps (2 counted them: ~1.6 ms per forward on a 6-layer BERT)
@@ -138,10 +142,10 @@ def _fit(widths: list[int], seconds: list[float], units: int) -> tuple[float, fl
     return intercept, slope
 
 
-def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) -> tuple[dict, dict, dict, dict]:
+def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float, warmup: int = 1) -> tuple:
     """The dense forward, the whole model narrowed to every share of `NARROW_SHARES` and every distinct block at its
-    width grid, timed round-robin in one pass; returns the times, the block fits, ``{owner: signature}`` and
-    ``{share: {owner: kept}}``."""
+    width grid, timed round-robin in one pass after ``warmup`` untimed rounds; returns the times, the block fits,
+    ``{owner: signature}`` and ``{share: {owner: kept}}``."""
     fns, grids, owners, first = {"dense": lambda: model(**inputs)}, {}, {}, {}
     timed = [cset for cset in sets if cset.owner in shapes]
     narrow = {share: {c.owner: narrow_width(c, share, multiple) for c in timed} for share in NARROW_SHARES}
@@ -158,7 +162,7 @@ def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float) ->
             fns[(sig, w)] = rebuild_block(model, cset, shapes[cset.owner], w)
     device = next(model.parameters()).device
     times = time_round_robin(  # the dense model was warmed by the shape capture
-        fns, device, max_seconds=max_seconds, warm=("dense",), contexts=contexts, min_seconds=MIN_SECONDS
+        fns, device, warmup=warmup, max_seconds=max_seconds, warm=("dense",), contexts=contexts, min_seconds=MIN_SECONDS
     )
     blocks = {}
     for sig, grid in grids.items():
@@ -257,8 +261,11 @@ def measure_latency_model(
     model.eval()
     try:
         with torch.inference_mode():
+            start = time.perf_counter()
             shapes = capture_input_shapes(model, sets, lambda: model(**inputs))  # also the dense warm-up
-        times, blocks, owners, narrow = _time_all(model, inputs, sets, shapes, multiple, max_seconds)
+            long_forward = time.perf_counter() - start >= WARMUP_SKIP_SECONDS
+        # one-off first-call costs are negligible against a forward of seconds; a warm-up round would cost ~0.5 of one
+        times, blocks, owners, narrow = _time_all(model, inputs, sets, shapes, multiple, max_seconds, 0 if long_forward else 1)
     finally:
         model.train(was_training)
     dense = times["dense"]
