@@ -130,11 +130,13 @@ class SmartConfig:
         },
     )
     # --- scores and temperature ---
-    score_init: Literal["magnitude", "activation", "constant"] = field(
+    score_init: Literal["magnitude", "activation", "fisher", "constant"] = field(
         default="magnitude",
         metadata={
             "help": "Initial mask scores: 'magnitude' (unit RMS of the weights), 'activation' (|W| times "
-            "input-activation norms from a calibration pass), 'constant' (plus score_noise; for ablations)."
+            "input-activation norms from a calibration pass), 'fisher' (pattern='coupled': each unit's empirical "
+            "Fisher over labelled calibration batches per unit of budget cost, comparable across layers), "
+            "'constant' (plus score_noise; for ablations)."
         },
     )
     score_noise: float = field(
@@ -241,6 +243,11 @@ class SmartConfig:
         self._validate_coupled()
         choice("budget", self.budget, BUDGETS)
         choice("score_init", self.score_init, SCORE_INITS)
+        if self.score_init == "fisher" and self.pattern != "coupled":
+            raise ValueError(
+                f"score_init='fisher' scores whole coupled units (neurons, heads, channels), not {self.pattern!r} "
+                "units; use pattern='coupled', or score_init='magnitude' / 'activation'."
+            )
         choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
         choice("score_scale", self.score_scale, SCORE_SCALES)
         if not 0.0 <= self.min_layer_density < 1.0:

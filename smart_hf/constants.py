@@ -12,7 +12,9 @@ REPORT_NAME = "smart_sparsity.json"
 
 PATTERNS = ("block", "channel", "nm", "coupled")
 BUDGETS = ("global", "layer")
-SCORE_INITS = ("magnitude", "activation", "constant")
+SCORE_INITS = ("magnitude", "activation", "fisher", "constant")
+# Score initialisations read calibration batches (activation statistics; Fisher of coupled units, with labels).
+CALIBRATED_SCORE_INITS = ("activation", "fisher")
 SCORE_SCALES = ("start_temperature", "standardized")
 TEMPERATURE_SCHEDULES = ("dynamic", "exponential", "cosine", "linear", "constant")
 WIDTH_MULTIPLES = (1, 8, 16, 32, 64)

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from .config import SmartConfig, UnitSettings
-from .constants import MASK_NAME, SCORES_NAME, STATE_MODULE_NAME, first_items
+from .constants import CALIBRATED_SCORE_INITS, MASK_NAME, SCORES_NAME, STATE_MODULE_NAME, first_items
 from .core.granularity import UnitLayout, layer_kind
 from .coupled_owners import bind_owners, coupled_targets
+from .fisher import unit_fisher
 from .latency import apply_speed_budget, measure_for_prepare
 from .layers import attach_smart_layer, detach_smart_layer, is_smart_layer
 from .scores import collect_activation_stats, init_scores_
@@ -179,8 +180,8 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
 
     Adds a ``smart_scores`` parameter (and a ``smart_mask`` buffer) to every targeted layer, a ``smart_state``
     sub-module holding temperature and stage, and forward hooks that compute the masks once per forward. Scores
-    are initialised from ``config.score_init``; ``"activation"`` needs ``calibration_data``, an iterable of model
-    input batches (dicts), read before the model is changed.
+    are initialised from ``config.score_init``; ``"activation"`` and ``"fisher"`` need ``calibration_data``, an
+    iterable of model input batches (dicts; with ``labels`` for ``"fisher"``), read before the scores are set.
 
     With ``config.target_speedup`` a latency model is measured first (on the model's device and dtype, or read from
     the cache; `smart_hf.latency`), every coupled unit's budget cost becomes its measured marginal time and the
@@ -189,7 +190,7 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
     Args:
         model: the model to prune (a ``torch.nn.Module``, typically a transformers model).
         config: what to prune and how.
-        calibration_data: input batches for ``score_init="activation"``.
+        calibration_data: input batches for ``score_init="activation"`` or ``"fisher"`` (with labels).
 
     Returns:
         ``model``, prepared.
@@ -210,7 +211,7 @@ def prepare_model(model: nn.Module, config: SmartConfig, calibration_data=None) 
     latency = measure_for_prepare(model, config, [t[0] for t in targets]) if config.target_speedup else None
     layers = [attach_smart_layer(module, layout) for _, module, layout, _ in targets]
     try:  # a budget the guard cannot honour raises here: leave the model exactly as it came
-        _install_state(model, config, targets, layers, act_stats, latency)
+        _install_state(model, config, targets, layers, act_stats, latency, calibration_data)
     except Exception:
         _undo_prepare(model, layers)
         raise
@@ -242,18 +243,22 @@ def _check_can_prepare(model, config) -> None:
 
 
 def _activation_stats(model: nn.Module, config: SmartConfig, targets: list, calibration_data) -> list | None:
-    """The calibration pass of ``score_init="activation"`` over the targeted modules (``None`` for other inits)."""
-    if config.score_init != "activation":
+    """The calibration pass of ``score_init="activation"`` over the targeted modules (``None`` for other inits;
+    ``"fisher"`` is measured once the coupled units are bound, `_install_state`: only its batches are checked here)."""
+    if config.score_init not in CALIBRATED_SCORE_INITS:
         return None
     if calibration_data is None:
+        with_labels = " with labels" if config.score_init == "fisher" else ""
         raise ValueError(
-            "score_init='activation' needs calibration_data (an iterable of input batches); pass "
-            "it to prepare_model or use score_init='magnitude'."
+            f"score_init={config.score_init!r} needs calibration_data (an iterable of input batches{with_labels}); "
+            "pass it to prepare_model or use score_init='magnitude'."
         )
+    if config.score_init == "fisher":
+        return None
     return collect_activation_stats(model, [m for _, m, _, _ in targets], calibration_data, config.calibration_batches)
 
 
-def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers: list, act_stats, latency) -> None:
+def _install_state(model, config: SmartConfig, targets: list, layers: list, act_stats, latency, calibration_data) -> None:
     """Build the budget groups and the `SmartState`, register the hooks and initialise the scores."""
     sparsities, speed = [t[3] for t in targets], None
     if config.pattern == "coupled":  # before the groups: a coupled unit's budget cost spans its partners
@@ -277,6 +282,10 @@ def _install_state(model: nn.Module, config: SmartConfig, targets: list, layers:
         model.register_forward_hook(state.end_forward, always_call=True),  # also after a forward that raised
         model.register_load_state_dict_pre_hook(check_smart_shapes),  # removed by squash with the others
     ]
+    if config.score_init == "fisher":  # per coupled unit: needs the bindings; on the dense network
+        state.set_mode("dense")
+        act_stats = unit_fisher(model, state.layers, calibration_data, config.calibration_batches)
+        state.set_mode("soft")
     init_scores_(state, config, act_stats)
 
 

@@ -16,11 +16,19 @@ import numbers
 import torch
 from torch import nn
 
-from .constants import MASK_NAME, SCORE_LR_NM, SCORE_LR_STRUCTURED, SCORES_NAME, STATE_MODULE_NAME
+from .constants import (
+    CALIBRATED_SCORE_INITS,
+    MASK_NAME,
+    SCORE_LR_NM,
+    SCORE_LR_STRUCTURED,
+    SCORES_NAME,
+    STATE_MODULE_NAME,
+)
 from .core.budget import budget_progress
 from .core.schedule import DynamicState, dynamic_update, temperature_at
 from .coupled_owners import coupled_records
 from .distributed import is_sharded, whole_parameters, zero_own_rows_
+from .fisher import unit_fisher
 from .layers import detach_smart_layer
 from .metadata import PruningMetadata, SparsityReport, build
 from .metadata import write as write_metadata
@@ -233,22 +241,24 @@ def reinit_scores(model: nn.Module, calibration_data=None) -> None:
 
     Args:
         model: a prepared model.
-        calibration_data: input batches, needed for ``score_init="activation"`` (the calibration pass runs on the
-            dense network).
+        calibration_data: input batches, needed for ``score_init="activation"`` / ``"fisher"`` (the calibration
+            pass runs on the dense network).
 
     Raises:
-        ValueError: ``score_init="activation"`` without ``calibration_data``, or the model is not prepared.
+        ValueError: ``score_init="activation"`` / ``"fisher"`` without ``calibration_data``, or the model is not
+            prepared.
     """
     state = get_smart_state(model)
     cfg = state.smart_config
     act_stats = None
-    if cfg.score_init == "activation":
+    if cfg.score_init in CALIBRATED_SCORE_INITS:
         if calibration_data is None:
-            raise ValueError("score_init='activation' needs calibration_data to re-initialise the scores.")
+            raise ValueError(f"score_init={cfg.score_init!r} needs calibration_data to re-initialise the scores.")
         previous = state.mode_name
         state.set_mode("dense")  # calibrate on the dense network, not a half-masked one
         try:
-            act_stats = collect_activation_stats(model, state.layers, calibration_data, cfg.calibration_batches)
+            collect = unit_fisher if cfg.score_init == "fisher" else collect_activation_stats
+            act_stats = collect(model, state.layers, calibration_data, cfg.calibration_batches)
         finally:
             state.set_mode(previous)
     # After the calibration forwards: FSDP2 re-registers its own parameters around every forward.

@@ -1,4 +1,4 @@
-"""Initial mask scores: magnitude, activation-aware, or constant (plus seeded noise).
+"""Initial mask scores: magnitude, activation-aware, Fisher (coupled units) or constant (plus seeded noise).
 
 Raw importance of a unit (shape conventions in `granularity`: canonical weight ``W3`` is ``(out, in, s)``):
 
@@ -6,10 +6,14 @@ Raw importance of a unit (shape conventions in `granularity`: canonical weight `
 * ``activation``: ``sqrt(mean_{w in unit} (w * a_in)^2)`` with ``a_in`` the RMS of the layer's input feature (input
   channel for convs) over a calibration pass -- the Wanda importance ``|W_ij| * ||X_j||`` pooled per unit. This is how
   the scores use weight *and* activation information.
+* ``fisher`` (coupled units only): ``log(I_u / c_u)``, the unit's empirical Fisher over a labelled calibration pass
+  (`smart_hf.fisher`) per unit of budget cost -- the one importance here that compares across layers, so a global
+  budget can take more units from the layers that matter less.
 * ``constant``: zeros (only ``score_noise`` tells units apart; for ablations).
 
 Normalisation, so that one temperature means the same everywhere: each layer's raw importances are divided by their
-layer mean (layer-relative importance), then every budget group is standardised to mean 0 and std 1.
+layer mean (layer-relative importance; not for ``fisher``, whose differences between layers are the point), then
+every budget group is standardised to mean 0 and std 1.
 Finally ``score_noise * N(0, 1)`` (seeded by ``config.score_seed``) is added. With ``tau_start="auto"`` each group
 then gets its start temperature ``tau0`` and, under ``score_scale="start_temperature"`` (the default), its scores are
 divided by ``tau0`` (the group temperature stays 1): the same masks, but a score learning rate is then a step of the
@@ -23,7 +27,14 @@ from torch import nn
 
 from .core.granularity import canonical_weight
 
-__all__ = ["collect_activation_stats", "init_scores_", "unit_importance"]
+__all__ = [
+    "all_reduce_each",
+    "collect_activation_stats",
+    "fisher_log_importance",
+    "init_scores_",
+    "to_device",
+    "unit_importance",
+]
 
 
 def unit_importance(layer: nn.Module, input_sq: torch.Tensor | None = None) -> torch.Tensor:
@@ -43,6 +54,24 @@ def unit_importance(layer: nn.Module, input_sq: torch.Tensor | None = None) -> t
         total = total + binding.partner_square_sums().reshape(total.shape).to(total.device)
         return (total / binding.unit_cost).sqrt()  # a constant scale: only the per-layer ranking matters
     return (total / layout.unit_cost).sqrt()
+
+
+def fisher_log_importance(layer: nn.Module, fisher: torch.Tensor) -> torch.Tensor:
+    """``log(I_u / c_u)``: a coupled unit's Fisher importance (`smart_hf.fisher.unit_fisher`) per unit of its budget
+    cost ``c_u`` (MACs, or measured nanoseconds with a speed target), so that the global top-k keeps the units of
+    most loss per cost; units with no measurable Fisher (below ``1e-6`` of the layer's largest) are floored there.
+
+    Args:
+        layer: a prepared coupled owner layer.
+        fisher: its ``(units,)`` Fisher importances.
+
+    Returns:
+        ``(units,)`` float32 log importances, in ``score_shape``.
+    """
+    fisher = fisher.float().cpu()
+    floored = fisher.clamp_min(max(float(fisher.max()) * 1e-6, 1e-30))
+    cost = float(layer.__dict__["_smart_coupled"].unit_cost)
+    return (floored / cost).log().reshape(layer.smart_layout.score_shape)
 
 
 def _input_sq_per_weight(layer: nn.Module, input_sq: torch.Tensor) -> torch.Tensor:
@@ -83,7 +112,7 @@ def collect_activation_stats(model: nn.Module, modules: list[nn.Module], batches
         for batch in batches:
             if seen >= max_batches:
                 break
-            model(**_to_device(batch, _device_of(model)))
+            model(**to_device(batch, _device_of(model)))
             seen += 1
     finally:
         for h in handles:
@@ -95,12 +124,20 @@ def collect_activation_stats(model: nn.Module, modules: list[nn.Module], batches
             "iterable of model input dicts."
         )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        sums = _all_reduce_each(sums)
-        counts = _all_reduce_each([counts])[0]
+        sums = all_reduce_each(sums)
+        counts = all_reduce_each([counts])[0]
     return [(s / counts[i]).float() for i, s in enumerate(sums)]
 
 
-def _all_reduce_each(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def all_reduce_each(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum each tensor over the ranks of the initialised process group.
+
+    Args:
+        tensors: CPU tensors, the same shapes on every rank.
+
+    Returns:
+        The summed tensors, on the CPU.
+    """
     dist = torch.distributed
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     out = []
@@ -115,7 +152,19 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _to_device(batch, device):
+def to_device(batch, device):
+    """``batch`` with every tensor moved to ``device``.
+
+    Args:
+        batch: a dict of model inputs.
+        device: the target device.
+
+    Returns:
+        The moved dict.
+
+    Raises:
+        ValueError: when ``batch`` is not a dict.
+    """
     if isinstance(batch, dict):
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     raise ValueError(f"calibration batches must be dicts of model inputs, got {type(batch).__name__}.")
@@ -133,6 +182,9 @@ def init_scores_(state, config, act_stats: list | None = None) -> None:
                 raw.append(torch.zeros(layer.smart_layout.score_shape))
                 continue
             stats = None if act_stats is None else act_stats[layers.index(layer)]
+            if config.score_init == "fisher":  # comparable across layers: no layer-relative scaling
+                raw.append(fisher_log_importance(layer, stats))
+                continue
             imp = unit_importance(layer, stats).cpu()
             raw.append(imp / imp.mean().clamp_min(1e-12))
         flat = torch.cat([r.reshape(-1) for r in raw])

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .constants import CALIBRATED_SCORE_INITS
 from .lifecycle import (
     apply_hard_masks_,
     get_smart_state,
@@ -337,12 +338,13 @@ def _check_scores_trainable(smart) -> None:
 
 
 def _check_calibration(smart, calibration_data) -> None:
-    """Activation-aware scores are re-initialised on calibration batches when the search begins (after the dense
-    stage): without batches that would fail only then, after the dense steps were paid for. Fail now instead."""
+    """Activation-aware and Fisher scores are re-initialised on calibration batches when the search begins (after
+    the dense stage): without batches that would fail only then, after the dense steps were paid for. Fail now."""
     begins_search = smart.mode_name == "dense"
-    if begins_search and smart.smart_config.score_init == "activation" and calibration_data is None:
+    init = smart.smart_config.score_init
+    if begins_search and init in CALIBRATED_SCORE_INITS and calibration_data is None:
         raise ValueError(
-            "score_init='activation' re-initialises the mask scores on calibration batches when the structure "
+            f"score_init={init!r} re-initialises the mask scores on calibration batches when the structure "
             "search begins, and none were given: pass SmartCallback(calibration_data=[batch, ...]) in a Trainer, "
             "SmartStages(..., calibration_data=[batch, ...]) in a plain loop (a few training batches of model "
             "inputs), or use score_init='magnitude'."

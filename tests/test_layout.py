@@ -28,6 +28,7 @@ LAYERS = [
         "smart_hf.budget_groups",
         "smart_hf.layers",
         "smart_hf.scores",
+        "smart_hf.fisher",
         "smart_hf.coupling",
         "smart_hf.coupled_owners",
         "smart_hf.latency",
@@ -130,7 +131,7 @@ MAX_LINES = {"function": 60, "class": 200}
 # Allowed to be longer, with the size they have; an entry that fits again must go. Config dataclasses hold one
 # field per option.
 SIZE_EXCEPTIONS = {
-    "smart_hf.config.SmartConfig": 376,  # a config dataclass: fields with their help text
+    "smart_hf.config.SmartConfig": 383,  # a config dataclass: fields with their help text
 }
 
 

@@ -173,6 +173,22 @@ def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float, wa
     return times, blocks, owners, narrow
 
 
+def _measure(model, inputs, sets, multiple: int, max_seconds: float) -> tuple:
+    """Capture the block input shapes (also the dense warm-up), then `_time_all` in eval mode; the model's mode is
+    restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            shapes = capture_input_shapes(model, sets, lambda: model(**inputs))
+            long_forward = time.perf_counter() - start >= WARMUP_SKIP_SECONDS
+        # one-off first-call costs are negligible against a forward of seconds; a warm-up round would cost ~0.5 of one
+        return _time_all(model, inputs, sets, shapes, multiple, max_seconds, 0 if long_forward else 1)
+    finally:
+        model.train(was_training)
+
+
 def _block_sum(blocks: dict, owners: dict, kept: dict | None = None) -> float:
     """``sum_s (a_s + b_s w_s)`` over the owners (full width where ``kept`` has no entry)."""
     total = 0.0
@@ -257,17 +273,7 @@ def measure_latency_model(
     cached = _load_cached(path, key) if use_cache else None
     if cached is not None and all(s.owner in cached["owners"] for s in sets):
         return {**cached, "cached": True}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            start = time.perf_counter()
-            shapes = capture_input_shapes(model, sets, lambda: model(**inputs))  # also the dense warm-up
-            long_forward = time.perf_counter() - start >= WARMUP_SKIP_SECONDS
-        # one-off first-call costs are negligible against a forward of seconds; a warm-up round would cost ~0.5 of one
-        times, blocks, owners, narrow = _time_all(model, inputs, sets, shapes, multiple, max_seconds, 0 if long_forward else 1)
-    finally:
-        model.train(was_training)
+    times, blocks, owners, narrow = _measure(model, inputs, sets, multiple, max_seconds)
     dense = times["dense"]
     payload = {
         "key": key,

@@ -64,8 +64,9 @@ class SmartCallback(TrainerCallback):
         search_steps: structure-search optimizer steps, or ``None`` for ``search_fraction`` of the steps after the
             dense stage.
         search_fraction: share of the post-dense steps searched when ``search_steps`` is ``None``.
-        calibration_data: input batches for ``score_init="activation"`` at the start of the search; required for
-            such a model when the search begins from the dense mode (``pretrain_steps > 0``), checked before step 0.
+        calibration_data: input batches for ``score_init="activation"`` / ``"fisher"`` (with labels) at the start of
+            the search; required for such a model when the search begins from the dense mode
+            (``pretrain_steps > 0``), checked before step 0.
         verify_sparsity: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a failed end-of-training
             `check_sparsity` does (see the module docstring).
         collapse_action: ``"raise"`` (default), ``"warn"`` or ``"off"``: what a detected collapse does

@@ -23,7 +23,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..config import SmartConfig
-from ..constants import SCORES_NAME
+from ..constants import CALIBRATED_SCORE_INITS, SCORES_NAME
 from ..inject import prepare_model
 from ..lifecycle import get_smart_state, is_prepared, score_parameter_groups, set_mode
 from ..stages import SmartStages, distillation_loss
@@ -47,7 +47,7 @@ class SmartTrainer(SmartSaves, Trainer):
         smart_config (`SmartConfig`): what to prune; required unless ``model`` is already prepared.
         teacher_model: optional distillation teacher (default: the dense model at the start of the search, used
             when ``args.distill_alpha > 0``).
-        calibration_data: input batches for ``score_init="activation"``; default: the first training batches.
+        calibration_data: input batches for ``score_init="activation"`` / ``"fisher"``; default: the first batches.
         reproduce_command: the command line that reproduces this run, shown in the model card (``smart-hf train``
             passes its own; values of ``--*token*`` options are redacted).
         **kwargs: everything `Trainer` accepts (datasets, collator, ``compute_metrics``, callbacks, ...).
@@ -73,7 +73,7 @@ class SmartTrainer(SmartSaves, Trainer):
         # activation-aware scores calibrate on the first training batches unless given; also for a model prepared
         # beforehand, whose scores are re-initialised on them when the search begins (after the dense stage)
         config = get_smart_state(self.model).smart_config if prepared else smart_config
-        if calibration_data is None and config.score_init == "activation":
+        if calibration_data is None and config.score_init in CALIBRATED_SCORE_INITS:
             calibration_data = self._calibration_batches(config)
         if not prepared:
             prepare_model(self.model, smart_config, calibration_data=calibration_data)
@@ -99,7 +99,7 @@ class SmartTrainer(SmartSaves, Trainer):
 
     def _calibration_batches(self, smart_config: SmartConfig) -> list:
         if self.train_dataset is None:
-            raise ValueError("score_init='activation' needs calibration_data or a train_dataset to calibrate on.")
+            raise ValueError(f"score_init={smart_config.score_init!r} needs calibration_data or a train_dataset.")
         loader = self.get_train_dataloader()
         return list(itertools.islice(iter(loader), smart_config.calibration_batches))
 

@@ -459,3 +459,19 @@ def test_the_private_trainer_hook_smart_trainer_overrides_is_unchanged():
         inspect.signature(Trainer.save_model).parameters
     )
     assert "self.save_model(output_dir, _internal_call=True)" in inspect.getsource(Trainer._save_checkpoint)
+
+
+def test_smart_trainer_draws_labelled_batches_for_fisher_scores(tmp_path):
+    """``score_init="fisher"`` calibrates on the first training batches (labels included) when SmartTrainer prepares
+    the model, and again when the search begins after the dense stage."""
+    dataset = tiny_dataset()
+    trainer = SmartTrainer(
+        model=tiny_vit(),
+        args=smart_args(tmp_path),
+        train_dataset=dataset,
+        smart_config=sh.SmartConfig(pattern="coupled", sparsity=0.5, score_init="fisher", calibration_batches=2),
+    )
+    batches = trainer.smart_callback.calibration_data
+    assert len(batches) == 2 and "labels" in batches[0]
+    trainer.train()
+    assert sh.get_smart_state(trainer.model).is_hard
