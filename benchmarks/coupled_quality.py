@@ -10,6 +10,8 @@ from the image size, 17). Then per target speed-up ``t`` every method gets the s
 * ``smart``: ``SmartConfig(pattern="coupled", target_speedup=t, latency_batch_size=32, latency_seq_len=S)`` -- one
   global budget of measured time over FFN neurons and heads; soft search over the first half of the window,
   hard-mask fine-tune over the second; then ``squash`` + ``slim(mode="per_layer")`` (the units are removed).
+* ``smart_fisher``: the same with ``score_init="fisher"`` -- the initial scores are each unit's empirical Fisher per
+  unit of its measured time (`smart_hf.fisher`), on the 512 labelled examples the Fisher mask search uses.
 * ``tp_magnitude`` / ``tp_taylor``: Torch-Pruning's ``BasePruner`` with ``GroupMagnitudeImportance(p=2)`` /
   ``GroupTaylorImportance`` (gradients of 4 calibration batches), ``global_pruning=True``, whole heads
   (``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``) and FFN neurons; the residual stream is
@@ -71,7 +73,8 @@ from benchmarks.quality.widths import kept_widths, per_layer, rebuild, unit_widt
 from benchmarks.torch_pruning_baseline import MATCH_TOLERANCE, TorchPruningCoupled
 
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-METHODS = ("dense", "smart", "tp_magnitude", "tp_taylor", "kwon_fisher")
+METHODS = ("dense", "smart", "smart_fisher", "tp_magnitude", "tp_taylor", "kwon_fisher")
+SMART_METHODS = ("smart", "smart_fisher")  # the SMART rows every baseline is compared with, paired by seed
 LATENCY_BATCH = 32
 DEFAULT_OUT = "docs/results/coupled_quality/minilm_digits_equal_speed.json"
 
@@ -133,7 +136,7 @@ def run_one(task: Task, dense_state: dict, seed: int, method) -> tuple[nn.Module
     torch.manual_seed(seed)
     model = task.build_model(seed)
     model.load_state_dict(dense_state)
-    calibration = [
+    calibration = getattr(method, "calibration", None) or [
         take(task.splits["train"], idx)
         for idx in batch_indices(len(task.splits["train"]["labels"]), task.batch_size, 4, seed + 7)
     ]
@@ -181,6 +184,10 @@ def make_method(name: str, task: Task, target: float, ctx: dict):
     """The window method ``name`` at ``target``; the baselines aim at ``ctx["smart_seconds"]``."""
     if name == "smart":
         return SmartCoupled(SpeedSpec(target, task.extra["seq_len"]))
+    if name == "smart_fisher":  # Fisher scores on the same 512 labelled examples as the Fisher mask search
+        method = SmartCoupled(SpeedSpec(target, task.extra["seq_len"]), score_init="fisher", calibration_batches=8)
+        method.name, method.calibration = name, ctx["fisher_batches"]
+        return method
     if "smart_seconds" not in ctx:
         raise ValueError("put 'smart' before the baselines in --methods: they match its predicted time")
     if name == "kwon_fisher":
@@ -221,7 +228,7 @@ def run_seed(task: Task, seed: int, targets: list[float], methods: list[str], re
         try:
             pruned, row = run_one(task, dense_state, seed, method)
         except ValueError as error:  # a target beyond the smallest widths is recorded, the other targets still run
-            if name != "smart" or "out of reach" not in str(error):
+            if name not in SMART_METHODS or "out of reach" not in str(error):
                 raise
             unreachable.add(target)
             rows.append({"task": task.name, "seed": seed, "method": name, "target": target, "error": str(error)})
@@ -268,23 +275,26 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry[f"{key}_mean"] = statistics.fmean(r[key] for r in group.values())
         if method not in ("smart", "dense"):  # seeds whose row is at the SMART model's time
             entry["reached"] = sum(r.get("reached", True) for r in group.values())
-        smart = {r["seed"]: r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, "smart")}
-        paired = [smart[s]["test_acc"] - group[s]["test_acc"] for s in sorted(group) if s in smart]
-        if method not in ("smart", "dense") and paired:
-            entry["smart_minus_acc_mean"], entry["smart_minus_acc_ci95"] = _interval(paired)
+        for variant in SMART_METHODS:  # e.g. smart_minus_acc_mean, smart_fisher_minus_acc_mean
+            smart = {r["seed"]: r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, variant)}
+            paired = [smart[s]["test_acc"] - group[s]["test_acc"] for s in sorted(group) if s in smart]
+            if method not in (*SMART_METHODS, "dense") and paired:
+                entry[f"{variant}_minus_acc_mean"], entry[f"{variant}_minus_acc_ci95"] = _interval(paired)
         out.append(entry)
     return out
 
 
 def print_table(summary: list[dict]) -> None:
     print(
-        "| task | target | method | seeds | test acc (mean ± 95% CI) | SMART − method (paired, 95% CI) | "
-        "predicted speed-up | measured speed-up |\n|---|---|---|---|---|---|---|---|"
+        "| task | target | method | seeds | test acc (mean ± 95% CI) | SMART − method | SMART (Fisher) − method | "
+        "predicted speed-up | measured speed-up |\n|---|---|---|---|---|---|---|---|---|"
     )
     for s in summary:
-        diff = "–"
-        if "smart_minus_acc_mean" in s:
-            diff = f"{100 * s['smart_minus_acc_mean']:+.2f} ± {100 * s['smart_minus_acc_ci95']:.2f}"
+        diffs = []
+        for variant in SMART_METHODS:  # paired by seed, 95% CI
+            mean, half = s.get(f"{variant}_minus_acc_mean"), s.get(f"{variant}_minus_acc_ci95")
+            diffs.append("–" if mean is None else f"{100 * mean:+.2f} ± {100 * half:.2f}")
+        diff = " | ".join(diffs)
         off = ""
         if s.get("reached", s["seeds"]) < s["seeds"]:  # not at SMART's speed: the difference is not at equal speed
             off = f" (SMART's time missed: {s['seeds'] - s['reached']}/{s['seeds']} seeds)"

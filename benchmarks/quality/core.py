@@ -230,7 +230,7 @@ class SmartMethod(WindowMethod):
     def prepare(self, model, task, ctx):
         self.model, self.window = model, task.window
         self.search = 0 if self.frozen else max(1, round(self.search_fraction * task.window))
-        calibration = ctx["calibration"] if self.config.get("score_init") == "activation" else None
+        calibration = ctx["calibration"] if self.config.get("score_init") in ("activation", "fisher") else None
         sh.prepare_model(model, self.spec.smart_config(**self.config), calibration_data=calibration)
         if self.frozen:
             sh.harden(model)  # before the optimizer exists: nothing to zero
