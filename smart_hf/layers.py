@@ -18,6 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.pytorch_utils import Conv1D
 
 from .constants import MASK_NAME, SCORES_NAME
+from .core.fill import keep_bits, use_bits, zero_by_bits_
 from .core.granularity import UnitLayout
 
 __all__ = [
@@ -39,7 +40,7 @@ _SMART_ATTRIBUTES = (
     "_smart_slot",
     "_smart_pruned_entries",
     "_smart_clean",  # the hard-stage forward's record of clean weights (SmartLayerMixin.smart_weight)
-    "_smart_pruned",  # the cached boolean pruned entries (SmartLayerMixin._smart_zero_pruned_)
+    "_smart_pruned",  # the cached pruned entries, boolean or bit mask (SmartLayerMixin._smart_zero_pruned_)
     "_smart_coupled",  # the owner layer of a coupled set (smart_hf.coupled_owners.CoupledBinding)
 )
 
@@ -95,17 +96,20 @@ class SmartLayerMixin:
 
     def _smart_zero_pruned_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Fill the pruned entries of the weight-shaped ``tensor`` with 0 in place (a fill, so NaN/Inf go too).
-        Blocks use the views of the small unit mask; other patterns a boolean weight-shaped view kept while the mask
-        is unchanged (the N:M mask is as large as the weight: comparing it with 0 every step is a pass of its own)."""
+        Blocks use the views of the small unit mask; other patterns a weight-shaped view of the pruned entries kept
+        while the mask is unchanged (the N:M mask is as large as the weight: comparing it with 0 every step is a pass
+        of its own): on CPU an integer mask for a bitwise AND (`smart_hf.core.fill`), elsewhere a boolean one."""
         layout, mask = self.smart_layout, self.smart_mask
         if layout.pattern == "block" and layout.block_shape != (1, 1):
             return layout.zero_pruned_(tensor, mask)
-        key = (mask.data_ptr(), mask._version, tensor.device)
+        bits = use_bits(tensor)
+        key = (mask.data_ptr(), mask._version, tensor.device, tensor.dtype if bits else None)
         cached = self.__dict__.get("_smart_pruned")
         if cached is None or cached[0] != key:
-            cached = (key, layout.expand(mask.to(tensor.device) == 0))
+            pruned = layout.expand(mask.to(tensor.device) == 0)
+            cached = (key, keep_bits(pruned, tensor.dtype) if bits else pruned)
             self.__dict__["_smart_pruned"] = cached
-        return tensor.masked_fill_(cached[1], 0)
+        return zero_by_bits_(tensor, cached[1]) if bits else tensor.masked_fill_(cached[1], 0)
 
     def extra_repr(self) -> str:
         layout = self.smart_layout

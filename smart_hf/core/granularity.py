@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .fill import keep_bits, use_bits, zero_by_bits_
+
 __all__ = ["UnitLayout", "layer_kind", "canonical_weight"]
 
 LAYER_KINDS = ("linear", "conv1d", "conv2d")
@@ -151,18 +153,20 @@ class UnitLayout:
 
         A fill, not a multiply: ``NaN * 0`` and ``Inf * 0`` are NaN, so a non-finite value that an overflowing step
         left in a pruned weight would survive ``weight * mask``. Blocks use the broadcast views of `apply` (no
-        weight-sized mask); the other patterns broadcast `expand` of the boolean mask.
+        weight-sized mask); the other patterns broadcast `expand` of the mask. On CPU the fill is a bitwise AND
+        (`smart_hf.core.fill`: ``masked_fill_`` is 15-20x slower there), elsewhere ``masked_fill_``.
         """
         pruned = unit_mask.to(weight.device) == 0
         if self.pattern == "block" and self.block_shape != (1, 1) and weight.is_contiguous():
             r, c = self.block_shape
             rows, cols = self.out_features // r, self.in_features // c
             if self.kind == "conv1d":  # stored (in, out): blocks are (c, r) tiles of the transposed plane
-                weight.view(cols, c, rows, r).masked_fill_(pruned.t().reshape(cols, 1, rows, 1), 0)
+                view, pruned = weight.view(cols, c, rows, r), pruned.t().reshape(cols, 1, rows, 1)
             else:
-                weight.view(rows, r, cols, c * self.spatial).masked_fill_(pruned.reshape(rows, 1, cols, 1), 0)
+                view, pruned = weight.view(rows, r, cols, c * self.spatial), pruned.reshape(rows, 1, cols, 1)
+            _fill_zero_(view, pruned)
             return weight
-        return weight.masked_fill_(self.expand(pruned), 0)
+        return _fill_zero_(weight, self.expand(pruned))
 
     def _expand_canonical(self, unit_mask: torch.Tensor) -> torch.Tensor:
         if self.pattern == "block":
@@ -174,3 +178,10 @@ class UnitLayout:
             return unit_mask.reshape(-1, 1, 1)  # (out, 1, 1)
         out, s = self.out_features, self.spatial
         return unit_mask.reshape(out, s, self.in_features).permute(0, 2, 1)  # (out, in, s)
+
+
+def _fill_zero_(tensor: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """``tensor.masked_fill_(pruned, 0)``, as a bitwise AND on CPU (`smart_hf.core.fill`)."""
+    if use_bits(tensor):
+        return zero_by_bits_(tensor, keep_bits(pruned, tensor.dtype))
+    return tensor.masked_fill_(pruned, 0)
