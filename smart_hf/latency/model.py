@@ -42,7 +42,7 @@ from torch import nn
 from ..coupling import CoupledSet
 from .blocks import block_signature, capture_input_shapes, rebuild_block
 from .calibrate import NARROW_SHARES, Narrowing, fit_scale, narrow_width
-from .timing import latency_inputs, load_average, spread, time_round_robin, warn_if_noisy
+from .timing import latency_inputs, load_average, spread, time_round_robin, warn_if_noisy, warn_if_width_blind
 
 __all__ = ["cache_dir", "latency_key", "measure_latency_model", "width_grid"]
 
@@ -287,6 +287,8 @@ def measure_latency_model(
     warn_if_noisy("the dense forward", payload["dense_spread"])
     worst = max((b["spread"] for b in blocks.values()), default=0.0)
     warn_if_noisy("the coupled blocks", worst if math.isfinite(worst) else 0.0)
+    for block in blocks.values():
+        warn_if_width_blind(block["kind"], block["widths"], block["seconds"])
     if use_cache:
         _save(path, payload)
     return {**payload, "cached": False}

@@ -17,7 +17,16 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["SPREAD_WARN", "latency_inputs", "load_average", "spread", "time_call", "time_round_robin", "warn_if_noisy"]
+__all__ = [
+    "SPREAD_WARN",
+    "latency_inputs",
+    "load_average",
+    "spread",
+    "time_call",
+    "time_round_robin",
+    "warn_if_noisy",
+    "warn_if_width_blind",
+]
 
 # A spread above this (p90 - p10 over the median of the repeats) is reported: on a quiet machine CPU forwards of
 # more than a millisecond repeat within a few percent, so 15% means other work is sharing the cores.
@@ -72,6 +81,37 @@ def warn_if_noisy(label: str, value: float) -> bool:
         f"{load if load is None else round(load, 2)}): the machine is busy, so the speed-up reached may differ from "
         "the target. Measure on a quiet machine (the latency model is cached per device, dtype, threads and shape; "
         "delete the cache file to re-measure).",
+        stacklevel=3,
+    )
+    return True
+
+
+def warn_if_width_blind(kind: str, widths: list[int], seconds: list[float]) -> bool:
+    """Warn (UserWarning) when a block of a millisecond or more barely gets faster with fewer units: from the
+    smallest to the largest timed width its time must grow by at least a quarter of the width ratio minus one
+    (``t_max / t_min >= 1 + (w_max / w_min - 1) / 4``; a healthy CPU measurement grows about linearly). Flat times
+    mean every call waited alike -- other processes, or more torch threads than free cores (2 threads on a busy
+    2-core machine timed a DeiT-tiny FFN block at 40 ms for 96 and for 768 neurons) -- and a budget built on them
+    is wrong.
+
+    Args:
+        kind: the block's kind (for the message).
+        widths: the timed widths, ascending.
+        seconds: their median times.
+
+    Returns:
+        True when it warned.
+    """
+    if len(widths) < 2 or seconds[-1] < 1e-3 or seconds[0] <= 0:
+        return False  # below a millisecond dispatch overhead legitimately dominates
+    if seconds[-1] / seconds[0] >= 1 + (widths[-1] / widths[0] - 1) / 4:
+        return False
+    warnings.warn(
+        f"smart_hf latency: the {kind} block took {1e3 * seconds[0]:.2f} ms with {widths[0]} units and "
+        f"{1e3 * seconds[-1]:.2f} ms with {widths[-1]}: its time hardly depends on its width, so the latency model "
+        f"is wrong (load average {load_average()}, {torch.get_num_threads()} torch threads, {os.cpu_count()} "
+        "cores). Measure on a quiet machine, with no more torch threads than free cores (torch.set_num_threads); "
+        "delete the cached latency model (smart_hf.latency.cache_dir()) to measure again.",
         stacklevel=3,
     )
     return True

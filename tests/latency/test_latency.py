@@ -85,6 +85,19 @@ def test_a_noisy_measurement_warns_with_its_spread():
         assert not warn_if_noisy("the dense forward", 0.05)
 
 
+def test_block_times_that_ignore_the_width_warn():
+    from smart_hf.latency.timing import warn_if_width_blind
+
+    # 2 threads on a busy 2-core machine: a DeiT-tiny FFN block at 40 ms for 96 and for 768 neurons
+    with pytest.warns(UserWarning, match="hardly depends on its width"):
+        assert warn_if_width_blind("ffn", [96, 192, 384, 576, 768], [0.0399, 0.0401, 0.0400, 0.0402, 0.0400])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_width_blind("ffn", [96, 768], [0.79e-3, 5.33e-3])  # the quiet measurement: 6.7x
+        assert not warn_if_width_blind("heads", [1, 3], [1.11e-3, 2.68e-3])  # 3x the heads, 2.4x the time
+        assert not warn_if_width_blind("ffn", [8, 64], [50e-6, 60e-6])  # sub-millisecond: dispatch dominates
+
+
 def test_a_rebuilt_block_has_the_slim_shapes():
     model = tiny_vit().eval()
     sets = find_coupled_sets(model)
