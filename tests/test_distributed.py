@@ -3,7 +3,7 @@
 Each test launches real processes with ``accelerate launch`` (the CPU config in ``recipes/accelerate/cpu_2proc.yaml``
 plus ``ACCELERATE_USE_CPU=true``; see that file for the launcher traps) on a free port. Every rank dumps what it
 saw to ``rank<i>.pt``; the tests compare the dumps. This file is also the SmartTrainer worker:
-``python tests/test_distributed.py trainer OUT_DIR PER_DEVICE_BATCH``.
+``python tests/test_distributed.py trainer OUT_DIR PER_DEVICE_BATCH`` (and ``fisher OUT_DIR``).
 """
 
 from __future__ import annotations
@@ -268,6 +268,43 @@ def test_plain_accelerate_loop_two_processes(tmp_path):
     assert int((r0["final"] != one["final"]).sum()) <= 0.01 * one["final"].numel()
 
 
+def fisher_worker(out_dir: str) -> None:
+    """Prepare a coupled BERT with ``score_init="fisher"`` on a calibration batch of this rank's own; dump the
+    scores (the Fisher sums are all-reduced, so every rank must get the scores of both batches)."""
+    from accelerate import PartialState
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import smart_hf as sh
+
+    state = PartialState(cpu=True)  # forms the (gloo) process group under accelerate launch
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   max_position_embeddings=32, num_labels=3)
+    )
+    ranks = [state.process_index] if state.num_processes > 1 else [0, 1]
+    batches = []
+    for rank in ranks:
+        g = torch.Generator().manual_seed(100 + rank)
+        batches.append({"input_ids": torch.randint(0, 100, (4, 8), generator=g),
+                        "labels": torch.randint(0, 3, (4,), generator=g)})
+    sh.prepare_model(model, sh.SmartConfig(pattern="coupled", sparsity=0.5, score_init="fisher"), batches)
+    scores = torch.cat([layer.smart_scores.detach().flatten() for layer in sh.get_smart_state(model).layers])
+    torch.save({"world": state.num_processes, "scores": scores}, os.path.join(out_dir, f"rank{state.process_index}.pt"))
+
+
+def test_fisher_scores_sum_every_rank_calibration_batches(tmp_path):
+    """Two ranks, each calibrating on its own batch, get identical scores: those of one process on both batches."""
+    (tmp_path / "two").mkdir(), (tmp_path / "one").mkdir()
+    _launch(Path(__file__), ["fisher", str(tmp_path / "two")], 2)
+    _launch(Path(__file__), ["fisher", str(tmp_path / "one")], 1)
+    r0, r1 = _dumps(tmp_path / "two", 2)
+    (one,) = _dumps(tmp_path / "one", 1)
+    assert torch.equal(r0["scores"], r1["scores"])
+    torch.testing.assert_close(r0["scores"], one["scores"], rtol=1e-4, atol=1e-4)
+
+
 def test_accelerate_configs_parse():
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -281,5 +318,7 @@ def test_accelerate_configs_parse():
 if __name__ == "__main__":
     if sys.argv[1] == "trainer":
         trainer_worker(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "fisher":
+        fisher_worker(sys.argv[2])
     else:
         raise SystemExit(f"unknown worker {sys.argv[1]!r}")
