@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .core.fill import zero_where_
 from .core.granularity import UnitLayout, layer_kind
 from .coupling import (
     CoupledSet,
@@ -56,9 +57,9 @@ class CoupledBinding:
                     continue
                 rows_d = rows.to(tensor.device)
                 if is_conv1d(module) and tensor.dim() == 2:
-                    tensor.masked_fill_(rows_d.reshape(1, -1), 0)
+                    zero_where_(tensor, rows_d.reshape(1, -1))
                 else:
-                    tensor.masked_fill_(rows_d.reshape(-1, *[1] * (tensor.dim() - 1)), 0)
+                    zero_where_(tensor, rows_d.reshape(-1, *[1] * (tensor.dim() - 1)))
 
     def partner_square_sums(self) -> torch.Tensor:
         """Per unit, the sum of squared partner weights (for magnitude scores over the whole unit); float32."""

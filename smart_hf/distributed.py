@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from .core.fill import zero_where_
+
 try:  # torch >= 2.4 has the public DTensor API; older builds simply never produce DTensors here
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 except ImportError:  # pragma: no cover
@@ -110,7 +112,7 @@ def zero_own_rows_(param: torch.Tensor, whole_pruned: torch.Tensor) -> None:
         whole_pruned (`torch.Tensor`): boolean, the whole weight's shape; True where pruned.
     """
     local = param.to_local() if is_sharded(param) else param
-    local.masked_fill_(own_rows(whole_pruned, param), 0.0)
+    zero_where_(local, own_rows(whole_pruned, param))
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["INT_OF_WIDTH", "keep_bits", "use_bits", "zero_by_bits_"]
+__all__ = ["INT_OF_WIDTH", "keep_bits", "use_bits", "zero_by_bits_", "zero_where_"]
 
 # The integer dtype of each float width the bit mask exists for (1-byte floats: none, they use masked_fill_)
 INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -62,3 +62,18 @@ def zero_by_bits_(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """
     tensor.view(keep.dtype).bitwise_and_(keep)
     return tensor
+
+
+def zero_where_(tensor: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """``tensor.masked_fill_(pruned, 0)``: a bitwise AND on CPU (`use_bits`), else ``masked_fill_``; in place.
+
+    Args:
+        tensor: the tensor to zero.
+        pruned: boolean, broadcastable to ``tensor``.
+
+    Returns:
+        ``tensor``.
+    """
+    if use_bits(tensor):
+        return zero_by_bits_(tensor, keep_bits(pruned, tensor.dtype))
+    return tensor.masked_fill_(pruned, 0)

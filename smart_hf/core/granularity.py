@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .fill import keep_bits, use_bits, zero_by_bits_
+from .fill import zero_where_
 
 __all__ = ["UnitLayout", "layer_kind", "canonical_weight"]
 
@@ -164,9 +164,9 @@ class UnitLayout:
                 view, pruned = weight.view(cols, c, rows, r), pruned.t().reshape(cols, 1, rows, 1)
             else:
                 view, pruned = weight.view(rows, r, cols, c * self.spatial), pruned.reshape(rows, 1, cols, 1)
-            _fill_zero_(view, pruned)
+            zero_where_(view, pruned)
             return weight
-        return _fill_zero_(weight, self.expand(pruned))
+        return zero_where_(weight, self.expand(pruned))
 
     def _expand_canonical(self, unit_mask: torch.Tensor) -> torch.Tensor:
         if self.pattern == "block":
@@ -179,9 +179,3 @@ class UnitLayout:
         out, s = self.out_features, self.spatial
         return unit_mask.reshape(out, s, self.in_features).permute(0, 2, 1)  # (out, in, s)
 
-
-def _fill_zero_(tensor: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
-    """``tensor.masked_fill_(pruned, 0)``, as a bitwise AND on CPU (`smart_hf.core.fill`)."""
-    if use_bits(tensor):
-        return zero_by_bits_(tensor, keep_bits(pruned, tensor.dtype))
-    return tensor.masked_fill_(pruned, 0)

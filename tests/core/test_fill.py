@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from smart_hf.core.fill import INT_OF_WIDTH, keep_bits, use_bits, zero_by_bits_
+from smart_hf.core.fill import INT_OF_WIDTH, keep_bits, use_bits, zero_by_bits_, zero_where_
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -34,3 +34,12 @@ def test_bits_are_used_for_cpu_floats_of_two_to_eight_bytes_only():
     assert not use_bits(torch.zeros(2, dtype=torch.int32))
     if hasattr(torch, "float8_e4m3fn"):
         assert not use_bits(torch.zeros(2, dtype=torch.float8_e4m3fn))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_zero_where_equals_masked_fill_for_every_dtype(dtype):
+    """Floats of 2-8 bytes take the bitwise AND on CPU, anything else masked_fill_: the same result."""
+    x = (torch.randn(5, 7) * 10).to(dtype)
+    pruned = torch.rand(5, 1) > 0.5  # a broadcast row mask, as coupled partners use
+    expected = x.clone().masked_fill_(pruned, 0)
+    assert torch.equal(zero_where_(x, pruned), expected)
