@@ -283,9 +283,10 @@ def _install_state(model, config: SmartConfig, targets: list, layers: list, act_
         model.register_load_state_dict_pre_hook(check_smart_shapes),  # removed by squash with the others
     ]
     if config.score_init == "fisher":  # per coupled unit: needs the bindings; on the dense network
+        mode = state.mode_name
         state.set_mode("dense")
         act_stats = unit_fisher(model, state.layers, calibration_data, config.calibration_batches)
-        state.set_mode("soft")
+        state.set_mode(mode)
     init_scores_(state, config, act_stats)
 
 
