@@ -18,7 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.pytorch_utils import Conv1D
 
 from .constants import MASK_NAME, SCORES_NAME
-from .core.fill import keep_bits, use_bits, zero_by_bits_
+from .core.fill import fill_mask, use_bits, zero_with_
 from .core.granularity import UnitLayout
 
 __all__ = [
@@ -102,14 +102,12 @@ class SmartLayerMixin:
         layout, mask = self.smart_layout, self.smart_mask
         if layout.pattern == "block" and layout.block_shape != (1, 1):
             return layout.zero_pruned_(tensor, mask)
-        bits = use_bits(tensor)
-        key = (mask.data_ptr(), mask._version, tensor.device, tensor.dtype if bits else None)
+        key = (mask.data_ptr(), mask._version, tensor.device, tensor.dtype if use_bits(tensor) else None)
         cached = self.__dict__.get("_smart_pruned")
         if cached is None or cached[0] != key:
-            pruned = layout.expand(mask.to(tensor.device) == 0)
-            cached = (key, keep_bits(pruned, tensor.dtype) if bits else pruned)
+            cached = (key, fill_mask(layout.expand(mask.to(tensor.device) == 0), tensor))
             self.__dict__["_smart_pruned"] = cached
-        return zero_by_bits_(tensor, cached[1]) if bits else tensor.masked_fill_(cached[1], 0)
+        return zero_with_(tensor, cached[1])
 
     def extra_repr(self) -> str:
         layout = self.smart_layout

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["INT_OF_WIDTH", "keep_bits", "use_bits", "zero_by_bits_", "zero_where_"]
+__all__ = ["INT_OF_WIDTH", "fill_mask", "keep_bits", "use_bits", "zero_by_bits_", "zero_with_", "zero_where_"]
 
 # The integer dtype of each float width the bit mask exists for (1-byte floats: none, they use masked_fill_)
 INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -64,6 +64,34 @@ def zero_by_bits_(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def fill_mask(pruned: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The mask `zero_with_` zeroes tensors like ``like`` with: `keep_bits` where `use_bits`, else ``pruned``
+    itself (built once, it can be kept while the pruned entries do not change).
+
+    Args:
+        pruned: boolean, broadcastable to ``like``.
+        like: a tensor of the device and dtype to be zeroed.
+
+    Returns:
+        An integer keep mask or the boolean ``pruned``.
+    """
+    return keep_bits(pruned, like.dtype) if use_bits(like) else pruned
+
+
+def zero_with_(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero the pruned entries of ``tensor`` in place with a `fill_mask`: a bitwise AND for an integer mask,
+    ``masked_fill_`` for a boolean one; returns ``tensor``.
+
+    Args:
+        tensor: the tensor to zero.
+        mask: `fill_mask` of its pruned entries.
+
+    Returns:
+        ``tensor``.
+    """
+    return tensor.masked_fill_(mask, 0) if mask.dtype == torch.bool else zero_by_bits_(tensor, mask)
+
+
 def zero_where_(tensor: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """``tensor.masked_fill_(pruned, 0)``: a bitwise AND on CPU (`use_bits`), else ``masked_fill_``; in place.
 
@@ -74,6 +102,4 @@ def zero_where_(tensor: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     Returns:
         ``tensor``.
     """
-    if use_bits(tensor):
-        return zero_by_bits_(tensor, keep_bits(pruned, tensor.dtype))
-    return tensor.masked_fill_(pruned, 0)
+    return zero_with_(tensor, fill_mask(pruned, tensor))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from smart_hf.core.fill import INT_OF_WIDTH, keep_bits, use_bits, zero_by_bits_, zero_where_
+from smart_hf.core.fill import INT_OF_WIDTH, fill_mask, keep_bits, use_bits, zero_by_bits_, zero_where_, zero_with_
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -43,3 +43,14 @@ def test_zero_where_equals_masked_fill_for_every_dtype(dtype):
     pruned = torch.rand(5, 1) > 0.5  # a broadcast row mask, as coupled partners use
     expected = x.clone().masked_fill_(pruned, 0)
     assert torch.equal(zero_where_(x, pruned), expected)
+
+
+def test_a_kept_fill_mask_zeroes_like_masked_fill():
+    """`fill_mask` once, `zero_with_` every step (the hard stage's cached path): the same as masked_fill_."""
+    x = torch.randn(6, 8)
+    pruned = torch.rand(6, 8) > 0.5
+    mask = fill_mask(pruned, x)
+    assert mask.dtype == torch.int32  # a CPU float32 tensor: the bit mask
+    expected = x.clone().masked_fill_(pruned, 0)
+    assert torch.equal(zero_with_(x, mask), expected)
+    assert fill_mask(pruned, torch.zeros(2, dtype=torch.int64)) is pruned  # no bit mask for integers: masked_fill_
