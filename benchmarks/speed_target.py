@@ -12,14 +12,23 @@ latency model's predicted time, the time prepare took and the machine's 1-minute
     HF_HUB_OFFLINE=1 python -m benchmarks.speed_target                       # 1.5 / 2 / 3 x, batch 1 / 8 / 32
     HF_HUB_OFFLINE=1 python -m benchmarks.speed_target --smoke               # tiny shapes, seconds
     HF_HUB_OFFLINE=1 python -m benchmarks.speed_target --models minilm-l6 --batches 8 --repeats 5
+
+``--build`` times instead how long building the latency model takes (no cache) for the BERT-base shape (768 hidden,
+12 layers, 12 heads, FFN 3072) at ``--batches`` x 128 tokens, ``--build-repeats`` builds one after another
+(``--smoke``: a 2-layer BERT):
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.speed_target --build --batches 32
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 
@@ -31,6 +40,7 @@ from ._common import environment, load_average, result_header, write_json
 from .engines import round_robin_ms
 
 MODELS = ("minilm-l6", "deit-small")
+RESULTS = "docs/results/speed_target"
 
 
 def build(name: str, smoke: bool):
@@ -47,6 +57,50 @@ def build(name: str, smoke: bool):
         return ViTForImageClassification(ViTConfig(**kw)).eval(), 0
     kw.update(num_hidden_layers=6 if not smoke else 2, vocab_size=30522 if not smoke else 100, num_labels=2)
     return BertForSequenceClassification(BertConfig(**kw)).eval(), 128 if not smoke else 16
+
+
+def build_bert_base(smoke: bool):
+    """The BERT-base shape (``smoke``: 2 layers of 128 hidden, FFN 1024), random weights, eval mode."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=100, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024)
+    return BertForSequenceClassification(BertConfig(num_labels=2, **(kw if smoke else {}))).eval()
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = before
+
+
+def build_time_rows(args) -> list[dict]:
+    """``prepare_model`` at 2x with an empty latency cache, ``--build-repeats`` times per ``--batches`` entry, on the
+    BERT-base shape at 128 tokens: seconds (the latency model's build is nearly all of it), its dense time, load."""
+    rows = []
+    for batch in args.batches:
+        for repeat in range(args.build_repeats):
+            model = build_bert_base(args.smoke)
+            cfg = sh.SmartConfig(pattern="coupled", target_speedup=2.0, latency_batch_size=batch, latency_seq_len=128)
+            with tempfile.TemporaryDirectory() as cache, warnings.catch_warnings(), _env("SMART_HF_CACHE", cache):
+                warnings.simplefilter("ignore")  # the spread warning: the load columns say how busy the machine was
+                load_before, start = load_average(), time.perf_counter()
+                sh.prepare_model(model, cfg)
+                seconds = time.perf_counter() - start
+            speed = sh.get_smart_state(model).speed_target
+            rows.append({"model": "bert-base", "batch": batch, "seq_len": 128, "repeat": repeat,
+                         "prepare_cold_s": seconds, "latency_cached": speed["latency_cached"],
+                         "latency_model_dense_ms": 1e3 * speed["dense_seconds"],
+                         "load_before": load_before, "load_after": load_average()})
+            print(f"bert-base b={batch} build {repeat}: {seconds:.1f} s", file=sys.stderr)
+    return rows
 
 
 def inputs_for(model, batch: int, seq: int) -> dict:
@@ -127,11 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default="docs/results/speed_target/minilm_deit_small_coupled.json")
+    parser.add_argument("--build", action="store_true", help="time cold latency-model builds of BERT-base instead")
+    parser.add_argument("--build-repeats", type=int, default=3)
+    parser.add_argument("--out", help="result JSON (default: minilm_deit_small_coupled.json, --build: bert_base_...)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.repeats, args.batches = 2, [1, 4]
+        args.repeats, args.batches, args.build_repeats = 2, [1, 4], 1
     torch.set_num_threads(args.threads)
+    if args.build:
+        return _write_build_times(args, argv)
     rows = []
     for name in args.models:
         for batch in args.batches:
@@ -145,7 +203,22 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"targets": args.targets, "batches": args.batches, "repeats": args.repeats},
         "rows": rows,
     }
-    write_json(result, args.out)  # creates the folder
+    write_json(result, args.out or f"{RESULTS}/minilm_deit_small_coupled.json")  # creates the folder
+    return 0
+
+
+def _write_build_times(args, argv) -> int:
+    rows = build_time_rows(args)
+    print("| batch | repeat | prepare with an empty cache, s | dense forward, ms | load |\n|---|---|---|---|---|")
+    for r in rows:
+        load = "" if r["load_before"] is None else f"{r['load_before'][0]:.1f}"
+        print(f"| {r['batch']} | {r['repeat']} | {r['prepare_cold_s']:.1f} | {r['latency_model_dense_ms']:.0f} | {load} |")
+    result = {
+        **result_header("speed_target_build", args.smoke, argv, environment(threads=torch.get_num_threads())),
+        "settings": {"batches": args.batches, "build_repeats": args.build_repeats},
+        "rows": rows,
+    }
+    write_json(result, args.out or f"{RESULTS}/bert_base_latency_model_build.json")
     return 0
 
 

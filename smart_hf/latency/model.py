@@ -17,11 +17,13 @@ The result is cached as JSON under ``$SMART_HF_CACHE`` (default ``$HF_HOME/smart
 torch version and the model's layer shapes; the key is stored in the file and compared in full on load, so a
 latency model measured on another device, dtype, thread count or shape is never reused.
 
-Cost of a build: one forward to capture the block input shapes (it also warms the dense model up), one warm-up of
-the rebuilt blocks and the narrowed model, then rounds of the dense forward, the narrowed one and every block at
-every grid width -- 7 rounds or more until `MIN_SECONDS` are spent (short forwards get more rounds), and no round
-after the third once ``max_seconds`` are spent. A round costs about 1.5 dense forwards, since the grid of one block
-per kind sums to ~2.5 full blocks and the narrowed model runs in about a quarter of the dense time.
+Cost of a build: one timed forward to capture the block input shapes (it also warms the dense model up), one
+warm-up of the rebuilt blocks and the narrowed model, then rounds of the dense forward, the narrowed one and every
+block at every grid width -- 7 rounds or more until `MIN_SECONDS` are spent (short forwards get more rounds), and no
+round after the third once ``max_seconds`` are spent. A round costs about 1.5 dense forwards, since the grid of one
+block per kind sums to ~2.5 full blocks and the narrowed model runs in about a quarter of the dense time. When the
+capture's forward takes `WARMUP_SKIP_SECONDS` or more, there is no warm-up round and that forward counts as the dense
+forward's first sample: such a build costs about 4.5 dense forwards.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import math
 import os
 import platform
 import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -42,15 +43,23 @@ from torch import nn
 from ..coupling import CoupledSet
 from .blocks import block_signature, capture_input_shapes, rebuild_block
 from .calibrate import NARROW_SHARES, Narrowing, fit_scale, narrow_width
-from .timing import latency_inputs, load_average, spread, time_round_robin, warn_if_noisy, warn_if_width_blind
+from .timing import (
+    latency_inputs,
+    load_average,
+    spread,
+    time_call,
+    time_round_robin,
+    warn_if_noisy,
+    warn_if_width_blind,
+)
 
 __all__ = ["cache_dir", "latency_key", "measure_latency_model", "width_grid"]
 
 # Rounds of the round-robin timing continue until this much time is spent: a 50 ms forward timed 7 times moved the
 # predicted speed-up of one set of widths between 2.8x and 3.9x from build to build, 40 times (~4 s) within 3.3-3.5x.
 MIN_SECONDS = 4.0
-# A dense forward at least this long skips the warm-up round of the narrowed model and the blocks (a BERT-base at
-# 32 x 128 on one CPU thread: 11 s a forward; the build took 65 s with the warm-up round).
+# A dense forward at least this long skips the warm-up round of the narrowed model and the blocks, and the shape
+# capture's forward is the dense forward's first sample (a BERT-base at 32 x 128 on one CPU thread: 11 s a forward).
 WARMUP_SKIP_SECONDS = 2.0
 
 # 2: block fits scaled into the whole model (`smart_hf.latency.calibrate`), a ``calibration`` record;
@@ -142,10 +151,13 @@ def _fit(widths: list[int], seconds: list[float], units: int) -> tuple[float, fl
     return intercept, slope
 
 
-def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float, warmup: int = 1) -> tuple:
+def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float, first_dense: float | None) -> tuple:
     """The dense forward, the whole model narrowed to every share of `NARROW_SHARES` and every distinct block at its
-    width grid, timed round-robin in one pass after ``warmup`` untimed rounds; returns the times, the block fits,
-    ``{owner: signature}`` and ``{share: {owner: kept}}``."""
+    width grid, timed round-robin in one pass; returns the times, the block fits, ``{owner: signature}`` and
+    ``{share: {owner: kept}}``.
+
+    ``first_dense``, the shape capture's forward time when that forward was long, is the dense forward's first
+    sample, and no warm-up round runs; otherwise one untimed round warms everything up but the dense forward."""
     fns, grids, owners, first = {"dense": lambda: model(**inputs)}, {}, {}, {}
     timed = [cset for cset in sets if cset.owner in shapes]
     narrow = {share: {c.owner: narrow_width(c, share, multiple) for c in timed} for share in NARROW_SHARES}
@@ -161,8 +173,10 @@ def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float, wa
         for w in grids[sig]:
             fns[(sig, w)] = rebuild_block(model, cset, shapes[cset.owner], w)
     device = next(model.parameters()).device
+    taken = {} if first_dense is None else {"dense": [first_dense]}
     times = time_round_robin(  # the dense model was warmed by the shape capture
-        fns, device, warmup=warmup, max_seconds=max_seconds, warm=("dense",), contexts=contexts, min_seconds=MIN_SECONDS
+        fns, device, warmup=int(first_dense is None), max_seconds=max_seconds, warm=("dense",), contexts=contexts,
+        min_seconds=MIN_SECONDS, taken=taken,
     )
     blocks = {}
     for sig, grid in grids.items():
@@ -174,17 +188,20 @@ def _time_all(model, inputs, sets, shapes, multiple: int, max_seconds: float, wa
 
 
 def _measure(model, inputs, sets, multiple: int, max_seconds: float) -> tuple:
-    """Capture the block input shapes (also the dense warm-up), then `_time_all` in eval mode; the model's mode is
-    restored."""
+    """Capture the block input shapes in one timed dense forward (also the dense warm-up), then `_time_all` in eval
+    mode; the model's mode is restored."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
-        with torch.inference_mode():
-            start = time.perf_counter()
-            shapes = capture_input_shapes(model, sets, lambda: model(**inputs))
-            long_forward = time.perf_counter() - start >= WARMUP_SKIP_SECONDS
-        # one-off first-call costs are negligible against a forward of seconds; a warm-up round would cost ~0.5 of one
-        return _time_all(model, inputs, sets, shapes, multiple, max_seconds, 0 if long_forward else 1)
+        seconds = []
+        shapes = capture_input_shapes(
+            model, sets, lambda: seconds.extend(time_call(lambda: model(**inputs), device, repeats=1, warmup=0))
+        )
+        # one-off first-call costs are negligible against a forward of seconds: that forward is the dense forward's
+        # first sample (BERT-base at 32 x 128 on one thread: 11 s saved of a 61 s build), and no warm-up round runs
+        first_dense = seconds[0] if seconds[0] >= WARMUP_SKIP_SECONDS else None
+        return _time_all(model, inputs, sets, shapes, multiple, max_seconds, first_dense)
     finally:
         model.train(was_training)
 

@@ -161,6 +161,7 @@ def time_round_robin(
     warm: tuple = (),
     contexts: dict | None = None,
     min_seconds: float = 0.0,
+    taken: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of every ``fns[name]()``, timed in turns: each round calls every function once, so load
     that comes and goes on a shared machine stretches all of them alike and their ratios stay meaningful.
@@ -178,12 +179,15 @@ def time_round_robin(
         contexts: name -> a reusable context manager entered around that name's call, outside the timed region
             (`smart_hf.latency.calibrate.Narrowing`).
         min_seconds: keep adding rounds beyond ``repeats`` until this much time is spent.
+        taken: name -> durations the caller has already timed; they stand in for that name's calls in the first
+            rounds (a forward of seconds the caller had to run anyway is not run again).
 
     Returns:
         name -> the timed calls' durations in seconds.
     """
     contexts = contexts or {}
-    times = {name: [] for name in fns}
+    times = {name: list((taken or {}).get(name, ())) for name in fns}
+    skip = {name: len(durations) for name, durations in times.items()}
     with torch.inference_mode():
         for _ in range(warmup):
             for name, fn in fns.items():
@@ -196,6 +200,8 @@ def time_round_robin(
             if (i >= 3 and elapsed > max_seconds) or (i >= repeats and elapsed >= min_seconds):
                 break
             for name, fn in fns.items():
+                if i < skip[name]:
+                    continue
                 with contexts.get(name, contextlib.nullcontext()):
                     _sync(device)
                     start = time.perf_counter()

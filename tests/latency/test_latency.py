@@ -241,6 +241,40 @@ def test_round_robin_timing_enters_contexts_outside_the_timed_call_and_adds_roun
     assert 3 < len(times["a"]) <= 24  # rounds beyond `repeats` until 50 ms are spent, at most 8x repeats
 
 
+def test_round_robin_timing_counts_samples_already_taken_as_the_first_rounds():
+    from smart_hf.latency.timing import time_round_robin
+
+    calls = []
+    times = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
+                             repeats=3, warmup=0, taken={"a": [5.0]})
+    assert calls == ["b", "a", "b", "a", "b"]  # "a" sits out the first round only
+    assert times["a"][0] == 5.0 and [len(t) for t in times.values()] == [3, 3]
+
+
+def test_a_long_capture_forward_is_the_dense_forwards_first_sample_and_skips_the_warm_up(monkeypatch):
+    import smart_hf.latency.model as latency_model
+
+    model = tiny_bert().eval()
+    forward, calls = model.forward, []
+
+    def counting_forward(*args, **kwargs):  # the dense and the narrowed whole-model forwards both run it
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    monkeypatch.setattr(latency_model, "MIN_SECONDS", 0.0)
+    counts = {}
+    for skip_seconds in (float("inf"), 0.0):  # a short forward, then one that counts as long
+        monkeypatch.setattr(latency_model, "WARMUP_SKIP_SECONDS", skip_seconds)
+        calls.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            measure_latency_model(model, find_coupled_sets(model), 2, 8, use_cache=False, max_seconds=0.0)
+        counts[skip_seconds > 0] = len(calls)
+    # exactly 3 rounds of a dense and a narrowed forward after the capture; a short one adds a narrowed warm-up
+    assert counts == {True: 1 + 1 + 3 * 2, False: 1 + 3 * 2 - 1}
+
+
 class _SlowSwap:
     """A reusable context manager far slower than the call it surrounds (as `Narrowing`'s module swaps are)."""
 
