@@ -59,7 +59,7 @@ __all__ = ["cache_dir", "latency_key", "measure_latency_model", "width_grid"]
 # predicted speed-up of one set of widths between 2.8x and 3.9x from build to build, 40 times (~4 s) within 3.3-3.5x.
 MIN_SECONDS = 4.0
 # A dense forward at least this long skips the warm-up round of the narrowed model and the blocks, and the shape
-# capture's forward is the dense forward's first sample (a BERT-base at 32 x 128 on one CPU thread: 11 s a forward).
+# capture's forward is the dense forward's first sample (a BERT-base at 32 x 128 on one CPU thread: 11-14 s a forward).
 WARMUP_SKIP_SECONDS = 2.0
 
 # 2: block fits scaled into the whole model (`smart_hf.latency.calibrate`), a ``calibration`` record;
@@ -199,7 +199,7 @@ def _measure(model, inputs, sets, multiple: int, max_seconds: float) -> tuple:
             model, sets, lambda: seconds.extend(time_call(lambda: model(**inputs), device, repeats=1, warmup=0))
         )
         # one-off first-call costs are negligible against a forward of seconds: that forward is the dense forward's
-        # first sample (BERT-base at 32 x 128 on one thread: 11 s saved of a 61 s build), and no warm-up round runs
+        # first sample (a BERT-base at 32 x 128 on one thread: 4.5 dense forwards a build instead of 5.5), no warm-up
         first_dense = seconds[0] if seconds[0] >= WARMUP_SKIP_SECONDS else None
         return _time_all(model, inputs, sets, shapes, multiple, max_seconds, first_dense)
     finally:
