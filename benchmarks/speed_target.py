@@ -23,7 +23,6 @@ latency model's predicted time, the time prepare took and the machine's 1-minute
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import statistics
@@ -31,6 +30,7 @@ import sys
 import tempfile
 import time
 import warnings
+from unittest import mock
 
 import torch
 
@@ -68,17 +68,9 @@ def build_bert_base(smoke: bool):
     return BertForSequenceClassification(BertConfig(num_labels=2, **(kw if smoke else {}))).eval()
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name)
-        else:
-            os.environ[name] = before
+def _cache_in(folder: str):
+    """The latency cache in ``folder`` while the context lasts (the environment restored after)."""
+    return mock.patch.dict(os.environ, {"SMART_HF_CACHE": folder})
 
 
 def build_time_rows(args) -> list[dict]:
@@ -91,7 +83,7 @@ def build_time_rows(args) -> list[dict]:
             model = build_bert_base(args.smoke)
             cfg = sh.SmartConfig(pattern="coupled", target_speedup=2.0, latency_batch_size=batch, latency_seq_len=128)
             owners = [name for name, *_ in sh.find_targets(model, cfg)]
-            with tempfile.TemporaryDirectory() as cache, warnings.catch_warnings(), _env("SMART_HF_CACHE", cache):
+            with tempfile.TemporaryDirectory() as cache, warnings.catch_warnings(), _cache_in(cache):
                 warnings.simplefilter("ignore")  # the spread warning: the load columns say how busy the machine was
                 load_before, start = load_average(), time.perf_counter()
                 latency = sh.latency.measure_for_prepare(model, cfg, owners)
