@@ -2,10 +2,13 @@
 
 With block ``s`` fitted as ``t_s(w) = a_s + b_s w`` (scaled into the whole model) and the fixed time ``F``
 (`smart_hf.latency.model`), a model keeping ``w_s`` units everywhere is predicted to run
-``T(w) = F + sum_s (a_s + b_s w_s)``, which equals the dense time at full width. Asking ``T_dense / T(w) = target``
-is a knapsack over units of cost ``b_s``:
+``T(w) = F + U(w)``, ``U(w) = sum_s (a_s + b_s w_s)``, which equals the dense time at full width; below a knee
+``U_k`` (only where ``F < 0``, `smart_hf.latency.calibrate`) ``T = T_k U / U_k`` instead (`whole_seconds`). Asking
+``T_dense / T(w) = target`` is a knapsack over units of cost ``b_s``:
 
-    sum_s b_s w_s = k,   k = T_dense / target - F - sum_s a_s,
+    sum_s b_s w_s = k,   k = U(T_dense / target) - sum_s a_s,
+
+with ``U(T)`` the block time that gives the whole time ``T`` (`block_seconds_for`, the inverse of `whole_seconds`),
 
 so every coupled unit's budget cost becomes its marginal time ``b_s`` (in nanoseconds, so that the budget's integer
 rounding is far below a unit) and the existing global budget keeps cost ``k``, i.e. the equivalent sparsity
@@ -19,13 +22,47 @@ import math
 
 from ..core.widths import allowed_counts
 
-__all__ = ["NS", "predicted_seconds", "speed_budget"]
+__all__ = ["NS", "block_seconds_for", "predicted_seconds", "speed_budget", "whole_seconds"]
 
 NS = 1e9  # budget cost unit: nanoseconds per unit
 
 
+def whole_seconds(latency: dict, block_seconds: float) -> float:
+    """The whole model's time for a block time ``U = sum_s (a_s + b_s w_s)``: ``T = F + U``, or ``T_k U / U_k``
+    below the latency model's knee ``(U_k, T_k)`` where it has one (module docstring).
+
+    Args:
+        latency: a latency model (`measure_latency_model`; ``"knee"`` may be absent or None).
+        block_seconds: ``U`` in seconds (the scaled block fits' sum).
+
+    Returns:
+        ``T`` in seconds.
+    """
+    knee = latency.get("knee")
+    if knee and block_seconds < knee["block_seconds"]:
+        return knee["seconds"] * block_seconds / knee["block_seconds"]
+    return latency["fixed_seconds"] + block_seconds
+
+
+def block_seconds_for(latency: dict, seconds: float) -> float:
+    """The inverse of `whole_seconds`: the block time ``U`` at which the whole model runs ``seconds``.
+
+    Args:
+        latency: a latency model.
+        seconds: the whole model's time ``T``.
+
+    Returns:
+        ``U`` in seconds: ``T - F``, or ``U_k T / T_k`` below the knee.
+    """
+    knee = latency.get("knee")
+    if knee and seconds < knee["seconds"]:
+        return knee["block_seconds"] * seconds / knee["seconds"]
+    return seconds - latency["fixed_seconds"]
+
+
 def predicted_seconds(latency: dict, kept: dict[str, int]) -> float:
-    """``T(w) = F + sum_s (a_s + b_s w_s)`` for ``kept = {owner: w_s}`` (owners not listed keep every unit).
+    """``T(w) = whole_seconds(sum_s (a_s + b_s w_s))`` for ``kept = {owner: w_s}`` (owners not listed keep every
+    unit).
 
     Args:
         latency: a latency model (`measure_latency_model`).
@@ -34,7 +71,12 @@ def predicted_seconds(latency: dict, kept: dict[str, int]) -> float:
     Returns:
         The predicted forward time in seconds.
     """
-    total = latency["fixed_seconds"]
+    return whole_seconds(latency, _block_seconds(latency, kept))
+
+
+def _block_seconds(latency: dict, kept: dict[str, int]) -> float:
+    """``U(w) = sum_s (a_s + b_s w_s)`` over every owner of ``latency`` (full width where ``kept`` has none)."""
+    total = 0.0
     for owner, sig in latency["owners"].items():
         block = latency["blocks"][sig]
         total += block["a"] + block["b"] * kept.get(owner, block["units"])
@@ -74,7 +116,7 @@ def speed_budget(latency: dict, owners: list[str], minimums: list[int], multiple
         )
     costs = [b["b"] for b in blocks]
     capacity = sum(c * b["units"] for c, b in zip(costs, blocks))
-    k = dense / target - predicted_seconds(latency, {o: 0 for o in owners})
+    k = block_seconds_for(latency, dense / target) - _block_seconds(latency, {o: 0 for o in owners})
     return {
         "unit_cost_ns": [c * NS for c in costs],
         "sparsity": min(max(1.0 - k / capacity, 0.0), 1.0 - 1e-9) if capacity > 0 else 0.0,

@@ -15,11 +15,13 @@ import smart_hf as sh
 from smart_hf.coupling import CoupledSet, coupled_unit_cost, find_coupled_sets
 from smart_hf.latency import (
     NS,
+    block_seconds_for,
     latency_inputs,
     measure_latency_model,
     measure_speedup,
     predicted_seconds,
     speed_budget,
+    whole_seconds,
     width_grid,
 )
 from smart_hf.latency.blocks import capture_input_shapes, rebuild_block
@@ -317,8 +319,46 @@ def test_whole_model_scale_is_fitted_through_the_dense_time():
     fit = fit_scale(10.0, 8.0, [(2.0, 3.0), (4.0, 5.5)])
     assert fit["scale"] == pytest.approx((6 * 7 + 4 * 4.5) / (36 + 16))
     assert fit["fixed_seconds"] == pytest.approx(10 - 8 * 60 / 52)
-    # a negative fixed time (c = 1.5 would give 10 - 12) refits through the origin: F = 0, c = 10 / 8
-    assert fit_scale(10.0, 8.0, [(2.0, 1.0)]) == {"scale": 1.25, "fixed_seconds": 0.0, "fallback": None}
+    assert fit["knee"] is None
+
+
+def test_a_negative_fixed_time_keeps_the_line_through_the_narrowed_time_with_a_knee_below_it():
+    from smart_hf.latency.calibrate import fit_scale
+
+    # c = (10 - 1) / (8 - 2) = 1.5, F = 10 - 12 = -2: the knee sits at the narrowed point, U_k = 1.5 * 2, T_k = 1
+    fit = fit_scale(10.0, 8.0, [(2.0, 1.0)])
+    assert fit["scale"] == pytest.approx(1.5) and fit["fixed_seconds"] == pytest.approx(-2.0)
+    assert fit["knee"] == pytest.approx({"block_seconds": 3.0, "seconds": 1.0}) and fit["fallback"] is None
+    lat = {"fixed_seconds": fit["fixed_seconds"], "knee": fit["knee"]}
+    assert whole_seconds(lat, 1.5 * 8.0) == pytest.approx(10.0)  # full width: the dense time
+    assert whole_seconds(lat, 1.5 * 2.0) == pytest.approx(1.0)  # the narrowed whole model, as measured
+    # a line that reaches 0 at or above the narrowest point refits through the origin: F = 0, c = 10 / 8, no knee
+    assert fit_scale(10.0, 8.0, [(2.0, 0.0)]) == {"scale": 1.25, "fixed_seconds": 0.0, "knee": None, "fallback": None}
+
+
+def test_whole_time_is_linear_above_the_knee_proportional_below_it_and_inverted_exactly():
+    lat = {"fixed_seconds": -2e-3, "knee": {"block_seconds": 3e-3, "seconds": 1e-3}}
+    assert whole_seconds(lat, 5e-3) == pytest.approx(3e-3)  # F + U
+    assert whole_seconds(lat, 1.5e-3) == pytest.approx(0.5e-3)  # T_k U / U_k
+    assert whole_seconds(lat, 3e-3) == pytest.approx(1e-3)  # continuous at the knee
+    for u in (0.3e-3, 1.5e-3, 3e-3, 5e-3, 12e-3):
+        assert block_seconds_for(lat, whole_seconds(lat, u)) == pytest.approx(u)
+    plain = {"fixed_seconds": 2e-3}  # no knee (or a cached model without one): T = F + U everywhere
+    assert whole_seconds(plain, 1e-3) == pytest.approx(3e-3) and block_seconds_for(plain, 3e-3) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("target", [1.5, 6.0])  # above and below the knee
+def test_the_budget_meets_the_target_through_a_knee(target):
+    # two FFN blocks of 10 units at 0.1 ms/unit, one head block of 4 at 1 ms/unit: U_full = 6 ms; F = -1 ms, so the
+    # dense time is 5 ms, and the knee sits at U_k = 2 ms, T_k = 1 ms
+    lat = _fake_latency()
+    for block in lat["blocks"].values():
+        block["a"] = 0.0
+    lat.update(fixed_seconds=-1e-3, knee={"block_seconds": 2e-3, "seconds": 1e-3}, dense_seconds=5e-3)
+    assert predicted_seconds(lat, {}) == pytest.approx(5e-3)
+    budget = speed_budget(lat, ["f0", "f1", "h0"], [1, 1, 1], 1, target=target)
+    k = (1 - budget["sparsity"]) * 6e-3  # the block time the kept units may spend
+    assert lat["dense_seconds"] / whole_seconds(lat, k) == pytest.approx(target)
 
 
 @pytest.mark.parametrize("points", [[(8.0, 9.0)], [(2.0, 9.99)], [(2.0, 11.0)]])
@@ -369,8 +409,9 @@ def test_the_cache_key_names_the_calibrated_schema():
     from smart_hf.latency.model import SCHEMA, latency_key
 
     model = tiny_bert().eval()
-    assert SCHEMA == 3  # 1: uncalibrated block fits; 2: narrowed times with the module swaps: never read again
-    assert latency_key(model, latency_inputs(model, 2, 8))["schema"] == 3
+    # 1: uncalibrated block fits; 2: narrowed times with the module swaps; 3: no knee: never read again
+    assert SCHEMA == 4
+    assert latency_key(model, latency_inputs(model, 2, 8))["schema"] == 4
     lat = _measure(model)
     record = lat["calibration"]
     assert record["shares"] == [0.25] and len(record["whole_seconds"]) == 1 and record["scale"] > 0
