@@ -2,14 +2,13 @@
 
 With block ``s`` fitted as ``t_s(w) = a_s + b_s w`` (scaled into the whole model) and the fixed time ``F``
 (`smart_hf.latency.model`), a model keeping ``w_s`` units everywhere is predicted to run
-``T(w) = F + U(w)``, ``U(w) = sum_s (a_s + b_s w_s)``, which equals the dense time at full width; below a knee
-``U_k`` (only where ``F < 0``, `smart_hf.latency.calibrate`) ``T = T_k U / U_k`` instead (`whole_seconds`). Asking
-``T_dense / T(w) = target`` is a knapsack over units of cost ``b_s``:
+``T(w) = F + U(w)``, ``U(w) = sum_s (a_s + b_s w_s)``, which equals the dense time at full width; where the latency
+model has knots (the measured whole-model times, `smart_hf.latency.calibrate`), ``T`` runs through them in straight
+lines instead (`whole_seconds`). Asking ``T_dense / T(w) = target`` is a knapsack over units of cost ``b_s``:
 
     sum_s b_s w_s = k,   k = U(T_dense / target) - sum_s a_s,
 
-with ``U(T)`` the block time that gives the whole time ``T`` (`block_seconds_for`, the inverse of `whole_seconds`),
-
+with ``U(T)`` the block time that gives the whole time ``T`` (`block_seconds_for`, the inverse of `whole_seconds`);
 so every coupled unit's budget cost becomes its marginal time ``b_s`` (in nanoseconds, so that the budget's integer
 rounding is far below a unit) and the existing global budget keeps cost ``k``, i.e. the equivalent sparsity
 ``1 - k / sum_s b_s units_s``. The fastest model the guards allow keeps each layer's minimum (its reserved units,
@@ -28,20 +27,24 @@ NS = 1e9  # budget cost unit: nanoseconds per unit
 
 
 def whole_seconds(latency: dict, block_seconds: float) -> float:
-    """The whole model's time for a block time ``U = sum_s (a_s + b_s w_s)``: ``T = F + U``, or ``T_k U / U_k``
-    below the latency model's knee ``(U_k, T_k)`` where it has one (module docstring).
+    """The whole model's time for a block time ``U = sum_s (a_s + b_s w_s)``: ``T = F + U``, or, where the latency
+    model has knots ``(U_i, T_i)``, the straight line through the two knots around ``U``; below the lowest knot the
+    lowest segment's line, or ``T_1 U / U_1`` where that is larger (the line would reach 0 above ``U = 0``).
 
     Args:
-        latency: a latency model (`measure_latency_model`; ``"knee"`` may be absent or None).
+        latency: a latency model (`measure_latency_model`; ``"knots"`` may be absent or None).
         block_seconds: ``U`` in seconds (the scaled block fits' sum).
 
     Returns:
         ``T`` in seconds.
     """
-    knee = latency.get("knee")
-    if knee and block_seconds < knee["block_seconds"]:
-        return knee["seconds"] * block_seconds / knee["block_seconds"]
-    return latency["fixed_seconds"] + block_seconds
+    knots = latency.get("knots")
+    if not knots or len(knots) < 2:
+        return latency["fixed_seconds"] + block_seconds
+    i = next((j for j in range(1, len(knots) - 1) if block_seconds < knots[j][0]), len(knots) - 1)
+    (u0, t0), (u1, t1) = knots[i - 1], knots[i]
+    line = t0 + (block_seconds - u0) * (t1 - t0) / (u1 - u0)
+    return max(line, t0 * block_seconds / u0) if block_seconds < u0 else line
 
 
 def block_seconds_for(latency: dict, seconds: float) -> float:
@@ -52,12 +55,15 @@ def block_seconds_for(latency: dict, seconds: float) -> float:
         seconds: the whole model's time ``T``.
 
     Returns:
-        ``U`` in seconds: ``T - F``, or ``U_k T / T_k`` below the knee.
+        ``U`` in seconds.
     """
-    knee = latency.get("knee")
-    if knee and seconds < knee["seconds"]:
-        return knee["block_seconds"] * seconds / knee["seconds"]
-    return seconds - latency["fixed_seconds"]
+    knots = latency.get("knots")
+    if not knots or len(knots) < 2:
+        return seconds - latency["fixed_seconds"]
+    i = next((j for j in range(1, len(knots) - 1) if seconds < knots[j][1]), len(knots) - 1)
+    (u0, t0), (u1, t1) = knots[i - 1], knots[i]
+    on_line = u0 + (seconds - t0) * (u1 - u0) / (t1 - t0)
+    return min(on_line, u0 * seconds / t0) if seconds < t0 else on_line
 
 
 def predicted_seconds(latency: dict, kept: dict[str, int]) -> float:

@@ -14,15 +14,18 @@ least squares, through the narrowed whole-model times: ``c = sum_i dT_i dS_i / s
 ``dT_i = T_dense - T_i`` and ``dS_i = S_full - S_i``. A scale outside ``[1 / MAX_SCALE, MAX_SCALE]`` (noise) falls
 back to ``c = 1``, the blocks' own fits.
 
-A negative ``F`` means the whole model gains more from narrowing than its blocks timed alone do (at batch 32 on CPU
-the activations of wide blocks leave the caches). The line is kept between the narrowest measured point and full
-width, where it passes through the measurements, and below that point the time falls in proportion to ``S``: a
-*knee* at ``U_k = c S_min``, ``T_k = F + U_k``,
+The prediction passes through every measured whole-model time: the *knots* ``(U_i, T_i)``, ``U_i = c S_i``, and ``(c
+S_full, T_dense)``, joined by straight lines (`smart_hf.latency.budget.whole_seconds`). Below the narrowest knot the
+lowest segment's line continues, or the time falls in proportion to ``U`` where that line would cross zero first. A
+negative ``F`` is frequent at batch 8 and 32 on CPU (6 of 16 builds), where the whole model gains more from
+narrowing than its blocks timed alone do; forcing ``F >= 0`` instead predicted a MiniLM narrowed to a quarter 10%
+slower than it ran, and its 2x and 3x targets overshot by 9% and 13%.
 
-    T(U) = F + U            for U >= U_k,      T(U) = T_k U / U_k      for U < U_k,      U = c S,
-
-so predictions stay positive and increasing. Refitting through the origin instead (``F = 0``) predicted a MiniLM
-narrowed to a quarter at batch 32 10% slower than it ran, and its 2x and 3x targets overshot by 9% and 13%.
+One narrowed share, a quarter, is timed. A MiniLM at batch 32 narrowed to 0.375 / 0.5 / 0.75 of its units once ran
+5-7% faster than the line through the quarter-width and dense times, but a second knot at half width did not land
+targets closer: side by side on the same builds (MiniLM and DeiT-small, batch 8 and 32, 1.5 / 2 / 3x, one CPU
+thread, 9 timed rounds) the quarter alone missed by 6.9% on average (10 of 12 within 10%) and quarter and half by
+8.3% (7 of 12), while the half width costs half a dense forward per round.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .blocks import _resized
 __all__ = ["MAX_SCALE", "NARROW_SHARES", "Narrowing", "fit_scale", "narrow_width"]
 
 # The shares of every block's units the whole model is timed at: a quarter covers the widths of a 3x target, and
-# costs a quarter of a dense forward per round.
+# costs a quarter of a dense forward per round (a half width as well did not help: module docstring).
 NARROW_SHARES = (0.25,)
 # Blocks inside the model measured up to ~1.3x slower than alone on CPU; a scale beyond 3x either way is noise.
 MAX_SCALE = 3.0
@@ -129,8 +132,8 @@ class Narrowing:
 
 
 def fit_scale(dense: float, full: float, points: list[tuple[float, float]]) -> dict:
-    """Fit ``T = F + c S`` through ``(full, dense)`` and, by least squares, the narrowed ``points`` (module
-    docstring).
+    """Fit ``T = F + c S`` through ``(full, dense)`` and, by least squares, the narrowed ``points``; the knots of the
+    prediction through every measured time (module docstring).
 
     Args:
         dense: the dense whole-model time ``T_dense`` (seconds).
@@ -139,9 +142,10 @@ def fit_scale(dense: float, full: float, points: list[tuple[float, float]]) -> d
             measured time (seconds).
 
     Returns:
-        ``{"scale": c, "fixed_seconds": F, "knee": None or {"block_seconds": U_k, "seconds": T_k}, "fallback":
-        None or why the blocks' own fits were kept}``; ``F`` is negative only with a knee. With a fallback ``c = 1``,
-        no knee and ``F = dense - full`` (which may be negative: the caller handles it).
+        ``{"scale": c, "fixed_seconds": F, "knots": [[U_i, T_i], ..., [c S_full, T_dense]] or None, "fallback": None
+        or why the blocks' own fits were kept}``, knots increasing in both (a measured time out of order, i.e. noise,
+        is left out). With a fallback ``c = 1``, no knots and ``F = dense - full`` (which may be negative: the caller
+        handles it).
     """
     ds = [full - s for s, _ in points]
     dt = [dense - t for _, t in points]
@@ -153,12 +157,11 @@ def fit_scale(dense: float, full: float, points: list[tuple[float, float]]) -> d
     elif not 1 / MAX_SCALE <= scale <= MAX_SCALE:
         why = f"the fitted scale {scale:.2f} is outside [{1 / MAX_SCALE:.2f}, {MAX_SCALE:g}] (noise)"
     if why is not None:
-        return {"scale": 1.0, "fixed_seconds": dense - full, "knee": None, "fallback": why}
-    fixed, knee = dense - scale * full, None
-    if fixed < 0:
-        narrowest = scale * min(s for s, _ in points)
-        if fixed + narrowest > 0:
-            knee = {"block_seconds": narrowest, "seconds": fixed + narrowest}
-        else:  # the line reaches 0 above the narrowest point: through the origin instead
-            scale, fixed = dense / full, 0.0
-    return {"scale": scale, "fixed_seconds": fixed, "knee": knee, "fallback": None}
+        return {"scale": 1.0, "fixed_seconds": dense - full, "knots": None, "fallback": why}
+    knots = [[scale * full, dense]]
+    for s, t in sorted(points, reverse=True):
+        if 0 < t < knots[0][1] and 0 < s * scale < knots[0][0]:
+            knots.insert(0, [scale * s, t])
+    if len(knots) == 1:
+        return {"scale": 1.0, "fixed_seconds": dense - full, "knots": None, "fallback": "no narrowed time is usable"}
+    return {"scale": scale, "fixed_seconds": dense - scale * full, "knots": knots, "fallback": None}

@@ -10,8 +10,9 @@
   slower inside the model than alone, so their fits are scaled by the ``c`` of ``T(w) = F + c sum_s t_s(w_s)``
   fitted through the dense and the narrowed whole-model times (``c = 1`` when that fit is nonsense);
 * the fixed time, what pruning cannot remove (embeddings, norms, the head, residuals, framework overhead):
-  ``F = dense - c * sum over sets of t_s(units_s)``, so full width predicts the dense time exactly (a negative ``F``
-  comes with a knee below the narrowed widths, where the time falls in proportion: `smart_hf.latency.calibrate`).
+  ``F = dense - c * sum over sets of t_s(units_s)``; the prediction runs through the dense and every narrowed
+  whole-model time in straight lines (``knots``, `smart_hf.latency.calibrate`), so full width predicts the dense time
+  exactly.
 
 The result is cached as JSON under ``$SMART_HF_CACHE`` (default ``$HF_HOME/smart_hf``, i.e.
 ``~/.cache/huggingface/smart_hf``) in ``latency/<hash>.json``, keyed by device name, dtype, threads, input shape,
@@ -65,7 +66,7 @@ WARMUP_SKIP_SECONDS = 2.0
 
 # 2: block fits scaled into the whole model (`smart_hf.latency.calibrate`), a ``calibration`` record;
 # 3: the narrowed forward timed without its module swaps (2 counted them: ~1.6 ms per forward on a 6-layer BERT);
-# 4: a ``knee`` where the whole model gains more from narrowing than its blocks (a negative fixed time)
+# 4: predictions through every measured whole-model time (``knots``), also where the fixed time is negative
 SCHEMA = 4
 
 
@@ -224,7 +225,7 @@ def _calibrate(times: dict, blocks: dict, owners: dict, narrow: dict) -> dict:
     points = [(_block_sum(blocks, owners, kept), statistics.median(times[("narrow", share)]))
               for share, kept in narrow.items()]
     fit = fit_scale(dense_s, full, points) if owners else {"fallback": "no coupled block timed"}
-    scale, knee = fit.get("scale", 1.0), fit.get("knee")
+    scale, knots = fit.get("scale", 1.0), fit.get("knots")
     if fit["fallback"] is not None and full > dense_s:  # blocks alone slower than the whole model: scale into it
         warnings.warn(
             f"smart_hf latency: the coupled blocks timed alone took {full / dense_s:.2f}x the whole dense forward "
@@ -236,8 +237,8 @@ def _calibrate(times: dict, blocks: dict, owners: dict, narrow: dict) -> dict:
         block["a"], block["b"] = block["a"] * scale, block["b"] * scale
     record = {"scale": scale, "fallback": fit["fallback"], "shares": list(narrow), "block_sums": [p[0] for p in points],
               "whole_seconds": [p[1] for p in points]}
-    fixed = dense_s - scale * full if knee else max(dense_s - scale * full, 0.0)
-    return {"fixed_seconds": fixed, "knee": knee, "calibration": record}
+    fixed = dense_s - scale * full if knots else max(dense_s - scale * full, 0.0)
+    return {"fixed_seconds": fixed, "knots": knots, "calibration": record}
 
 
 def _load_cached(path: Path, key: dict) -> dict | None:
@@ -279,10 +280,10 @@ def measure_latency_model(
         max_seconds: no further round of the round-robin timing starts after this (3 rounds always run).
 
     Returns:
-        ``{"key", "dense_seconds", "dense_spread", "fixed_seconds", "knee", "blocks": {signature: fit}, "owners":
+        ``{"key", "dense_seconds", "dense_spread", "fixed_seconds", "knots", "blocks": {signature: fit}, "owners":
         {owner: signature}, "calibration": {"scale", "fallback", "shares", "block_sums", "whole_seconds"}, "load",
-        "cached"}``; the block fits ``a``, ``b`` are already scaled by ``calibration["scale"]``; ``knee`` is None
-        or where the predicted time turns to fall in proportion (`smart_hf.latency.calibrate`, `whole_seconds`).
+        "cached"}``; the block fits ``a``, ``b`` are already scaled by ``calibration["scale"]``; ``knots`` are the
+        measured whole-model times the prediction runs through (`smart_hf.latency.calibrate`, `whole_seconds`).
 
     Raises:
         ValueError: from `latency_inputs` for a model it cannot build inputs for.

@@ -315,46 +315,54 @@ def test_whole_model_scale_is_fitted_through_the_dense_time():
     fit = fit_scale(10.0, 8.0, [(2.0, 3.0)])
     assert fit["scale"] == pytest.approx(7 / 6) and fit["fixed_seconds"] == pytest.approx(10 - 8 * 7 / 6)
     assert fit["fallback"] is None
+    assert sum(fit["knots"], []) == pytest.approx([2 * 7 / 6, 3.0, 8 * 7 / 6, 10.0])  # through both measured times
     # two narrowed points: least squares of dT = c dS, dS = (6, 4), dT = (7, 4.5)
     fit = fit_scale(10.0, 8.0, [(2.0, 3.0), (4.0, 5.5)])
-    assert fit["scale"] == pytest.approx((6 * 7 + 4 * 4.5) / (36 + 16))
-    assert fit["fixed_seconds"] == pytest.approx(10 - 8 * 60 / 52)
-    assert fit["knee"] is None
+    c = (6 * 7 + 4 * 4.5) / (36 + 16)
+    assert fit["scale"] == pytest.approx(c) and fit["fixed_seconds"] == pytest.approx(10 - 8 * c)
+    assert sum(fit["knots"], []) == pytest.approx([2 * c, 3.0, 4 * c, 5.5, 8 * c, 10.0])  # knots [U, T], ascending
+    # a narrowed time out of order (noise: the wider model measured faster) is left out of the knots
+    assert len(fit_scale(10.0, 8.0, [(2.0, 3.0), (4.0, 2.9)])["knots"]) == 2
 
 
-def test_a_negative_fixed_time_keeps_the_line_through_the_narrowed_time_with_a_knee_below_it():
+def test_the_prediction_runs_through_every_measured_whole_model_time():
     from smart_hf.latency.calibrate import fit_scale
 
-    # c = (10 - 1) / (8 - 2) = 1.5, F = 10 - 12 = -2: the knee sits at the narrowed point, U_k = 1.5 * 2, T_k = 1
+    # c = (10 - 1) / (8 - 2) = 1.5, F = 10 - 12 = -2: the whole model gains more from narrowing than its blocks
     fit = fit_scale(10.0, 8.0, [(2.0, 1.0)])
     assert fit["scale"] == pytest.approx(1.5) and fit["fixed_seconds"] == pytest.approx(-2.0)
-    assert fit["knee"] == pytest.approx({"block_seconds": 3.0, "seconds": 1.0}) and fit["fallback"] is None
-    lat = {"fixed_seconds": fit["fixed_seconds"], "knee": fit["knee"]}
+    lat = {"fixed_seconds": fit["fixed_seconds"], "knots": fit["knots"]}
     assert whole_seconds(lat, 1.5 * 8.0) == pytest.approx(10.0)  # full width: the dense time
     assert whole_seconds(lat, 1.5 * 2.0) == pytest.approx(1.0)  # the narrowed whole model, as measured
-    # a line that reaches 0 at or above the narrowest point refits through the origin: F = 0, c = 10 / 8, no knee
-    assert fit_scale(10.0, 8.0, [(2.0, 0.0)]) == {"scale": 1.25, "fixed_seconds": 0.0, "knee": None, "fallback": None}
+    assert whole_seconds(lat, 1.5) == pytest.approx(0.5)  # below it in proportion, never negative
+    # no narrowed time below the dense one: the blocks' own fits, no knots
+    fit = fit_scale(10.0, 8.0, [(2.0, 0.0)])
+    assert fit["knots"] is None and fit["scale"] == 1.0 and fit["fallback"]
 
 
-def test_whole_time_is_linear_above_the_knee_proportional_below_it_and_inverted_exactly():
-    lat = {"fixed_seconds": -2e-3, "knee": {"block_seconds": 3e-3, "seconds": 1e-3}}
-    assert whole_seconds(lat, 5e-3) == pytest.approx(3e-3)  # F + U
-    assert whole_seconds(lat, 1.5e-3) == pytest.approx(0.5e-3)  # T_k U / U_k
-    assert whole_seconds(lat, 3e-3) == pytest.approx(1e-3)  # continuous at the knee
-    for u in (0.3e-3, 1.5e-3, 3e-3, 5e-3, 12e-3):
-        assert block_seconds_for(lat, whole_seconds(lat, u)) == pytest.approx(u)
-    plain = {"fixed_seconds": 2e-3}  # no knee (or a cached model without one): T = F + U everywhere
+def test_whole_time_runs_through_the_knots_and_is_inverted_exactly():
+    lat = {"fixed_seconds": -2e-3, "knots": [[3e-3, 1e-3], [5e-3, 2.5e-3], [9e-3, 7e-3]]}
+    assert whole_seconds(lat, 4e-3) == pytest.approx(1.75e-3)  # between the two lower knots
+    assert whole_seconds(lat, 7e-3) == pytest.approx(4.75e-3)  # between the two upper ones
+    assert whole_seconds(lat, 9e-3) == pytest.approx(7e-3) and whole_seconds(lat, 5e-3) == pytest.approx(2.5e-3)
+    assert whole_seconds(lat, 1.5e-3) == pytest.approx(0.5e-3)  # the lowest line would cross 0: in proportion
+    above_zero = {"fixed_seconds": 0.0, "knots": [[3e-3, 2e-3], [9e-3, 5e-3]]}
+    assert whole_seconds(above_zero, 1e-3) == pytest.approx(1e-3)  # the lowest line continues (time left at 0)
+    for model in (lat, above_zero):
+        for u in (0.3e-3, 1.5e-3, 3e-3, 4e-3, 5e-3, 7e-3, 9e-3):
+            assert block_seconds_for(model, whole_seconds(model, u)) == pytest.approx(u)
+    plain = {"fixed_seconds": 2e-3}  # no knots (the blocks' own fits): T = F + U everywhere
     assert whole_seconds(plain, 1e-3) == pytest.approx(3e-3) and block_seconds_for(plain, 3e-3) == pytest.approx(1e-3)
 
 
-@pytest.mark.parametrize("target", [1.5, 6.0])  # above and below the knee
-def test_the_budget_meets_the_target_through_a_knee(target):
-    # two FFN blocks of 10 units at 0.1 ms/unit, one head block of 4 at 1 ms/unit: U_full = 6 ms; F = -1 ms, so the
-    # dense time is 5 ms, and the knee sits at U_k = 2 ms, T_k = 1 ms
+@pytest.mark.parametrize("target", [1.5, 3.0, 6.0])  # between the upper knots, the lower ones, below them
+def test_the_budget_meets_the_target_through_the_knots(target):
+    # two FFN blocks of 10 units at 0.1 ms/unit, one head block of 4 at 1 ms/unit: U_full = 6 ms, a dense time of
+    # 5 ms, and measured whole-model times of 1 ms at U = 2 ms and 2.5 ms at U = 4 ms
     lat = _fake_latency()
     for block in lat["blocks"].values():
         block["a"] = 0.0
-    lat.update(fixed_seconds=-1e-3, knee={"block_seconds": 2e-3, "seconds": 1e-3}, dense_seconds=5e-3)
+    lat.update(fixed_seconds=-1e-3, knots=[[2e-3, 1e-3], [4e-3, 2.5e-3], [6e-3, 5e-3]], dense_seconds=5e-3)
     assert predicted_seconds(lat, {}) == pytest.approx(5e-3)
     budget = speed_budget(lat, ["f0", "f1", "h0"], [1, 1, 1], 1, target=target)
     k = (1 - budget["sparsity"]) * 6e-3  # the block time the kept units may spend
@@ -409,7 +417,7 @@ def test_the_cache_key_names_the_calibrated_schema():
     from smart_hf.latency.model import SCHEMA, latency_key
 
     model = tiny_bert().eval()
-    # 1: uncalibrated block fits; 2: narrowed times with the module swaps; 3: no knee: never read again
+    # 1: uncalibrated block fits; 2: narrowed times with the module swaps; 3: F >= 0 forced: never read again
     assert SCHEMA == 4
     assert latency_key(model, latency_inputs(model, 2, 8))["schema"] == 4
     lat = _measure(model)
