@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks.quality.core import WindowMethod, weight_groups
-from smart_hf.latency import block_seconds_for
+from smart_hf.latency import block_seconds, block_seconds_for
 
 
 def unit_width(module: nn.Linear, units: int) -> int:
@@ -168,10 +168,10 @@ class FisherMaskMethod(WindowMethod):
         blocks = {o: self.latency["blocks"][sig] for o, sig in self.latency["owners"].items()}
         owners = {o: b["units"] for o, b in blocks.items()}
         fisher = fisher_importance(model, owners, self.calibration)
-        fixed = sum(b["a"] for b in blocks.values())
+        unpruned = block_seconds(self.latency, {o: 0 for o in owners})  # the blocks' intercepts
         heads = {o: (fisher[o], b["b"]) for o, b in blocks.items() if b["kind"] == "heads"}
         neurons = {o: (fisher[o], b["b"]) for o, b in blocks.items() if b["kind"] != "heads"}
-        self.keep = mask_search(heads, neurons, block_seconds_for(self.latency, self.target) - fixed)
+        self.keep = mask_search(heads, neurons, block_seconds_for(self.latency, self.target) - unpruned)
         self.hooks = attach_masks(model, owners)
         for name, (holder, _) in self.hooks.items():
             holder[0] = self.keep[name].float()

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..core.budget import reserved_units
 from ..coupling import find_coupled_sets
-from .budget import NS, block_seconds_for, predicted_seconds, speed_budget, whole_seconds
+from .budget import NS, block_seconds, block_seconds_for, predicted_seconds, speed_budget, whole_seconds
 from .model import cache_dir, latency_key, measure_latency_model, width_grid
 from .speedup import measure_speedup
 from .timing import SPREAD_WARN, latency_inputs, load_average
@@ -23,6 +23,7 @@ __all__ = [
     "NS",
     "SPREAD_WARN",
     "apply_speed_budget",
+    "block_seconds",
     "block_seconds_for",
     "cache_dir",
     "latency_inputs",

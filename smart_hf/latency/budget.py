@@ -21,7 +21,7 @@ import math
 
 from ..core.widths import allowed_counts
 
-__all__ = ["NS", "block_seconds_for", "predicted_seconds", "speed_budget", "whole_seconds"]
+__all__ = ["NS", "block_seconds", "block_seconds_for", "predicted_seconds", "speed_budget", "whole_seconds"]
 
 NS = 1e9  # budget cost unit: nanoseconds per unit
 
@@ -77,11 +77,20 @@ def predicted_seconds(latency: dict, kept: dict[str, int]) -> float:
     Returns:
         The predicted forward time in seconds.
     """
-    return whole_seconds(latency, _block_seconds(latency, kept))
+    return whole_seconds(latency, block_seconds(latency, kept))
 
 
-def _block_seconds(latency: dict, kept: dict[str, int]) -> float:
-    """``U(w) = sum_s (a_s + b_s w_s)`` over every owner of ``latency`` (full width where ``kept`` has none)."""
+def block_seconds(latency: dict, kept: dict[str, int] | None = None) -> float:
+    """``U(w) = sum_s (a_s + b_s w_s)`` over every owner of ``latency``.
+
+    Args:
+        latency: a latency model, or just its ``{"blocks", "owners"}`` (the block fits as they stand).
+        kept: kept units per owner (owners not listed, or all with None, keep every unit).
+
+    Returns:
+        ``U`` in seconds.
+    """
+    kept = kept or {}
     total = 0.0
     for owner, sig in latency["owners"].items():
         block = latency["blocks"][sig]
@@ -122,7 +131,7 @@ def speed_budget(latency: dict, owners: list[str], minimums: list[int], multiple
         )
     costs = [b["b"] for b in blocks]
     capacity = sum(c * b["units"] for c, b in zip(costs, blocks))
-    k = block_seconds_for(latency, dense / target) - _block_seconds(latency, {o: 0 for o in owners})
+    k = block_seconds_for(latency, dense / target) - block_seconds(latency, {o: 0 for o in owners})
     return {
         "unit_cost_ns": [c * NS for c in costs],
         "sparsity": min(max(1.0 - k / capacity, 0.0), 1.0 - 1e-9) if capacity > 0 else 0.0,

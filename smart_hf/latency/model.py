@@ -44,6 +44,7 @@ from torch import nn
 
 from ..coupling import CoupledSet
 from .blocks import block_signature, capture_input_shapes, rebuild_block
+from .budget import block_seconds
 from .calibrate import NARROW_SHARES, Narrowing, fit_scale, narrow_width
 from .timing import (
     latency_inputs,
@@ -209,20 +210,12 @@ def _measure(model, inputs, sets, multiple: int, max_seconds: float) -> tuple:
         model.train(was_training)
 
 
-def _block_sum(blocks: dict, owners: dict, kept: dict | None = None) -> float:
-    """``sum_s (a_s + b_s w_s)`` over the owners (full width where ``kept`` has no entry)."""
-    total = 0.0
-    for owner, sig in owners.items():
-        block = blocks[sig]
-        total += block["a"] + block["b"] * (kept or {}).get(owner, block["units"])
-    return total
-
-
 def _calibrate(times: dict, blocks: dict, owners: dict, narrow: dict) -> dict:
     """Scale the block fits into the whole model (`fit_scale`) in place; returns the fixed time and the record."""
     dense_s = statistics.median(times["dense"])
-    full = _block_sum(blocks, owners)
-    points = [(_block_sum(blocks, owners, kept), statistics.median(times[("narrow", share)]))
+    fits = {"blocks": blocks, "owners": owners}
+    full = block_seconds(fits)
+    points = [(block_seconds(fits, kept), statistics.median(times[("narrow", share)]))
               for share, kept in narrow.items()]
     fit = fit_scale(dense_s, full, points) if owners else {"fallback": "no coupled block timed"}
     scale, knots = fit.get("scale", 1.0), fit.get("knots")
